@@ -1,0 +1,51 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SCENARIO ?= payload_sim/scenarios/demo.toml
+
+.PHONY: run test lint models bench bench-smoke verify gallery clean
+
+$(VENV)/.runtime: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(VENV)/.train: $(VENV)/.dev
+	$(PY) -m pip install --quiet -e '.[train]'
+	touch $@
+
+run: $(VENV)/.runtime  ## the end-to-end demo: camera -> flight -> link -> ground
+	$(PY) -m payload_sim.hil $(SCENARIO)
+
+test: $(VENV)/.dev  ## every test: unit, property, integration, end-to-end
+	$(PY) -m models verify
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.dev
+	$(PY) -m ruff check flight payload_sim ground_link models benchmarks tests
+	$(PY) -m mypy flight ground_link --ignore-missing-imports
+
+models: $(VENV)/.train  ## retrain, quantize, card and golden-vector every model (seeded)
+	$(PY) -m models build
+
+verify: $(VENV)/.runtime
+	$(PY) -m models verify
+
+bench: $(VENV)/.dev  ## the full benchmark harness; non-zero when a budget is exceeded
+	$(PY) -m benchmarks.harness --profile default
+
+bench-smoke: $(VENV)/.dev
+	$(PY) -m benchmarks.harness --profile default --smoke
+
+gallery: $(VENV)/.dev
+	$(PY) -m payload_sim.gallery --out docs/gallery
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis .ruff_cache .mypy_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,5 @@
+import sys
+
+from flight.app import main
+
+sys.exit(main())

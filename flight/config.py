@@ -1,0 +1,256 @@
+"""Typed, validated scenario configuration.
+
+One TOML file names everything a run needs (orbit, sensor, onboard computer, flight software,
+link, ground, network). Each section is a frozen dataclass whose fields carry their allowed range;
+loading fails fast with the key, the value and what was allowed. Unknown keys are errors too, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, mistyped or out of range. Carries the dotted key."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        super().__init__(f"config {key} = {value!r}: {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+def rng(lo: float | None = None, hi: float | None = None, choices: tuple | None = None) -> dict:
+    """Field metadata: the allowed range (inclusive) or set of choices."""
+    return {"lo": lo, "hi": hi, "choices": choices}
+
+
+def _check_scalar(key: str, value: Any, typ: Any, meta: dict) -> Any:
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ in (int, float, str, bool) and (type(value) is not typ):
+        raise ConfigError(key, value, f"must be {typ.__name__}")
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(key, value, f"must be one of {list(choices)}")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ConfigError(key, value, f"must be in [{lo}, {hi}]")
+    return value
+
+
+def _convert(key: str, value: Any, typ: Any, meta: dict) -> Any:
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        return build(typ, value, key)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(key, value, args[0], meta)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(key, value, "must be a list")
+        args = typing.get_args(typ)
+        item = args[0]
+        return tuple(_convert(f"{key}[{i}]", v, item, meta) for i, v in enumerate(value))
+    if origin is dict or typ is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, value, "must be a table")
+        return dict(value)
+    return _check_scalar(key, value, typ, meta)
+
+
+def build(cls: type, data: Any, section: str) -> Any:
+    """Build dataclass `cls` from a TOML table, validating every key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(section, data, "must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ConfigError(f"{section}.{name}", data[name], f"unknown key; known keys: {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{section}.{name}" if section else name
+        if name in data:
+            kwargs[name] = _convert(key, data[name], hints[name], dict(f.metadata))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(key, None, "is required")
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check:
+        check(section)
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass(frozen=True)
+class ScenarioSection:
+    name: str = "demo"
+    seed: int = field(default=42, metadata=rng(0, 2**31 - 1))
+    epoch: str = "2026-11-28T06:00:00Z"
+    clock_rate: float = field(default=10.0, metadata=rng(0.001, 100000.0))
+    frames: int = field(default=20, metadata=rng(0, 1_000_000))
+    capture_interval_s: float = field(default=10.0, metadata=rng(0.001, 86400.0))
+    start_s: float = field(default=0.0, metadata=rng(0.0, 1e7))  # scenario time of the first capture
+    max_wall_s: float = field(default=600.0, metadata=rng(1.0, 86400.0))  # the launcher gives up after this
+
+    def validate(self, section: str) -> None:
+        from flight.clock import parse_epoch
+
+        try:
+            parse_epoch(self.epoch)
+        except ValueError as exc:
+            raise ConfigError(f"{section}.epoch", self.epoch, str(exc)) from None
+
+
+@dataclass(frozen=True)
+class SensorSection:
+    height: int = field(default=1024, metadata=rng(64, 16384))
+    width: int = field(default=1024, metadata=rng(64, 16384))
+    gsd_m: float = field(default=10.0, metadata=rng(0.1, 1000.0))
+    strip_rows: int = field(default=128, metadata=rng(8, 4096))  # rows per strip message (pushbroom readout)
+    source: str = "synthetic"  # "synthetic" or a path to a real-scene .npz
+    cloud_cover: float | None = field(default=None, metadata=rng(0.0, 1.0))  # None: drawn per frame
+
+    def validate(self, section: str) -> None:
+        if self.height % self.strip_rows:
+            raise ConfigError(f"{section}.strip_rows", self.strip_rows, f"must divide height {self.height}")
+
+
+@dataclass(frozen=True)
+class ObcSection:
+    """The simulated onboard computer the flight process runs inside."""
+
+    profile: str = "generic-1core"
+    cores: tuple[int, ...] = (0,)  # CPU affinity; cores absent on this machine are dropped with a warning
+    threads: int = field(default=1, metadata=rng(1, 64))  # onnxruntime intra-op threads
+    memory_mib: int = field(default=512, metadata=rng(64, 65536))  # ceiling, reported against peak RSS
+
+
+@dataclass(frozen=True)
+class CascadeStep:
+    model: str  # card name under models/
+    when: str = field(default="all", metadata=rng(choices=("all", "clear_water", "clear_land")))
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class FlightSection:
+    tile_px: int = field(default=64, metadata=rng(16, 512))
+    batch_tiles: int = field(default=64, metadata=rng(1, 4096))
+    cloud_discard_fraction: float = field(default=0.7, metadata=rng(0.0, 1.0))
+    clear_tile_max_cloud: float = field(default=0.3, metadata=rng(0.0, 1.0))  # detectors skip cloudier tiles
+    water_ndwi_min: float = field(default=0.2, metadata=rng(-1.0, 1.0))  # tile mean NDWI above this = water
+    cascade: tuple[CascadeStep, ...] = (CascadeStep("cloud_screen"),)
+    chips_per_frame: int = field(default=2, metadata=rng(0, 64))
+    chip_px: int = field(default=32, metadata=rng(8, 256))
+    chip_max_bytes: int = field(default=4096, metadata=rng(256, 65536))
+    chip_classes: tuple[str, ...] = ("fire",)
+    max_detections_per_frame: int = field(default=64, metadata=rng(0, 10000))
+    store_max_bytes: int = field(default=64 * 1024 * 1024, metadata=rng(4096, 2**40))
+    downlink_window: int = field(default=64, metadata=rng(1, 100000))  # unacknowledged packets in flight
+    retransmit_s: float = field(default=2.0, metadata=rng(0.01, 3600.0))  # wall seconds before a resend
+    housekeeping_period_s: float = field(default=30.0, metadata=rng(0.1, 86400.0))  # scenario seconds
+
+    def validate(self, section: str) -> None:
+        if not self.cascade or self.cascade[0].model != "cloud_screen":
+            raise ConfigError(f"{section}.cascade", self.cascade, "must start with the cloud_screen model")
+
+
+@dataclass(frozen=True)
+class LinkSection:
+    downlink_rate_bps: float = field(default=1_000_000.0, metadata=rng(100.0, 1e10))
+    uplink_rate_bps: float = field(default=64_000.0, metadata=rng(100.0, 1e10))
+    delay_ms: float = field(default=5.0, metadata=rng(0.0, 600_000.0))
+    queue_max_packets: int = field(default=100_000, metadata=rng(1, 10_000_000))
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    class_name: str = field(default="fire", metadata=rng(choices=("ship", "fire", "cloud")))
+    min_confidence: float = field(default=0.5, metadata=rng(0.0, 1.0))
+    severity: str = field(default="warning", metadata=rng(choices=("info", "warning", "critical")))
+
+
+@dataclass(frozen=True)
+class GroundSection:
+    alerts: tuple[AlertRule, ...] = (
+        AlertRule("fire", 0.5, "critical"),
+        AlertRule("ship", 0.5, "info"),
+    )
+    ack_period_s: float = field(default=0.2, metadata=rng(0.001, 60.0))  # wall seconds between acks
+
+
+@dataclass(frozen=True)
+class NetworkSection:
+    """ZeroMQ endpoints. The camera and the link channel bind; flight and station connect."""
+
+    frames: str = "tcp://127.0.0.1:7101"  # camera PUSH -> flight PULL
+    space_in: str = "tcp://127.0.0.1:7102"  # flight PUSH -> channel (downlink in)
+    space_out: str = "tcp://127.0.0.1:7103"  # channel -> flight PULL (uplink out)
+    ground_out: str = "tcp://127.0.0.1:7104"  # channel -> station PULL (downlink out)
+    ground_in: str = "tcp://127.0.0.1:7105"  # station PUSH -> channel (uplink in)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    scenario: ScenarioSection = ScenarioSection()
+    sensor: SensorSection = SensorSection()
+    obc: ObcSection = ObcSection()
+    flight: FlightSection = FlightSection()
+    link: LinkSection = LinkSection()
+    ground: GroundSection = GroundSection()
+    network: NetworkSection = NetworkSection()
+    extra: dict = field(default_factory=dict)  # sections owned by the simulator (orbit, stations, faults)
+
+
+KNOWN_SECTIONS = {f.name for f in dataclasses.fields(Scenario)} - {"extra"}
+SIM_SECTIONS = {"orbit", "ground_stations", "faults"}
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` overrides (value parsed as TOML, else taken as a string)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(item, raw, "override must look like section.key=value")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        *parents, leaf = key.split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return data
+
+
+def load_scenario(path: str | Path | None, overrides: list[str] | None = None) -> Scenario:
+    """Load and validate a scenario file (None = all defaults)."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(str(path), None, f"cannot read scenario: {exc}") from exc
+    data = apply_overrides(data, overrides or [])
+    unknown = set(data) - KNOWN_SECTIONS - SIM_SECTIONS
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ConfigError(name, data[name], f"unknown section; known: {sorted(KNOWN_SECTIONS | SIM_SECTIONS)}")
+    kwargs = {name: build(typing.get_type_hints(Scenario)[name], data.get(name), name) for name in KNOWN_SECTIONS}
+    extra = {k: v for k, v in data.items() if k in SIM_SECTIONS}
+    return Scenario(**kwargs, extra=extra)

@@ -1,0 +1,348 @@
+"""Flight runtime for the onboard models: model cards, verified loading, batched INT8 inference.
+
+Runtime dependencies: numpy and onnxruntime only (never torch or onnx).
+
+A model is two files next to each other in the ``models`` package:
+``<name>.card.json`` (what the model is, its input/output contract, its sha256) and the ONNX file
+the card names. :class:`TileModel` checks the ONNX bytes against the card *before* any
+onnxruntime session exists, so a corrupted or swapped model never runs.
+
+Input convention: tiles are uint16 calibrated reflectance (reflectance * 10000), shape
+(N, 6, 64, 64), bands blue, green, red, nir, swir16, swir22. The model input is
+``float32(tiles) * card.input_scale`` (1e-4, i.e. plain reflectance); the graphs do no further
+normalisation outside what is learned inside them.
+
+Position convention (heatmap_peaks): continuous pixel coordinates inside the tile, pixel (r, c)
+covers [r, r+1) x [c, c+1), so its centre is (r + 0.5, c + 0.5) -- the same convention as
+``flight.frames.Footprint``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+TILE_PX = 64
+KINDS = ("tile_fraction", "heatmap")
+PRECISIONS = ("int8", "fp32")
+
+# Keys every card must have, and optional keys the runtime knows (anything else is refused, so a
+# typo such as "treshold" fails loudly instead of silently falling back to a default).
+REQUIRED_KEYS = (
+    "name", "version", "kind", "file", "sha256", "size_bytes", "input_name", "input_shape",
+    "bands", "input_scale", "output_name", "stride", "threshold", "macs_per_tile",
+)
+OPTIONAL_KEYS = (
+    "fp32_file", "fp32_sha256", "fp32_size_bytes", "description", "output", "input",
+    "training", "metrics", "real_scene_metrics", "golden", "reproducibility", "quantization",
+    "limitations", "format_version", "created_by",
+)
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}\.onnx$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ModelError(Exception):
+    """A model cannot be used. Carries the model name, the file path and the reason."""
+
+    def __init__(self, reason: str, *, model: str | None = None, path: str | Path | None = None,
+                 key: str | None = None, value: object = None):
+        self.reason = reason
+        self.model = model
+        self.path = str(path) if path is not None else None
+        self.key = key
+        self.value = value
+        parts = [f"model {model!r}" if model else "model", f"({self.path})" if self.path else ""]
+        if key is not None:
+            parts.append(f"key {key!r} = {value!r}:")
+        super().__init__(" ".join(p for p in parts if p) + f" {reason}")
+
+
+def _bad(card_path, name, key, value, why) -> ModelError:
+    return ModelError(why, model=name, path=card_path, key=key, value=value)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(float(v))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Parsed and validated ``models/<name>.card.json``."""
+
+    name: str
+    version: str
+    kind: str  # "tile_fraction" or "heatmap"
+    file: str  # INT8 ONNX file, relative to the card's folder
+    sha256: str
+    size_bytes: int
+    input_name: str
+    input_shape: tuple  # (None, 6, 64, 64)
+    bands: tuple[str, ...]
+    input_scale: float  # model input = float32(uint16 reflectance) * input_scale
+    output_name: str
+    stride: int  # heatmap cell size in pixels; 64 for tile_fraction
+    threshold: float  # decision threshold on the output
+    macs_per_tile: int
+    fp32_file: str | None = None
+    fp32_sha256: str | None = None
+    fp32_size_bytes: int | None = None
+    card_path: str | None = field(default=None, compare=False)
+    info: Mapping = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def cells(self) -> int:
+        """Heatmap side in cells (1 for tile_fraction)."""
+        return TILE_PX // self.stride
+
+    @property
+    def output_shape(self) -> tuple:
+        return (None,) if self.kind == "tile_fraction" else (None, self.cells, self.cells)
+
+    @staticmethod
+    def from_dict(obj, card_path: str | Path | None = None) -> ModelCard:
+        if not isinstance(obj, dict):
+            raise ModelError("card is not a JSON object", path=card_path)
+        name = obj.get("name")
+        shown = name if isinstance(name, str) else None
+        for key in REQUIRED_KEYS:
+            if key not in obj:
+                raise _bad(card_path, shown, key, None, "missing required key")
+        for key in obj:
+            if key not in REQUIRED_KEYS and key not in OPTIONAL_KEYS:
+                raise _bad(card_path, shown, key, obj[key], "unknown key")
+
+        def req(key, ok, why):
+            if not ok(obj[key]):
+                raise _bad(card_path, shown, key, obj[key], why)
+            return obj[key]
+
+        req("name", lambda v: isinstance(v, str) and _NAME_RE.match(v), "must match [a-z][a-z0-9_]*")
+        req("version", lambda v: isinstance(v, str) and 0 < len(v) <= 32, "must be a non-empty string")
+        kind = req("kind", lambda v: v in KINDS, f"must be one of {KINDS}")
+        req("file", lambda v: isinstance(v, str) and _FILE_RE.match(v) and v != f"{name}.card.json",
+            "must be a plain .onnx file name in the card's folder")
+        req("sha256", lambda v: isinstance(v, str) and _SHA_RE.match(v), "must be 64 lowercase hex digits")
+        req("size_bytes", lambda v: _is_int(v) and 0 < v <= 64 << 20, "must be an int in 1..64 MiB")
+        req("input_name", lambda v: isinstance(v, str) and v, "must be a non-empty string")
+        shape = req("input_shape", lambda v: isinstance(v, list) and len(v) == 4 and v[0] is None
+                    and all(_is_int(d) for d in v[1:]) and v[2:] == [TILE_PX, TILE_PX] and v[1] > 0,
+                    f"must be [null, bands, {TILE_PX}, {TILE_PX}]")
+        bands = req("bands", lambda v: isinstance(v, list) and len(v) == shape[1]
+                    and all(isinstance(b, str) and b for b in v) and len(set(v)) == len(v),
+                    "must list one distinct band name per input channel")
+        req("input_scale", lambda v: _is_num(v) and 0 < v <= 1, "must be a number in (0, 1]")
+        req("output_name", lambda v: isinstance(v, str) and v, "must be a non-empty string")
+        if kind == "tile_fraction":
+            req("stride", lambda v: v == TILE_PX, f"must be {TILE_PX} for kind tile_fraction")
+        else:
+            req("stride", lambda v: _is_int(v) and 1 <= v < TILE_PX and TILE_PX % v == 0,
+                f"must be an int dividing {TILE_PX} (1..32) for kind heatmap")
+        req("threshold", lambda v: _is_num(v) and 0 < v < 1, "must be a number in (0, 1)")
+        req("macs_per_tile", lambda v: _is_int(v) and v > 0, "must be a positive int")
+        fp32 = {k: obj.get(k) for k in ("fp32_file", "fp32_sha256", "fp32_size_bytes")}
+        if any(v is not None for v in fp32.values()):
+            req("fp32_file", lambda v: isinstance(v, str) and _FILE_RE.match(v) and v != obj["file"],
+                "must be a plain .onnx file name, different from 'file'")
+            for k in ("fp32_sha256", "fp32_size_bytes"):
+                if k not in obj:
+                    raise _bad(card_path, shown, k, None, "required when fp32_file is given")
+            req("fp32_sha256", lambda v: isinstance(v, str) and _SHA_RE.match(v), "must be 64 lowercase hex digits")
+            req("fp32_size_bytes", lambda v: _is_int(v) and 0 < v <= 64 << 20, "must be an int in 1..64 MiB")
+        info = {k: obj[k] for k in obj if k in OPTIONAL_KEYS and not k.startswith("fp32_")}
+        return ModelCard(
+            name=obj["name"], version=obj["version"], kind=kind, file=obj["file"],
+            sha256=obj["sha256"], size_bytes=obj["size_bytes"], input_name=obj["input_name"],
+            input_shape=tuple(shape), bands=tuple(bands), input_scale=float(obj["input_scale"]),
+            output_name=obj["output_name"], stride=obj["stride"], threshold=float(obj["threshold"]),
+            macs_per_tile=obj["macs_per_tile"], fp32_file=fp32["fp32_file"],
+            fp32_sha256=fp32["fp32_sha256"], fp32_size_bytes=fp32["fp32_size_bytes"],
+            card_path=str(card_path) if card_path is not None else None, info=info,
+        )
+
+    @staticmethod
+    def load(path) -> ModelCard:
+        path = Path(path)
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"cannot read card: {exc}", path=path) from exc
+        try:
+            obj = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"card is not JSON: {exc}", path=path) from exc
+        return ModelCard.from_dict(obj, path)
+
+    def model_file(self, precision: str = "int8") -> Path:
+        if precision not in PRECISIONS:
+            raise ModelError(f"precision must be one of {PRECISIONS}", model=self.name, key="precision", value=precision)
+        if precision == "fp32" and self.fp32_file is None:
+            raise ModelError("card has no fp32_file", model=self.name, path=self.card_path)
+        base = Path(self.card_path).parent if self.card_path else Path(".")
+        return base / (self.file if precision == "int8" else self.fp32_file)
+
+
+def model_path(name: str) -> Path:
+    """Path of ``<name>.card.json`` in the installed ``models`` package."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ModelError("bad model name", model=str(name), key="name", value=name)
+    import models  # the package holding the cards and ONNX files; imports nothing heavy
+
+    return Path(models.__file__).resolve().parent / f"{name}.card.json"
+
+
+def _dim_ok(actual, expected) -> bool:
+    if expected is None:  # symbolic batch: ORT reports a str (or None)
+        return actual is None or isinstance(actual, str)
+    return actual == expected
+
+
+class TileModel:
+    """One onboard model, loaded and checked against its card.
+
+    ``run`` is safe to call from several threads (no shared scratch buffers).
+    """
+
+    def __init__(self, card_path, intra_op_threads: int = 1, enable_cpu_mem_arena: bool = False,
+                 batch_size: int = 64, precision: str = "int8"):
+        import onnxruntime as ort
+
+        self.card = ModelCard.load(card_path)
+        card = self.card
+        if not (_is_int(intra_op_threads) and intra_op_threads >= 1):
+            raise ModelError("intra_op_threads must be an int >= 1", model=card.name, key="intra_op_threads", value=intra_op_threads)
+        if not (_is_int(batch_size) and 1 <= batch_size <= 4096):
+            raise ModelError("batch_size must be an int in 1..4096", model=card.name, key="batch_size", value=batch_size)
+        self.batch_size = batch_size
+        self.precision = precision
+        path = card.model_file(precision)
+        self.path = path
+        try:
+            blob = path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"cannot read model file: {exc}", model=card.name, path=path) from exc
+        want_size = card.size_bytes if precision == "int8" else card.fp32_size_bytes
+        want_sha = card.sha256 if precision == "int8" else card.fp32_sha256
+        if len(blob) != want_size:
+            raise ModelError(f"size {len(blob)} bytes, card says {want_size}", model=card.name, path=path)
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != want_sha:
+            raise ModelError(f"sha256 {digest} does not match card {want_sha}", model=card.name, path=path)
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # at load time, on this CPU
+        so.intra_op_num_threads = intra_op_threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.enable_cpu_mem_arena = bool(enable_cpu_mem_arena)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(blob, sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"onnxruntime refused the model: {exc}", model=card.name, path=path) from exc
+        del blob
+        self._check_io()
+
+    def _check_io(self) -> None:
+        card, path = self.card, self.path
+        ins, outs = self.session.get_inputs(), self.session.get_outputs()
+        if len(ins) != 1 or ins[0].name != card.input_name:
+            raise ModelError(f"inputs {[i.name for i in ins]}, card says [{card.input_name!r}]", model=card.name, path=path)
+        if ins[0].type != "tensor(float)":
+            raise ModelError(f"input type {ins[0].type}, expected tensor(float)", model=card.name, path=path)
+        shape = list(ins[0].shape)
+        if len(shape) != 4 or not all(_dim_ok(a, e) for a, e in zip(shape, card.input_shape)):
+            raise ModelError(f"input shape {shape}, card says {list(card.input_shape)}", model=card.name, path=path)
+        match = [o for o in outs if o.name == card.output_name]
+        if not match:
+            raise ModelError(f"outputs {[o.name for o in outs]} lack card output {card.output_name!r}", model=card.name, path=path)
+        oshape = list(match[0].shape)
+        if len(oshape) != len(card.output_shape) or not all(_dim_ok(a, e) for a, e in zip(oshape, card.output_shape)):
+            raise ModelError(f"output shape {oshape}, card kind {card.kind} stride {card.stride} needs {list(card.output_shape)}",
+                             model=card.name, path=path)
+        if match[0].type != "tensor(float)":
+            raise ModelError(f"output type {match[0].type}, expected tensor(float)", model=card.name, path=path)
+
+    def run(self, tiles: np.ndarray) -> np.ndarray:
+        """uint16 (N, 6, 64, 64) reflectance tiles -> float32 (N,) fraction or (N, cells, cells) heatmap."""
+        card = self.card
+        expect = tuple(card.input_shape[1:])
+        if not isinstance(tiles, np.ndarray) or tiles.dtype != np.uint16 or tiles.ndim != 4 or tiles.shape[1:] != expect:
+            got = (getattr(tiles, "dtype", type(tiles).__name__), getattr(tiles, "shape", None))
+            raise ValueError(f"{card.name}: tiles must be uint16 (N, {', '.join(map(str, expect))}), got {got}")
+        n = tiles.shape[0]
+        out = np.empty((n,) + tuple(d for d in card.output_shape[1:]), dtype=np.float32)
+        if n == 0:
+            return out
+        bs = self.batch_size
+        buf = np.empty((min(n, bs),) + expect, dtype=np.float32)
+        scale = np.float32(card.input_scale)
+        feeds_name, out_name = card.input_name, [card.output_name]
+        for start in range(0, n, bs):
+            stop = min(start + bs, n)
+            x = buf[: stop - start]
+            np.multiply(tiles[start:stop], scale, out=x, dtype=np.float32)
+            (y,) = self.session.run(out_name, {feeds_name: x})
+            out[start:stop] = y.reshape(out[start:stop].shape)
+        np.clip(out, 0.0, 1.0, out=out)
+        return out
+
+
+def heatmap_peaks(heatmaps: np.ndarray, threshold: float, stride: int,
+                  min_distance_cells: int = 1) -> list[tuple[int, float, float, float]]:
+    """Local maxima of per-tile heatmaps -> [(tile_index, row_px_in_tile, col_px_in_tile, score)].
+
+    A cell is a peak when its value is >= ``threshold`` and is the maximum of the
+    (2*min_distance_cells+1)^2 window around it (ties go to the first cell in raster order, so a
+    plateau gives one peak). The position is the value-weighted centroid of the 3x3 cells around
+    the peak (clipped at the tile edge), in continuous pixel units: cell i spans pixels
+    [i*stride, (i+1)*stride), so a peak confined to one cell sits at (i + 0.5) * stride.
+    Sorted by tile index, then descending score.
+    """
+    h = np.asarray(heatmaps, dtype=np.float32)
+    if h.ndim != 3:
+        raise ValueError(f"heatmaps must be (N, rows, cols), got shape {h.shape}")
+    if not (isinstance(stride, (int, np.integer)) and stride >= 1):
+        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+    d = int(min_distance_cells)
+    if d < 1:
+        raise ValueError(f"min_distance_cells must be >= 1, got {min_distance_cells!r}")
+    n, rows, cols = h.shape
+    if n == 0 or rows == 0 or cols == 0:
+        return []
+    padded = np.pad(h, ((0, 0), (d, d), (d, d)), constant_values=-np.inf)
+    peak = h >= np.float32(threshold)
+    for dr in range(-d, d + 1):
+        for dc in range(-d, d + 1):
+            if dr == 0 and dc == 0:
+                continue
+            nb = padded[:, d + dr: d + dr + rows, d + dc: d + dc + cols]
+            earlier = dr < 0 or (dr == 0 and dc < 0)
+            peak &= (h > nb) if earlier else (h >= nb)
+    result = []
+    for t, r, c in zip(*np.nonzero(peak)):
+        r0, r1, c0, c1 = max(r - 1, 0), min(r + 2, rows), max(c - 1, 0), min(c + 2, cols)
+        w = np.maximum(h[t, r0:r1, c0:c1], 0.0).astype(np.float64)
+        total = w.sum()
+        if total > 0:
+            rr = (np.arange(r0, r1)[:, None] * w).sum() / total
+            cc = (np.arange(c0, c1)[None, :] * w).sum() / total
+        else:
+            rr, cc = float(r), float(c)
+        result.append((int(t), float((rr + 0.5) * stride), float((cc + 0.5) * stride), float(h[t, r, c])))
+    result.sort(key=lambda p: (p[0], -p[3]))
+    return result

@@ -1,0 +1,220 @@
+"""The flight processing chain, wired in one place.
+
+ingest -> calibrate -> tile -> screen (cloud) -> detect (cascade) -> localize -> package
+
+A frame arrives as a header and strips of rows; each strip is calibrated, cut into tiles and
+screened as it arrives, so memory is bounded by the strip, not the frame. Results are gathered
+per frame and handed out as one `FrameResult` when the last strip is in. The process around it
+(`flight.app`) turns results into packets; the benchmark drives this class directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from flight.calibrate import Calibrator
+from flight.config import CascadeStep, FlightSection
+from flight.dictionary import DetectionClass
+from flight.frames import BANDS, REFLECTANCE_SCALE, FrameMeta
+from flight.geolocate import pixel_to_latlon
+from flight.inference import TileModel, heatmap_peaks
+from flight.ingest import FrameIngest
+
+GREEN, RED, NIR = BANDS.index("green"), BANDS.index("red"), BANDS.index("nir")
+BLUE = BANDS.index("blue")
+STAGES = ("ingest", "calibrate", "tile", "screen", "detect", "localize", "package")
+MODEL_CLASS = {"ship_detect": DetectionClass.SHIP, "fire_detect": DetectionClass.FIRE}
+
+
+@dataclass(frozen=True)
+class FoundObject:
+    class_id: int
+    confidence: float
+    row_px: float
+    col_px: float
+    lat_deg: float
+    lon_deg: float
+    area_px: int
+
+
+@dataclass(frozen=True)
+class Chip:
+    class_id: int
+    row_px: float
+    col_px: float
+    height_px: int
+    width_px: int
+    png: bytes
+
+
+@dataclass
+class FrameResult:
+    meta: FrameMeta
+    tiles: int
+    cloudy_tiles: int
+    cloud_fraction: float
+    discarded: bool
+    detections: list[FoundObject]
+    chips: list[Chip]
+    stage_ms: dict[str, float]
+    tile_cloud: np.ndarray = field(repr=False)  # (rows, cols) tile cloud fractions, for quicklooks and tests
+
+    @property
+    def processing_ms(self) -> float:
+        return sum(self.stage_ms.values())
+
+    def count(self, cls: DetectionClass) -> int:
+        return sum(1 for d in self.detections if d.class_id == cls)
+
+
+def tiles_of(strip: np.ndarray, tile_px: int) -> np.ndarray:
+    """(bands, t, W) -> (W // t, bands, t, t), contiguous (one copy of the strip)."""
+    bands, rows, width = strip.shape
+    n = width // tile_px
+    return np.ascontiguousarray(strip.reshape(bands, rows, n, tile_px).transpose(2, 0, 1, 3))
+
+
+def tile_ndwi(tiles: np.ndarray) -> np.ndarray:
+    """Mean normalized difference water index per tile (green vs nir); water is > ~0.2."""
+    g = tiles[:, GREEN].mean(axis=(1, 2), dtype=np.float32)
+    n = tiles[:, NIR].mean(axis=(1, 2), dtype=np.float32)
+    return (g - n) / np.maximum(g + n, 1.0)
+
+
+def encode_chip(strip: np.ndarray, row: float, col: float, size: int, max_bytes: int) -> tuple[np.ndarray, bytes] | None:
+    """True-colour 8-bit PNG crop centred on (row, col) of a calibrated strip, shrunk until it fits."""
+    while size >= 8:
+        half = size // 2
+        r0 = int(np.clip(round(row) - half, 0, max(strip.shape[1] - size, 0)))
+        c0 = int(np.clip(round(col) - half, 0, max(strip.shape[2] - size, 0)))
+        crop = strip[[RED, GREEN, BLUE], r0 : r0 + size, c0 : c0 + size]
+        # 0..0.4 reflectance stretched to 8 bits: what an operator wants to see of land and sea
+        rgb = np.clip(crop.astype(np.float32) * (255.0 / (0.4 * REFLECTANCE_SCALE)), 0, 255).astype(np.uint8)
+        ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb.transpose(1, 2, 0)[:, :, ::-1]))
+        if ok and len(png) <= max_bytes:
+            return crop, png.tobytes()
+        size //= 2
+    return None
+
+
+class FramePipeline:
+    def __init__(self, cfg: FlightSection, calibrator: Calibrator, models: dict[str, TileModel]):
+        if "cloud_screen" not in models:
+            raise ValueError("the cloud_screen model is required")
+        self.cfg = cfg
+        self.calibrator = calibrator
+        self.models = models
+        self.ingest = FrameIngest(cfg.tile_px)
+        self.disabled: set[str] = set()  # models switched off at run time (by command or after a fault)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.meta: FrameMeta | None = None
+        self.stage_ms: dict[str, float] = defaultdict(float)
+        self.tile_rows: list[np.ndarray] = []
+        self.found: list[tuple[int, float, float, float, int]] = []  # class, score, row, col, area
+        self.chips: list[Chip] = []
+
+    # -- the three calls a frame goes through ------------------------------------------------------
+
+    def begin(self, header: bytes) -> FrameMeta:
+        self._reset()
+        t0 = time.perf_counter()
+        self.meta = self.ingest.begin(header)
+        self.stage_ms["ingest"] += (time.perf_counter() - t0) * 1e3
+        return self.meta
+
+    def strip(self, frame_id: int, row0: int, rows: int, data: bytes | memoryview) -> None:
+        t0 = time.perf_counter()
+        raw = self.ingest.strip(frame_id, row0, rows, data)
+        t1 = time.perf_counter()
+        cal = self.calibrator.calibrate_strip(raw, row0)
+        t2 = time.perf_counter()
+        self.stage_ms["ingest"] += (t1 - t0) * 1e3
+        self.stage_ms["calibrate"] += (t2 - t1) * 1e3
+        tp = self.cfg.tile_px
+        for r in range(0, rows, tp):
+            self._tile_row(cal[:, r : r + tp], row0 + r)
+
+    def finish(self) -> FrameResult:
+        meta = self.meta
+        assert meta is not None and self.ingest.complete, "finish() before the last strip"
+        t0 = time.perf_counter()
+        cloud = np.stack(self.tile_rows)
+        frac = float(cloud.mean())
+        found = sorted(self.found, key=lambda f: -f[1])[: self.cfg.max_detections_per_frame]
+        detections = []
+        for cls, score, row, col, area in found:
+            lat, lon = (float("nan"), float("nan"))
+            if meta.footprint is not None:
+                lat, lon = pixel_to_latlon(meta.footprint, meta.height, meta.width, row, col)
+            detections.append(FoundObject(cls, score, row, col, lat, lon, area))
+        self.stage_ms["localize"] += (time.perf_counter() - t0) * 1e3
+        discarded = frac >= self.cfg.cloud_discard_fraction
+        result = FrameResult(
+            meta=meta,
+            tiles=cloud.size,
+            cloudy_tiles=int((cloud >= 0.5).sum()),
+            cloud_fraction=frac,
+            discarded=discarded,
+            detections=detections,
+            chips=[] if discarded else self.chips,
+            stage_ms={s: self.stage_ms.get(s, 0.0) for s in STAGES},
+            tile_cloud=cloud,
+        )
+        self.meta = None
+        return result
+
+    # -- per tile row ----------------------------------------------------------------------------
+
+    def _tile_row(self, cal: np.ndarray, row0: int) -> None:
+        cfg, ms = self.cfg, self.stage_ms
+        t0 = time.perf_counter()
+        tiles = tiles_of(cal, cfg.tile_px)
+        t1 = time.perf_counter()
+        cloud = self.models["cloud_screen"].run(tiles)
+        t2 = time.perf_counter()
+        ms["tile"] += (t1 - t0) * 1e3
+        ms["screen"] += (t2 - t1) * 1e3
+        self.tile_rows.append(cloud)
+        steps = [s for s in cfg.cascade[1:] if s.enabled and s.model in self.models and s.model not in self.disabled]
+        if steps:
+            clear = cloud < cfg.clear_tile_max_cloud
+            water = tile_ndwi(tiles) > cfg.water_ndwi_min
+            for step in steps:
+                self._detect(step, tiles, cal, row0, clear & self._where(step, water))
+        ms["detect"] += (time.perf_counter() - t2) * 1e3
+
+    @staticmethod
+    def _where(step: CascadeStep, water: np.ndarray) -> np.ndarray:
+        if step.when == "clear_water":
+            return water
+        if step.when == "clear_land":
+            return ~water
+        return np.ones_like(water)
+
+    def _detect(self, step: CascadeStep, tiles: np.ndarray, cal: np.ndarray, row0: int, select: np.ndarray) -> None:
+        idx = np.flatnonzero(select)
+        if idx.size == 0:
+            return
+        model = self.models[step.model]
+        heat = model.run(tiles[idx])
+        cls = MODEL_CLASS.get(step.model, 0)
+        tp = self.cfg.tile_px
+        for k, r, c, score in heatmap_peaks(heat, model.card.threshold, model.card.stride):
+            row, col = row0 + r, int(idx[k]) * tp + c
+            area = int((heat[k] >= model.card.threshold).sum()) * model.card.stride**2
+            self.found.append((int(cls), float(score), float(row), float(col), area))
+            name = DetectionClass(cls).name.lower() if cls else step.model
+            if name in self.cfg.chip_classes and len(self.chips) < self.cfg.chips_per_frame:
+                t0 = time.perf_counter()
+                chip = encode_chip(cal, r, col, self.cfg.chip_px, self.cfg.chip_max_bytes)
+                if chip is not None:
+                    crop, png = chip
+                    self.chips.append(Chip(int(cls), float(row), float(col), crop.shape[1], crop.shape[2], png))
+                self.stage_ms["package"] += (time.perf_counter() - t0) * 1e3

@@ -1,0 +1,192 @@
+"""Build-time tools: ONNX export, onnxruntime preprocess, static INT8 QDQ quantization, MAC
+counting, and layer-by-layer FP32-vs-INT8 comparison.
+
+Needs torch (export only), onnx and onnxruntime. Never imported by the flight runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+INPUT_NAME = "reflectance"
+INPUT_SCALE = 1e-4  # model input = uint16 reflectance * 1e-4
+OPSET = 17
+
+
+def sha256_file(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------- export
+def export_onnx(model, path, output_name: str, opset: int = OPSET) -> Path:
+    """torch module (float32 reflectance in) -> ONNX with a dynamic batch axis.
+
+    Uses the TorchScript exporter (dynamo=False): it gives a small, plain graph of standard ops,
+    and it is deterministic byte for byte for the same weights.
+    """
+    import torch
+
+    path = Path(path)
+    model = model.eval().cpu()
+    x = torch.zeros(2, 6, 64, 64, dtype=torch.float32)
+    import warnings
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (x,), str(path), input_names=[INPUT_NAME], output_names=[output_name],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}},
+            opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+    import onnx
+
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m)
+    m.producer_name = "onboard-payload models"
+    m.producer_version = ""
+    m.doc_string = ""
+    onnx.save(m, str(path))
+    return path
+
+
+def preprocess(src, dst) -> Path:
+    """onnxruntime's quantization preprocess: onnx optimizer + shape inference (symbolic shape
+    inference needs sympy, which is installed; it is skipped if it fails)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+    except Exception:  # noqa: BLE001 - fall back as NOTES.md says
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    return Path(dst)
+
+
+class TileReader:
+    """CalibrationDataReader over uint16 tiles from the training distribution."""
+
+    def __init__(self, tiles: np.ndarray, batch: int = 64):
+        from onnxruntime.quantization import CalibrationDataReader  # noqa: F401 - duck-typed
+
+        self.tiles, self.batch, self.i = tiles, batch, 0
+
+    def get_next(self):
+        if self.i >= len(self.tiles):
+            return None
+        x = self.tiles[self.i: self.i + self.batch].astype(np.float32) * np.float32(INPUT_SCALE)
+        self.i += self.batch
+        return {INPUT_NAME: x}
+
+    def rewind(self):
+        self.i = 0
+
+
+def quantize(fp32_path, int8_path, calib_tiles: np.ndarray, input_range: tuple[float, float] | None = None,
+             calibrate_method: str = "MinMax", nodes_to_exclude=None) -> Path:
+    """Static INT8 QDQ quantization, per-channel weights (int8, symmetric), uint8 activations.
+
+    ``input_range`` pins the quantization range of the model input (reflectance) instead of taking
+    it from the calibration batch, so a rare saturated pixel in calibration data cannot stretch it.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    if input_range is not None:
+        extra["TensorQuantOverrides"] = {INPUT_NAME: [{"rmin": np.float32(input_range[0]), "rmax": np.float32(input_range[1])}]}
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        preprocess(fp32_path, pre)
+        quantize_static(
+            str(pre), str(int8_path), TileReader(calib_tiles),
+            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, calibrate_method),
+            nodes_to_exclude=nodes_to_exclude, extra_options=extra,
+        )
+    import onnx
+
+    m = onnx.load(str(int8_path))
+    m.producer_name = "onboard-payload models"
+    m.producer_version = ""
+    onnx.save(m, str(int8_path))
+    return Path(int8_path)
+
+
+# ------------------------------------------------------------------------------------------- MACs
+def count_macs(path) -> int:
+    """Multiply-accumulates for one 64x64 tile (batch 1), from the ONNX graph with shapes inferred.
+
+    Counts Conv / ConvTranspose / Gemm / MatMul (the work); elementwise ops, pooling and
+    activations are not counted."""
+    import onnx
+    from onnx import helper, shape_inference
+
+    m = onnx.load(str(path))
+    for vi in list(m.graph.input) + list(m.graph.output):
+        dim = vi.type.tensor_type.shape.dim
+        if dim and not dim[0].HasField("dim_value"):
+            dim[0].dim_value = 1
+    m = shape_inference.infer_shapes(m)
+    shapes = {}
+    for vi in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
+        shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    inits = {t.name: list(t.dims) for t in m.graph.initializer}
+    macs = 0
+    for node in m.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose"):
+            w = inits[node.input[1]]
+            out = shapes[node.output[0]]
+            groups = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+            if node.op_type == "Conv":
+                macs += math.prod(out) * math.prod(w[1:])
+            else:
+                inp = shapes[node.input[0]]
+                macs += math.prod(inp) * w[1] * math.prod(w[2:]) // max(groups, 1) * 1
+        elif node.op_type in ("Gemm", "MatMul"):
+            a = shapes.get(node.input[0]) or inits.get(node.input[0])
+            out = shapes[node.output[0]]
+            macs += math.prod(out) * a[-1]
+    return int(macs)
+
+
+# --------------------------------------------------------------------------- FP32 vs INT8 compare
+def compare_layers(fp32_path, int8_path, tiles: np.ndarray, max_tiles: int = 128) -> list[tuple[str, float]]:
+    """Per-tensor signal-to-quantization-noise ratio (dB) of every quantized activation, INT8 vs
+    FP32, on ``tiles``; lowest first. Use it when INT8 and FP32 decisions disagree too much: the
+    first tensor with a low SQNR is where the precision is lost."""
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    tiles = tiles[:max_tiles]
+    with tempfile.TemporaryDirectory() as tmp:
+        f_aug, q_aug = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
+        modify_model_output_intermediate_tensors(str(fp32_path), str(f_aug))
+        modify_model_output_intermediate_tensors(str(int8_path), str(q_aug))
+        f_act = collect_activations(str(f_aug), TileReader(tiles))
+        q_act = collect_activations(str(q_aug), TileReader(tiles))
+    match = create_activation_matching(q_act, f_act)
+    err = compute_activation_error(match)
+    rows = [(name, float(e.get("xmodel_err", e.get("qdq_err", float("nan"))))) for name, e in err.items()]
+    rows.sort(key=lambda r: (math.isnan(r[1]), r[1]))
+    return rows
+
+
+def write_golden(path, tiles: np.ndarray, int8_out: np.ndarray, fp32_out: np.ndarray | None) -> Path:
+    """Golden vectors: a few uint16 input tiles and the model outputs, compressed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"tiles": tiles.astype(np.uint16), "int8": int8_out.astype(np.float32)}
+    if fp32_out is not None:
+        arrays["fp32"] = fp32_out.astype(np.float32)
+    np.savez_compressed(path, **arrays)
+    return path

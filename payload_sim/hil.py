@@ -1,0 +1,187 @@
+"""The launcher: runs a whole scenario as four real processes and shuts them down cleanly.
+
+    python -m payload_sim.hil payload_sim/scenarios/demo.toml [--run-dir DIR] [--set SECTION.KEY=VALUE]
+
+camera -> flight -> channel -> station, each its own `python -m` process on loopback ZeroMQ with
+free ports. It writes the instrument's calibration products, starts the processes on one scenario
+clock, shows progress, and when every frame is processed and every product acknowledged it stops
+them and prints a summary (also written as JSON). Ctrl-C or SIGTERM stops everything within 5 s;
+if a process dies, the others are stopped and the launcher exits non-zero naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flight.config import ConfigError, load_scenario
+from flight.service import read_status
+from payload_sim.camera import CALIBRATION_VERSION, make_sensor
+
+PROCESSES = ("channel", "station", "flight", "camera")
+MODULES = {"channel": "ground_link.channel", "station": "ground_link.station", "flight": "flight",
+           "camera": "payload_sim.camera"}
+STOP_GRACE_S = 4.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, _frame):
+    raise Stop(signal.Signals(signum).name)
+
+
+def stop_all(procs: dict[str, subprocess.Popen]) -> None:
+    """SIGTERM every child, wait up to STOP_GRACE_S, then SIGKILL what is left."""
+    for p in procs.values():
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in procs.values():
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def summarize(run_dir: Path, wall_s: float) -> dict:
+    cam, flight = read_status(run_dir, "camera"), read_status(run_dir, "flight")
+    chan, station = read_status(run_dir, "channel"), read_status(run_dir, "station")
+    truth = {}
+    if (run_dir / "truth.jsonl").exists():
+        for line in (run_dir / "truth.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            truth[rec["frame_id"]] = rec
+    db = sqlite3.connect(run_dir / "archive.sqlite")
+    delivered = db.execute("SELECT count(*) FROM products").fetchone()[0]
+    alerts = db.execute("SELECT count(*) FROM alerts").fetchone()[0]
+    summaries = [json.loads(r[0]) for r in db.execute("SELECT fields FROM products WHERE kind = 'FrameSummary'")]
+    db.close()
+    errors_pp = [100 * abs(s["cloud_fraction"] - truth[s["frame_id"]]["cloud_fraction"])
+                 for s in summaries if s["frame_id"] in truth]
+    latency = [s["processing_ms"] for s in summaries]
+    raw, down = cam.get("raw_bytes", 0), chan.get("down_bytes_out", 0)
+    return {
+        "frames_captured": cam.get("frames_captured", 0),
+        "frames_processed": flight.get("frames_processed", 0),
+        "frames_rejected": flight.get("frames_rejected", 0),
+        "products_delivered": delivered,
+        "raw_bytes": raw,
+        "downlinked_bytes": down,
+        "reduction_ratio": round(raw / down, 1) if down else None,
+        "alerts": alerts,
+        "frame_summaries": len(summaries),
+        "cloud_fraction_error_pp_mean": round(float(np.mean(errors_pp)), 2) if errors_pp else None,
+        "cloud_fraction_error_pp_max": round(float(np.max(errors_pp)), 2) if errors_pp else None,
+        "frame_latency_ms_p50": round(float(np.percentile(latency, 50)), 1) if latency else None,
+        "frame_latency_ms_max": round(float(np.max(latency)), 1) if latency else None,
+        "packets_sent": flight.get("packets_sent", 0),
+        "packets_retransmitted": flight.get("packets_retransmitted", 0),
+        "packets_bad_at_ground": station.get("packets_bad", 0),
+        "duplicates_at_ground": station.get("duplicates", 0),
+        "wall_s": round(wall_s, 1),
+        "run_dir": str(run_dir),
+    }
+
+
+def finished(run_dir: Path) -> tuple[bool, str]:
+    cam, flight = read_status(run_dir, "camera"), read_status(run_dir, "flight")
+    captured = cam.get("frames_captured", 0)
+    done_flight = flight.get("frames_processed", 0) + flight.get("frames_rejected", 0)
+    progress = (f"captured {captured}  processed {flight.get('frames_processed', 0)}  "
+                f"rejected {flight.get('frames_rejected', 0)}  awaiting ack {flight.get('store_products', '-')}  "
+                f"archived {read_status(run_dir, 'station').get('products_archived', 0)}")
+    ok = bool(cam.get("done")) and flight.get("eos", False) and done_flight >= captured and flight.get("store_products") == 0
+    return ok, progress
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("scenario", help="scenario TOML")
+    p.add_argument("--run-dir", type=Path, default=None, help="default runs/<name>-<time>")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="operator alerts as JSON lines")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    args = p.parse_args(argv)
+    try:
+        scenario = load_scenario(args.scenario, args.overrides)
+    except ConfigError as exc:
+        print(f"hil: {exc}", file=sys.stderr)
+        return 2
+    run_dir = args.run_dir or Path("runs") / f"{scenario.scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ports = [f"network.{k}=\"tcp://127.0.0.1:{free_port()}\"" for k in
+             ("frames", "space_in", "space_out", "ground_out", "ground_in")]
+    overrides = args.overrides + ports
+    calibration = run_dir / f"calibration-{CALIBRATION_VERSION}.npz"
+    make_sensor(scenario).calibration_products(CALIBRATION_VERSION).save(calibration)
+    clock_start = time.time() + 2.0  # time for every process to load and connect before capture 0
+    common = [args.scenario, "--run-dir", str(run_dir), "--clock-start", repr(clock_start)]
+    for o in overrides:
+        common += ["--set", o]
+    extra = {"flight": ["--calibration", str(calibration)], "station": ["--json"] if args.json else []}
+    print(f"hil: scenario {scenario.scenario.name}: {scenario.scenario.frames} frames of "
+          f"{scenario.sensor.height}x{scenario.sensor.width}x6, run folder {run_dir}", file=sys.stderr)
+    procs: dict[str, subprocess.Popen] = {}
+    old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    t0 = time.monotonic()
+    code, failure = 0, None
+    try:
+        for name in PROCESSES:
+            log = open(run_dir / f"{name}.log", "w")
+            procs[name] = subprocess.Popen([sys.executable, "-m", MODULES[name], *common, *extra.get(name, [])],
+                                           stderr=log, stdout=None if name == "station" else log)
+        last_progress = 0.0
+        while True:
+            time.sleep(0.2)
+            dead = [(n, p.returncode) for n, p in procs.items() if p.poll() is not None]
+            if dead:
+                failure = f"process {dead[0][0]} died with exit code {dead[0][1]} (log: {run_dir / (dead[0][0] + '.log')})"
+                code = 1
+                break
+            ok, progress = finished(run_dir)
+            if ok:
+                break
+            if time.monotonic() - t0 > scenario.scenario.max_wall_s:
+                failure, code = f"scenario did not finish within {scenario.scenario.max_wall_s:.0f} s: {progress}", 1
+                break
+            if not args.quiet and time.monotonic() - last_progress > 1.0:
+                print(f"hil: {time.monotonic() - t0:5.1f}s  {progress}", file=sys.stderr, flush=True)
+                last_progress = time.monotonic()
+    except Stop as exc:
+        failure, code = f"stopped by {exc}", 130
+    finally:
+        stop_all(procs)
+        for s, h in old.items():
+            signal.signal(s, h)
+    summary = summarize(run_dir, time.monotonic() - t0)
+    summary["ok"] = code == 0
+    if failure:
+        summary["failure"] = failure
+        print(f"hil: FAILED: {failure}", file=sys.stderr)
+    path = run_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    print(f"summary written to {path}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Configuration fails fast with the key, the value and what was allowed."""
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flight.config import ConfigError, load_scenario
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_shipped_scenario_loads():
+    files = sorted((REPO / "payload_sim" / "scenarios").glob("*.toml"))
+    assert files
+    for f in files:
+        assert load_scenario(f).scenario.name
+
+
+@pytest.mark.parametrize("override, key", [
+    ("flight.tile_px=3", "flight.tile_px"),
+    ("flight.cloud_discard_fraction=1.5", "flight.cloud_discard_fraction"),
+    ("link.downlink_rate_bps=\"fast\"", "link.downlink_rate_bps"),
+    ("link.no_such_key=1", "link.no_such_key"),
+    ("sensor.strip_rows=100", "sensor.strip_rows"),
+    ("scenario.epoch=\"yesterday\"", "scenario.epoch"),
+    ("flight.cascade=[{model=\"ship_detect\"}]", "flight.cascade"),
+    ("flight.cascade=[{model=\"cloud_screen\", when=\"sometimes\"}]", "flight.cascade[0].when"),
+])
+def test_a_bad_value_names_its_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_scenario(None, [override])
+    assert err.value.key == key
+    assert key in str(err.value)
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text("[flihgt]\ntile_px = 64\n")
+    with pytest.raises(ConfigError, match="flihgt"):
+        load_scenario(f)
+
+
+def test_unreadable_file_is_a_config_error(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_bytes(b"[scenario\n\xff")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_scenario(f)
+
+
+@given(st.text(max_size=200))
+def test_random_text_never_crashes_the_loader(tmp_path_factory, text):
+    f = tmp_path_factory.mktemp("cfg") / "s.toml"
+    f.write_text(text)
+    try:
+        load_scenario(f)
+    except ConfigError:
+        pass
