@@ -175,6 +175,19 @@ class LinkSection:
     uplink_rate_bps: float = field(default=64_000.0, metadata=rng(100.0, 1e10))
     delay_ms: float = field(default=5.0, metadata=rng(0.0, 600_000.0))
     queue_max_packets: int = field(default=100_000, metadata=rng(1, 10_000_000))
+    # Loss: "none", "random" (independent, loss_rate) or "gilbert_elliott" (bursty two-state chain)
+    loss_model: str = field(default="none", metadata=rng(choices=("none", "random", "gilbert_elliott")))
+    loss_rate: float = field(default=0.0, metadata=rng(0.0, 1.0))
+    ge_p_good_to_bad: float = field(default=0.01, metadata=rng(0.0, 1.0))  # per packet
+    ge_p_bad_to_good: float = field(default=0.3, metadata=rng(0.0, 1.0))
+    ge_loss_good: float = field(default=0.0, metadata=rng(0.0, 1.0))
+    ge_loss_bad: float = field(default=0.5, metadata=rng(0.0, 1.0))
+    bit_error_rate: float = field(default=0.0, metadata=rng(0.0, 0.1))  # per bit, flipped in the packet
+    # Contact windows: "always" (link always up), "orbit" (from the orbit and ground stations of the
+    # scenario) or "schedule" (the explicit [aos_s, los_s] pairs below, scenario seconds)
+    contacts: str = field(default="always", metadata=rng(choices=("always", "orbit", "schedule")))
+    schedule: tuple[tuple[float, ...], ...] = ()
+    seed: int = field(default=7, metadata=rng(0, 2**31 - 1))  # loss and bit errors are reproducible
 
 
 @dataclass(frozen=True)

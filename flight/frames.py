@@ -61,9 +61,10 @@ class FrameMeta:
             fp = obj.get("footprint")
             footprint = None
             if fp is not None:
-                footprint = Footprint(tuple(map(float, fp["lat_deg"])), tuple(map(float, fp["lon_deg"])))
-                if len(footprint.lat_deg) != 4 or len(footprint.lon_deg) != 4:
+                lat, lon = tuple(map(float, fp["lat_deg"])), tuple(map(float, fp["lon_deg"]))
+                if len(lat) != 4 or len(lon) != 4:
                     raise ValueError("footprint needs 4 corners")
+                footprint = Footprint(lat, lon)  # type: ignore[arg-type]
             return FrameMeta(
                 frame_id=int(obj["frame_id"]),
                 capture_time_s=float(obj["capture_time_s"]),

@@ -69,6 +69,22 @@ def truth_record(scene: Scene, meta: FrameMeta, raw: np.ndarray) -> dict:
             "cloud_fraction": scene.cloud_fraction, "objects": [asdict(o) for o in scene.objects]}
 
 
+def corrupt_frame(frame_id: int, header: bytes, strips: list[bytes]) -> tuple[bytes, list[bytes]]:
+    """Fault injection: a frame the flight software must reject (the kind cycles with the id)."""
+    kind = frame_id % 3
+    if kind == 0:  # a value above 12 bits in the last strip
+        last = np.frombuffer(strips[-1], dtype="<u2").copy()
+        last[len(last) // 2] = 0xFFFF
+        strips[-1] = last.tobytes()
+    elif kind == 1:  # a truncated strip buffer
+        strips[-1] = strips[-1][:-2]
+    else:  # contradictory metadata
+        meta = json.loads(header)
+        meta["bands"] = meta["bands"][:4]
+        header = json.dumps(meta).encode()
+    return header, strips
+
+
 def send_parts(sock: zmq.Socket, parts: list, svc: Service) -> bool:
     """Send unless stopping; the flight may be busy, so wait on the socket with a timeout."""
     while svc.running:
@@ -90,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     sock.setsockopt(zmq.SNDHWM, 8)
     sock.bind(scenario.network.frames)
     rows = scenario.sensor.strip_rows
+    corrupt = set(scenario.extra.get("faults", {}).get("corrupt_frames", []))
     sent = raw_bytes = 0
     try:
         with open(run_dir / "truth.jsonl", "w") as truth:
@@ -100,11 +117,15 @@ def main(argv: list[str] | None = None) -> int:
                 meta = frame_meta(scenario, orbit, fid)
                 while svc.running and (delay := clock.wall_time_of(meta.capture_time_s) - time.time()) > 0:
                     time.sleep(min(delay, 0.1))
-                if not send_parts(sock, [b"frame", meta.to_json()], svc):
+                header = meta.to_json()
+                strips = [np.ascontiguousarray(raw[:, r : r + rows]).tobytes() for r in range(0, meta.height, rows)]
+                if fid in corrupt:
+                    header, strips = corrupt_frame(fid, header, strips)
+                if not send_parts(sock, [b"frame", header], svc):
                     break
-                for r in range(0, meta.height, rows):
-                    hdr = json.dumps({"frame_id": fid, "row0": r, "rows": rows}).encode()
-                    if not send_parts(sock, [b"strip", hdr, np.ascontiguousarray(raw[:, r : r + rows])], svc):
+                for k, data in enumerate(strips):
+                    hdr = json.dumps({"frame_id": fid, "row0": k * rows, "rows": rows}).encode()
+                    if not send_parts(sock, [b"strip", hdr, data], svc):
                         break
                 truth.write(json.dumps(truth_record(scene, meta, raw)) + "\n")
                 truth.flush()

@@ -405,7 +405,8 @@ class Orbit:
         lat, lon = self.pixel_truth(
             t_s, h, w, gsd_m, np.array([0.0, 0.0, h, h]), np.array([0.0, w, w, 0.0])
         )
-        return Footprint(lat_deg=tuple(float(v) for v in lat), lon_deg=tuple(float(v) for v in lon))
+        la, lo = [float(v) for v in lat], [float(v) for v in lon]
+        return Footprint((la[0], la[1], la[2], la[3]), (lo[0], lo[1], lo[2], lo[3]))
 
 
 def _check_frame(height_px, width_px, gsd_m) -> None:
@@ -503,6 +504,8 @@ def contact_windows(
     Elevation is sampled every step_s; every local maximum of the samples is refined by a
     golden-section search (so a short pass that peaks above the mask between two samples is still
     found), and AOS/LOS are bisected to 0.05 s. max_elevation_deg is the refined peak."""
+    if not math.isfinite(start_s):
+        raise ValueError(f"start_s={start_s!r}: expected a finite number")
     if not (math.isfinite(duration_s) and duration_s >= 0):
         raise ValueError(f"duration_s={duration_s!r}: expected a finite number >= 0")
     if not (math.isfinite(step_s) and step_s > 0):
