@@ -95,10 +95,10 @@ DIFFUSE_FRACTION = _s(0.25, 0.18, 0.12, 0.08, 0.04, 0.03)  # skylight share of i
 # Clouds, cirrus, smoke: TOA.
 # ---------------------------------------------------------------------------------------------
 # Optically thick water cloud, per unit of visible brightness: flat in the visible and nir,
-# swir16 0.55-0.75 of the visible and swir22 0.35-0.55 (droplet absorption; Nakajima and King
-# 1990). A scene draws the ratios and a brightness 0.35-0.95; so clouds stay bright (0.3-0.6)
-# in swir16 where snow is dark.
-CLOUD_SHAPE = _s(1.00, 0.98, 0.97, 0.96, 0.65, 0.45)
+# swir16 0.65-0.9 of the visible and swir22 0.45-0.7 (weak droplet absorption; Nakajima and King
+# 1990; Landsat cloud statistics behind Fmask, Zhu and Woodcock 2012). A scene draws the ratios
+# and a brightness 0.35-0.95, so clouds stay bright (0.25-0.8) in swir16 where snow is dark.
+CLOUD_SHAPE = _s(1.00, 0.98, 0.97, 0.96, 0.78, 0.58)
 # Cirrus (ice crystals): semi-transparent, added reflectance up to 0.1-0.3 in the visible, ice
 # absorbs more at 1.6 um than water droplets.
 CIRRUS_SHAPE = _s(1.00, 0.97, 0.95, 0.93, 0.55, 0.35)
