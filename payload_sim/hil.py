@@ -69,11 +69,19 @@ def summarize(run_dir: Path, wall_s: float) -> dict:
         for line in (run_dir / "truth.jsonl").read_text().splitlines():
             rec = json.loads(line)
             truth[rec["frame_id"]] = rec
-    db = sqlite3.connect(run_dir / "archive.sqlite")
-    delivered = db.execute("SELECT count(*) FROM products").fetchone()[0]
-    alerts = db.execute("SELECT count(*) FROM alerts").fetchone()[0]
-    summaries = [json.loads(r[0]) for r in db.execute("SELECT fields FROM products WHERE kind = 'FrameSummary'")]
-    db.close()
+    delivered = alerts = 0
+    summaries: list[dict] = []
+    archive = run_dir / "archive.sqlite"
+    if archive.exists():  # absent when the station never started
+        db = sqlite3.connect(f"file:{archive}?mode=ro", uri=True)
+        try:
+            delivered = db.execute("SELECT count(*) FROM products").fetchone()[0]
+            alerts = db.execute("SELECT count(*) FROM alerts").fetchone()[0]
+            summaries = [json.loads(r[0]) for r in db.execute("SELECT fields FROM products WHERE kind = 'FrameSummary'")]
+        except sqlite3.Error as exc:
+            print(f"hil: archive unreadable: {exc}", file=sys.stderr)
+        finally:
+            db.close()
     errors_pp = [100 * abs(s["cloud_fraction"] - truth[s["frame_id"]]["cloud_fraction"])
                  for s in summaries if s["frame_id"] in truth]
     latency = [s["processing_ms"] for s in summaries]
@@ -110,6 +118,86 @@ def finished(run_dir: Path) -> tuple[bool, str]:
                 f"archived {read_status(run_dir, 'station').get('products_archived', 0)}")
     ok = bool(cam.get("done")) and flight.get("eos", False) and done_flight >= captured and flight.get("store_products") == 0
     return ok, progress
+
+
+# --- flight process faults (issue #5: a downlink that loses nothing) --------------------------------
+# Scenario `[faults] kill_flight_at_s = T` (scenario seconds): at T the launcher SIGKILLs the flight
+# process and starts it again on the same persistent store, as a watchdog reset would. The store's
+# files move to RUN_DIR/flight-restart/ (the restarted flight's run folder) and RUN_DIR/faults.json
+# records what the store held at the kill. Because the restarted flight counts from zero, the
+# launcher writes RUN_DIR/flight.status.json itself from then on: the killed flight's last counts
+# plus the new ones, so `finished()` and `summarize()` work unchanged. Frames the killed flight had
+# not finished are lost with it; they are counted as rejected (frames_lost_at_kill) once no more
+# frames can come, and may be over-counted by one when a frame finished < 0.25 s before the kill
+# (the status file is rewritten every 0.25 s).
+
+FLIGHT_COUNTS = ("frames_captured", "frames_processed", "frames_rejected", "packets_sent", "packets_retransmitted",
+                 "products_acked", "errors", "uplink_rejected", "products_evicted", "products_refused")
+
+
+class FlightFaults:
+    def __init__(self, scenario, run_dir: Path, clock_start: float):
+        self.kill_at_s = scenario.extra.get("faults", {}).get("kill_flight_at_s")
+        self.rate, self.clock_start, self.run_dir = scenario.scenario.clock_rate, clock_start, run_dir
+        self.restart_dir = run_dir / "flight-restart"
+        self.before: dict | None = None  # the killed flight's last status
+        self.camera_done_at_kill = False
+
+    def step(self, procs: dict[str, subprocess.Popen]) -> None:
+        if self.kill_at_s is None:
+            return
+        if self.before is None:
+            if (time.time() - self.clock_start) * self.rate >= self.kill_at_s and "flight" in procs:
+                self._kill_and_restart(procs)
+            return
+        self._merge_status()
+
+    def _kill_and_restart(self, procs: dict[str, subprocess.Popen]) -> None:
+        from flight.service import read_status
+
+        old = procs["flight"]
+        self.before = read_status(self.run_dir, "flight")
+        self.camera_done_at_kill = bool(read_status(self.run_dir, "camera").get("done"))
+        old.kill()
+        old.wait()
+        killed_s = (time.time() - self.clock_start) * self.rate
+        self.restart_dir.mkdir(exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):  # the WAL holds committed products: it moves with the db
+            src = self.run_dir / f"flight_store.sqlite{suffix}"
+            if src.exists():
+                src.rename(self.restart_dir / src.name)
+        db = sqlite3.connect(self.restart_dir / "flight_store.sqlite")
+        row = db.execute("SELECT value FROM counters WHERE name = 'product_id'").fetchone()
+        pending = [r[0] for r in db.execute("SELECT id FROM products ORDER BY id")]
+        db.close()
+        (self.run_dir / "faults.json").write_text(json.dumps({
+            "flight_killed_at_s": round(killed_s, 3), "products_created_before_kill": row[0] if row else 0,
+            "products_pending_at_kill": pending, "restart_dir": str(self.restart_dir),
+            "flight_status_at_kill": self.before}, indent=2) + "\n")
+        args = list(old.args)
+        args[args.index("--run-dir") + 1] = str(self.restart_dir)
+        log = open(self.run_dir / "flight-restart.log", "w")
+        procs["flight"] = subprocess.Popen(args, stdout=log, stderr=log)
+        print(f"hil: fault: flight SIGKILLed at t={killed_s:.1f} s and restarted on the same store", file=sys.stderr)
+
+    def _merge_status(self) -> None:
+        from flight.service import read_status
+
+        new = read_status(self.restart_dir, "flight")
+        merged = dict(new)
+        for k in FLIGHT_COUNTS:
+            merged[k] = self.before.get(k, 0) + new.get(k, 0)
+        merged["eos"] = bool(self.before.get("eos") or new.get("eos") or self.camera_done_at_kill)
+        merged["store_products"] = new.get("store_products")  # None until the new flight reports
+        cam = read_status(self.run_dir, "camera")
+        lost = cam.get("frames_captured", 0) - merged["frames_processed"] - merged["frames_rejected"]
+        if merged["eos"] and cam.get("done") and new and lost > 0:  # no more frames can come
+            merged["frames_rejected"] += lost
+            merged["frames_lost_at_kill"] = lost
+        merged["restarts"] = 1
+        tmp = self.run_dir / "flight.status.tmp"
+        tmp.write_text(json.dumps(merged))
+        tmp.replace(self.run_dir / "flight.status.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             procs[name] = subprocess.Popen([sys.executable, "-m", MODULES[name], *common, *extra.get(name, [])],
                                            stderr=log, stdout=None if name == "station" else log)
         last_progress = 0.0
+        flight_faults = FlightFaults(scenario, run_dir, clock_start)
         while True:
             time.sleep(0.2)
+            flight_faults.step(procs)
             dead = [(n, p.returncode) for n, p in procs.items() if p.poll() is not None]
             if dead:
                 failure = f"process {dead[0][0]} died with exit code {dead[0][1]} (log: {run_dir / (dead[0][0] + '.log')})"
@@ -171,11 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         stop_all(procs)
         for s, h in old.items():
             signal.signal(s, h)
+    if failure:
+        print(f"hil: FAILED: {failure}", file=sys.stderr, flush=True)
     summary = summarize(run_dir, time.monotonic() - t0)
     summary["ok"] = code == 0
     if failure:
         summary["failure"] = failure
-        print(f"hil: FAILED: {failure}", file=sys.stderr)
     path = run_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
