@@ -189,12 +189,41 @@ class LinkSection:
     schedule: tuple[tuple[float, ...], ...] = ()
     seed: int = field(default=7, metadata=rng(0, 2**31 - 1))  # loss and bit errors are reproducible
 
+    def validate(self, section: str) -> None:
+        for i, pair in enumerate(self.schedule):
+            if len(pair) != 2 or not pair[0] < pair[1]:
+                raise ConfigError(f"{section}.schedule[{i}]", list(pair), "must be [aos_s, los_s] with aos_s < los_s")
+        if self.contacts == "schedule" and not self.schedule:
+            raise ConfigError(f"{section}.schedule", [], 'contacts = "schedule" needs at least one [aos_s, los_s] pair')
+
 
 @dataclass(frozen=True)
 class AlertRule:
+    """A detection raises an alert at the ground when it matches every condition of a rule (the
+    first matching rule, in file order, gives the severity)."""
+
     class_name: str = field(default="fire", metadata=rng(choices=("ship", "fire", "cloud")))
     min_confidence: float = field(default=0.5, metadata=rng(0.0, 1.0))
     severity: str = field(default="warning", metadata=rng(choices=("info", "warning", "critical")))
+    area_px_min: int = field(default=0, metadata=rng(0, 65535))
+    area_px_max: int = field(default=65535, metadata=rng(0, 65535))
+    region: tuple[float, ...] = ()  # [lat0_deg, lon0_deg, lat1_deg, lon1_deg]; empty = anywhere
+    # Repeats: an alert of the same class within throttle_km and throttle_s (scenario seconds) of one
+    # already shown is archived and counted as throttled but not shown again. 0 turns it off.
+    throttle_km: float = field(default=5.0, metadata=rng(0.0, 20000.0))
+    throttle_s: float = field(default=600.0, metadata=rng(0.0, 1e7))
+
+    def validate(self, section: str) -> None:
+        if self.area_px_min > self.area_px_max:
+            raise ConfigError(f"{section}.area_px_min", self.area_px_min, f"must be <= area_px_max {self.area_px_max}")
+        if self.region:
+            if len(self.region) != 4:
+                raise ConfigError(f"{section}.region", list(self.region), "must be [lat0_deg, lon0_deg, lat1_deg, lon1_deg]")
+            lat0, lon0, lat1, lon1 = self.region
+            if not (-90 <= lat0 <= lat1 <= 90):
+                raise ConfigError(f"{section}.region", list(self.region), "latitudes must satisfy -90 <= lat0 <= lat1 <= 90")
+            if not (-180 <= lon0 <= 180 and -180 <= lon1 <= 180):
+                raise ConfigError(f"{section}.region", list(self.region), "longitudes must be in [-180, 180] (lon0 > lon1 crosses 180)")
 
 
 @dataclass(frozen=True)
@@ -204,6 +233,7 @@ class GroundSection:
         AlertRule("ship", 0.5, "info"),
     )
     ack_period_s: float = field(default=0.2, metadata=rng(0.001, 60.0))  # wall seconds between acks
+    alerts_file: str = ""  # also append alerts as JSON lines here (relative: to the run folder); "" = off
 
 
 @dataclass(frozen=True)
@@ -215,6 +245,7 @@ class NetworkSection:
     space_out: str = "tcp://127.0.0.1:7103"  # channel -> flight PULL (uplink out)
     ground_out: str = "tcp://127.0.0.1:7104"  # channel -> station PULL (downlink out)
     ground_in: str = "tcp://127.0.0.1:7105"  # station PUSH -> channel (uplink in)
+    feed: str = ""  # station PUB of alerts (topic b"alert") for other tools; "" = no feed
 
 
 @dataclass(frozen=True)

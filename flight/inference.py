@@ -200,7 +200,12 @@ def model_path(name: str) -> Path:
         raise ModelError("bad model name", model=str(name), key="name", value=name)
     import models  # the package holding the cards and ONNX files; imports nothing heavy
 
-    return Path(models.__file__).resolve().parent / f"{name}.card.json"
+    # models.__path__ rather than __file__: an editable install can import it as a namespace
+    # package (no __file__); the first existing folder is the package.
+    dirs = [Path(p) for p in getattr(models, "__path__", []) if Path(p).is_dir()]
+    if not dirs:
+        raise ModelError("the models package has no folder", model=name)
+    return dirs[0].resolve() / f"{name}.card.json"
 
 
 def _dim_ok(actual, expected) -> bool:

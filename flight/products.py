@@ -29,7 +29,6 @@ from flight.dictionary import (
     Apid,
 )
 
-
 CCSDS_EPOCH = datetime(1958, 1, 1, tzinfo=UTC)
 
 

@@ -1,7 +1,8 @@
 """The ground archive: every packet as received, every product once, alerts, telemetry, events.
 
 SQLite, one file per station. Products are keyed by the flight's product id, so a packet the
-flight sent again (its acknowledgement was lost) is recognised and not archived twice.
+flight sent again (its acknowledgement was lost) is recognised and not archived twice. Alerts
+keep the throttled ones too (throttled = 1): archived and counted, but not shown to the operator.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import sqlite3
 from pathlib import Path
 
-from flight.products import Detection, Event, Housekeeping, ImageChip
+from flight.products import Event, Housekeeping, ImageChip
 
 SCHEMA = """
 PRAGMA journal_mode=WAL;
@@ -24,12 +25,16 @@ CREATE TABLE IF NOT EXISTS products (
 CREATE INDEX IF NOT EXISTS products_frame ON products (frame_id);
 CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY, product_id INTEGER, severity TEXT, class TEXT, confidence REAL,
-    lat_deg REAL, lon_deg REAL, frame_id INTEGER, time_s REAL, received_wall REAL, message TEXT);
+    lat_deg REAL, lon_deg REAL, frame_id INTEGER, time_s REAL, received_wall REAL, message TEXT,
+    area_px INTEGER, received_s REAL, latency_s REAL, throttled INTEGER NOT NULL DEFAULT 0, rule INTEGER);
 CREATE TABLE IF NOT EXISTS telemetry (product_id INTEGER, time_s REAL, channel INTEGER, value REAL);
 CREATE TABLE IF NOT EXISTS events (
     product_id INTEGER, time_s REAL, event_id INTEGER, severity INTEGER, frame_id INTEGER, message TEXT);
 CREATE TABLE IF NOT EXISTS chips (product_id INTEGER PRIMARY KEY, frame_id INTEGER, png BLOB);
 """
+
+ALERT_COLUMNS = ("product_id", "severity", "class", "confidence", "lat_deg", "lon_deg", "frame_id", "time_s",
+                 "received_wall", "message", "area_px", "received_s", "latency_s", "throttled", "rule")
 
 
 def _jsonable(product) -> dict:
@@ -77,12 +82,11 @@ class Archive:
         self.db.execute("COMMIT")
         return True
 
-    def alert(self, d: Detection, severity: str, cls: str, received_wall: float, message: str) -> None:
-        self.db.execute(
-            "INSERT INTO alerts (product_id, severity, class, confidence, lat_deg, lon_deg, frame_id, time_s,"
-            " received_wall, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (d.product_id, severity, cls, d.confidence, d.lat_deg, d.lon_deg, d.frame_id, d.capture_time_s,
-             received_wall, message))
+    def alert(self, record: dict) -> None:
+        """One alert (see station.alert_record); lat/lon None when the position is unknown."""
+        row = dict(record, time_s=record["capture_time_s"], throttled=int(record["throttled"]))
+        self.db.execute(f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES ({', '.join('?' * len(ALERT_COLUMNS))})",
+                        [row.get(c) for c in ALERT_COLUMNS])
 
     def close(self) -> None:
         self.db.close()

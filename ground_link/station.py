@@ -1,50 +1,44 @@
 """The ground station: decode, check, de-duplicate, archive, alert, acknowledge.
 
-    python -m ground_link.station SCENARIO.toml [--json] [--archive PATH]
+    python -m ground_link.station SCENARIO.toml [--json] [--archive PATH] [--alerts-file PATH]
 
 Every packet from the link is CRC-checked; a bad one is counted, kept in the archive's packet
 table with the reason, and dropped (never a crash). Each product is archived once; every product
 received, new or repeated, is acknowledged so the flight can free it. Detections matching an
-alert rule print one line each for the operator (or one JSON object per line with --json).
+alert rule (ground_link.alerts) print one line each for the operator (or one JSON object per line
+with --json), are appended as JSON lines to the alerts file when one is set, and are published on
+the ZeroMQ feed (network.feed, topic b"alert") when one is set. Repeats are throttled: archived
+and counted, not shown.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import zmq
 
-from flight.config import AlertRule, Scenario
-from flight.dictionary import DetectionClass
+from flight.clock import ScenarioClock
+from flight.config import Scenario
 from flight.products import Detection, PacketError, decode_tm, encode_ack, MAX_ACK_IDS
 from flight.service import Service, common_args, setup
+from ground_link.alerts import Throttle, alert_record, match_rule
 from ground_link.archive import Archive
 
-
-def match_rule(rules: tuple[AlertRule, ...], d: Detection) -> AlertRule | None:
-    try:
-        cls = DetectionClass(d.class_id).name.lower()
-    except ValueError:
-        return None
-    return next((r for r in rules if r.class_name == cls and d.confidence >= r.min_confidence), None)
-
-
-def format_alert(d: Detection, rule: AlertRule) -> str:
-    where = "position unknown" if math.isnan(d.lat_deg) else f"{d.lat_deg:+.5f} {d.lon_deg:+.5f}"
-    return (f"ALERT {rule.severity.upper():8s} {rule.class_name:5s} frame {d.frame_id:5d} conf {d.confidence:.2f} "
-            f"at {where} (px {d.row_px:.1f},{d.col_px:.1f}) t+{d.capture_time_s:.1f}s")
+FEED_TOPIC = b"alert"
 
 
 class Station:
-    def __init__(self, scenario: Scenario, archive: Path, as_json: bool, svc: Service):
-        self.sc, self.svc, self.as_json = scenario, svc, as_json
+    def __init__(self, scenario: Scenario, archive: Path, as_json: bool, svc: Service,
+                 clock: ScenarioClock | None = None, alerts_file: Path | None = None, feed: zmq.Socket | None = None):
+        self.sc, self.svc, self.as_json, self.clock, self.feed = scenario, svc, as_json, clock, feed
         self.archive = Archive(archive)
+        self.alerts_file = open(alerts_file, "a") if alerts_file else None
+        self.throttle = Throttle()
         self.counts = dict(packets_received=0, packets_bad=0, products_archived=0, duplicates=0, alerts=0,
-                           acks_sent=0, bytes_received=0)
+                           alerts_throttled=0, acks_sent=0, bytes_received=0)
         self.to_ack: list[int] = []
         self.ack_seq = 0
 
@@ -66,22 +60,30 @@ class Station:
             return
         self.counts["products_archived"] += 1
         if isinstance(product, Detection):
-            rule = match_rule(self.sc.ground.alerts, product)
-            if rule is not None:
-                self.raise_alert(product, rule, now)
+            match = match_rule(self.sc.ground.alerts, product)
+            if match is not None:
+                self.raise_alert(product, *match, now)
 
-    def raise_alert(self, d: Detection, rule: AlertRule, now: float) -> None:
-        line = format_alert(d, rule)
-        self.archive.alert(d, rule.severity, rule.class_name, now, line)
+    def raise_alert(self, d: Detection, rule_index: int, rule, now: float) -> None:
+        throttled = self.throttle.is_repeat(rule, d)
+        received_s = self.clock.now_s() if self.clock else None
+        rec = alert_record(d, rule_index, rule, now, received_s, throttled)
+        self.archive.alert(rec)
+        if throttled:
+            self.counts["alerts_throttled"] += 1
+            return
+        self.throttle.remember(rule, d)
         self.counts["alerts"] += 1
-        if self.as_json:
-            print(json.dumps({"severity": rule.severity, "class": rule.class_name, "frame_id": d.frame_id,
-                              "confidence": round(d.confidence, 3), "lat_deg": None if math.isnan(d.lat_deg) else d.lat_deg,
-                              "lon_deg": None if math.isnan(d.lon_deg) else d.lon_deg, "row_px": d.row_px,
-                              "col_px": d.col_px, "capture_time_s": d.capture_time_s, "product_id": d.product_id}),
-                  flush=True)
-        else:
-            print(line, flush=True)
+        text = json.dumps(rec)
+        print(text if self.as_json else rec["message"], flush=True)
+        if self.alerts_file:
+            self.alerts_file.write(text + "\n")
+            self.alerts_file.flush()
+        if self.feed is not None:
+            try:
+                self.feed.send_multipart([FEED_TOPIC, text.encode()], zmq.NOBLOCK)
+            except zmq.Again:  # a slow subscriber must never stall the station
+                pass
 
     def send_acks(self, sock: zmq.Socket) -> None:
         while self.to_ack:
@@ -94,24 +96,40 @@ class Station:
             self.counts["acks_sent"] += 1
             self.to_ack = rest
 
+    def close(self) -> None:
+        self.archive.close()
+        if self.alerts_file:
+            self.alerts_file.close()
+
 
 def main(argv: list[str] | None = None) -> int:
     p = common_args("Ground station: decode, archive, alert")
     p.add_argument("--json", action="store_true", help="alerts as JSON lines")
     p.add_argument("--archive", type=Path, default=None, help="SQLite archive (default RUN_DIR/archive.sqlite)")
+    p.add_argument("--alerts-file", type=Path, default=None,
+                   help="append alerts as JSON lines here (default: ground.alerts_file, relative to RUN_DIR)")
     args = p.parse_args(argv)
-    scenario, _clock = setup(args)
+    scenario, clock = setup(args)
     run_dir = args.run_dir or Path("runs/station")
     run_dir.mkdir(parents=True, exist_ok=True)
     svc = Service("station", run_dir)
-    station = Station(scenario, args.archive or run_dir / "archive.sqlite", args.json, svc)
+    alerts_file = args.alerts_file or (run_dir / scenario.ground.alerts_file if scenario.ground.alerts_file else None)
     ctx = zmq.Context()
+    feed = None
+    if scenario.network.feed:
+        feed = ctx.socket(zmq.PUB)
+        feed.setsockopt(zmq.SNDHWM, 1000)
+        feed.bind(scenario.network.feed)
+        svc.log(f"alert feed on {scenario.network.feed} (topic {FEED_TOPIC.decode()})")
+    station = Station(scenario, args.archive or run_dir / "archive.sqlite", args.json, svc, clock, alerts_file, feed)
     rx = ctx.socket(zmq.PULL)
     rx.connect(scenario.network.ground_out)
     tx = ctx.socket(zmq.PUSH)
     tx.setsockopt(zmq.SNDHWM, 100)
     tx.connect(scenario.network.ground_in)
     next_ack = 0.0
+    # lets tools turn capture times (scenario s) into wall times, for latency measurements
+    clock_info = {"clock_start": clock.wall_start, "clock_rate": clock.rate}
     try:
         while svc.running:
             if rx.poll(50):
@@ -120,13 +138,14 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() >= next_ack:
                 station.send_acks(tx)
                 next_ack = time.monotonic() + scenario.ground.ack_period_s
-            svc.write_status(station.counts)
-        svc.write_status(station.counts, force=True)
+            svc.write_status(station.counts | clock_info)
+        svc.write_status(station.counts | clock_info, force=True)
     finally:
-        rx.close(linger=0)
-        tx.close(linger=0)
+        for s in (rx, tx, feed):
+            if s is not None:
+                s.close(linger=0)
         ctx.term()
-        station.archive.close()
+        station.close()
     return 0
 
 

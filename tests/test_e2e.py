@@ -7,7 +7,6 @@ import subprocess
 import time
 
 import pytest
-
 from e2e_util import REPO, SMALL, hil_command, kill_leftovers, processes_of, run_hil, wait_for
 
 

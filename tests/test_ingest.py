@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flight.frames import BANDS, FrameMeta, Footprint
+from flight.frames import BANDS, Footprint, FrameMeta
 from flight.ingest import FrameIngest, FrameRejected
 
 FP = Footprint((40.0, 40.0, 39.9, 39.9), (49.0, 49.1, 49.1, 49.0))
