@@ -249,6 +249,42 @@ class NetworkSection:
 
 
 @dataclass(frozen=True)
+class OpsSection:
+    """Flight operations and fault protection (docs/operations.md): modes, error budget, watchdog,
+    memory pressure, quicklook ring, model updates."""
+
+    state_dir: str = ""  # flight state (models, uploads, command counter); "" = the run folder
+    error_budget: int = field(default=3, metadata=rng(0, 100000))  # more errors than this in the window: SAFE
+    error_window_s: float = field(default=600.0, metadata=rng(1.0, 1e7))  # scenario seconds
+    watchdog_limit_s: float = field(default=5.0, metadata=rng(0.01, 3600.0))  # wall seconds one stage call may take
+    memory_degraded_fraction: float = field(default=0.85, metadata=rng(0.1, 1.0))  # of obc.memory_mib: DEGRADED
+    memory_safe_fraction: float = field(default=0.95, metadata=rng(0.1, 1.0))  # of obc.memory_mib: SAFE
+    quicklook_frames: int = field(default=4, metadata=rng(0, 64))  # recent frames kept as quicklooks
+    quicklook_factor: int = field(default=8, metadata=rng(choices=(1, 2, 4, 8, 16, 32, 64)))  # downsampling
+    quicklook_max_bytes: int = field(default=32768, metadata=rng(1024, 60000))  # PNG size limit per packet
+    model_scrub_period_s: float = field(default=60.0, metadata=rng(0.0, 1e7))  # re-hash model files; 0 = off
+    model_probation_frames: int = field(default=10, metadata=rng(0, 100000))  # run-time failure: roll back
+    upload_max_bytes: int = field(default=16 * 1024 * 1024, metadata=rng(1024, 2**31 - 1))
+
+    def validate(self, section: str) -> None:
+        if self.memory_degraded_fraction > self.memory_safe_fraction:
+            raise ConfigError(f"{section}.memory_degraded_fraction", self.memory_degraded_fraction,
+                              f"must be <= memory_safe_fraction {self.memory_safe_fraction}")
+
+
+@dataclass(frozen=True)
+class SecuritySection:
+    """Command authentication and link encryption (docs/operations.md). Key material never lives in
+    the scenario: only the paths to it (environment variables FLIGHT_MISSION_KEY / _FILE override)."""
+
+    command_key_file: str = ""  # hex mission key (HMAC-SHA256); relative paths: to the run folder
+    counter_window: int = field(default=1000, metadata=rng(1, 2**32))  # accepted: last < counter <= last + window
+    command_time_window_s: float = field(default=600.0, metadata=rng(0.0, 1e7))  # |now - issued|; 0 = off
+    curve: bool = False  # CURVE encryption and authentication on every ZeroMQ link
+    curve_dir: str = ""  # per-run certificates; "" = RUN_DIR/curve
+
+
+@dataclass(frozen=True)
 class Scenario:
     scenario: ScenarioSection = ScenarioSection()
     sensor: SensorSection = SensorSection()
@@ -257,6 +293,8 @@ class Scenario:
     link: LinkSection = LinkSection()
     ground: GroundSection = GroundSection()
     network: NetworkSection = NetworkSection()
+    ops: OpsSection = OpsSection()
+    security: SecuritySection = SecuritySection()
     extra: dict = field(default_factory=dict)  # sections owned by the simulator (orbit, stations, faults)
 
 

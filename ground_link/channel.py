@@ -25,8 +25,16 @@ from dataclasses import dataclass, field
 import zmq
 
 from flight.config import LinkSection, Scenario
+from flight.security import SecureContext
 from flight.service import Service, common_args, setup
-from ground_link.linkmodel import BitErrors, ContactPlan, NoLoss, make_contacts, make_loss, make_rngs
+from ground_link.linkmodel import (
+    BitErrors,
+    ContactPlan,
+    NoLoss,
+    make_contacts,
+    make_loss,
+    make_rngs,
+)
 
 COUNTERS = ("packets_in", "packets_out", "bytes_out", "dropped_queue_full", "lost", "corrupted",
             "bits_flipped", "dropped_outside_contact", "dropped_no_listener")
@@ -134,12 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         return (wall - clock.wall_start) * clock.rate
 
     down, up = make_link(scenario.link, contacts, scenario_s)
-    ctx = zmq.Context()
+    ctx = SecureContext(scenario.security, "channel", args.run_dir)  # CURVE server when security.curve
     socks = {}
     for name, kind, addr in (("space_in", zmq.PULL, net.space_in), ("space_out", zmq.PUSH, net.space_out),
                              ("ground_out", zmq.PUSH, net.ground_out), ("ground_in", zmq.PULL, net.ground_in)):
         s = ctx.socket(kind)
         s.setsockopt(zmq.LINGER, 0)
+        ctx.serve(s)
         s.bind(addr)
         socks[name] = s
     poller = zmq.Poller()
@@ -170,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
             t_s = scenario_s(now)
             state = contacts.state(t_s)
             if state["link_up"] != was_up:
-                was_up = state["link_up"]
-                svc.log(f"t={t_s:.1f} s: " + (f"AOS {state['station']}" if was_up else
-                        "LOS" + (f", next AOS {state['next_station']} at {state['next_aos_s']:.1f} s"
-                                 if state["next_aos_s"] is not None else ", no more contacts")))
+                first, was_up = was_up is None, state["link_up"]
+                up_word, down_word = ("link up", "link down") if first else ("AOS", "LOS")
+                svc.log(f"t={t_s:.1f} s: " + (f"{up_word} {state['station']}" if was_up else
+                        down_word + (f", next AOS {state['next_station']} at {state['next_aos_s']:.1f} s"
+                                     if state["next_aos_s"] is not None else ", no more contacts")))
             svc.write_status(link_status(down, up, contacts, t_s))
         svc.write_status(link_status(down, up, contacts, scenario_s(time.time())), force=True)
     finally:

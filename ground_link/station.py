@@ -22,7 +22,8 @@ import zmq
 
 from flight.clock import ScenarioClock
 from flight.config import Scenario
-from flight.products import Detection, PacketError, decode_tm, encode_ack, MAX_ACK_IDS
+from flight.products import MAX_ACK_IDS, Detection, PacketError, decode_tm, encode_ack
+from flight.security import SecureContext
 from flight.service import Service, common_args, setup
 from ground_link.alerts import Throttle, alert_record, match_rule
 from ground_link.archive import Archive
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     svc = Service("station", run_dir)
     alerts_file = args.alerts_file or (run_dir / scenario.ground.alerts_file if scenario.ground.alerts_file else None)
-    ctx = zmq.Context()
+    ctx = SecureContext(scenario.security, "station", run_dir)  # CURVE client when security.curve
     feed = None
     if scenario.network.feed:
         feed = ctx.socket(zmq.PUB)
@@ -123,9 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         svc.log(f"alert feed on {scenario.network.feed} (topic {FEED_TOPIC.decode()})")
     station = Station(scenario, args.archive or run_dir / "archive.sqlite", args.json, svc, clock, alerts_file, feed)
     rx = ctx.socket(zmq.PULL)
+    ctx.client(rx, "channel")
     rx.connect(scenario.network.ground_out)
     tx = ctx.socket(zmq.PUSH)
     tx.setsockopt(zmq.SNDHWM, 100)
+    ctx.client(tx, "channel")
     tx.connect(scenario.network.ground_in)
     next_ack = 0.0
     # lets tools turn capture times (scenario s) into wall times, for latency measurements

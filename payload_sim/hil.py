@@ -26,6 +26,7 @@ import numpy as np
 from flight.config import ConfigError, load_scenario
 from flight.service import read_status
 from payload_sim.camera import CALIBRATION_VERSION, make_sensor
+from payload_sim.ops_support import OpsFaults, launch_overrides, write_launch_record
 
 PROCESSES = ("channel", "station", "flight", "camera")
 MODULES = {"channel": "ground_link.channel", "station": "ground_link.station", "flight": "flight",
@@ -76,7 +77,7 @@ def summarize(run_dir: Path, wall_s: float) -> dict:
         db = sqlite3.connect(f"file:{archive}?mode=ro", uri=True)
         try:
             delivered = db.execute("SELECT count(*) FROM products").fetchone()[0]
-            alerts = db.execute("SELECT count(*) FROM alerts").fetchone()[0]
+            alerts = db.execute("SELECT count(*) FROM alerts WHERE throttled = 0").fetchone()[0]
             summaries = [json.loads(r[0]) for r in db.execute("SELECT fields FROM products WHERE kind = 'FrameSummary'")]
         except sqlite3.Error as exc:
             print(f"hil: archive unreadable: {exc}", file=sys.stderr)
@@ -217,13 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     ports = [f"network.{k}=\"tcp://127.0.0.1:{free_port()}\"" for k in
              ("frames", "space_in", "space_out", "ground_out", "ground_in")]
-    overrides = args.overrides + ports
+    overrides = args.overrides + ports + launch_overrides(scenario, run_dir)  # per-run keys, flight state folder
     calibration = run_dir / f"calibration-{CALIBRATION_VERSION}.npz"
     make_sensor(scenario).calibration_products(CALIBRATION_VERSION).save(calibration)
     clock_start = time.time() + 2.0  # time for every process to load and connect before capture 0
     common = [args.scenario, "--run-dir", str(run_dir), "--clock-start", repr(clock_start)]
     for o in overrides:
         common += ["--set", o]
+    write_launch_record(run_dir, args.scenario, overrides, clock_start)  # for ground_link.commander
     extra = {"flight": ["--calibration", str(calibration)], "station": ["--json"] if args.json else []}
     print(f"hil: scenario {scenario.scenario.name}: {scenario.scenario.frames} frames of "
           f"{scenario.sensor.height}x{scenario.sensor.width}x6, run folder {run_dir}", file=sys.stderr)
@@ -238,9 +240,11 @@ def main(argv: list[str] | None = None) -> int:
                                            stderr=log, stdout=None if name == "station" else log)
         last_progress = 0.0
         flight_faults = FlightFaults(scenario, run_dir, clock_start)
+        ops_faults = OpsFaults(scenario, run_dir, clock_start)
         while True:
             time.sleep(0.2)
             flight_faults.step(procs)
+            ops_faults.step()
             dead = [(n, p.returncode) for n, p in procs.items() if p.poll() is not None]
             if dead:
                 failure = f"process {dead[0][0]} died with exit code {dead[0][1]} (log: {run_dir / (dead[0][0] + '.log')})"

@@ -1,0 +1,96 @@
+"""Alert rules: which detections the operator is told about, how loudly, and how often.
+
+A detection matches a rule when its class, confidence, area and position all fit; the first
+matching rule (in configuration order) gives the severity. A repeat (same class within
+`throttle_km` and `throttle_s` scenario seconds of an alert already shown) is throttled: archived
+and counted, not shown, not published.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from flight.config import AlertRule
+from flight.dictionary import DetectionClass
+from flight.geolocate import ground_distance_m
+from flight.products import Detection
+
+KEEP_SHOWN = 1000  # alerts remembered per class for throttling
+
+
+def class_name(class_id: int) -> str | None:
+    try:
+        return DetectionClass(class_id).name.lower()
+    except ValueError:
+        return None
+
+
+def in_region(region: tuple[float, ...], lat: float, lon: float) -> bool:
+    """Inside [lat0, lon0, lat1, lon1] (edges included); lon0 > lon1 wraps across 180 deg."""
+    if not region:
+        return True
+    if math.isnan(lat) or math.isnan(lon):
+        return False  # a region rule needs a position
+    lat0, lon0, lat1, lon1 = region
+    if not lat0 <= lat <= lat1:
+        return False
+    return lon0 <= lon <= lon1 if lon0 <= lon1 else (lon >= lon0 or lon <= lon1)
+
+
+def rule_matches(rule: AlertRule, d: Detection) -> bool:
+    return (rule.class_name == class_name(d.class_id) and d.confidence >= rule.min_confidence
+            and rule.area_px_min <= d.area_px <= rule.area_px_max and in_region(rule.region, d.lat_deg, d.lon_deg))
+
+
+def match_rule(rules: tuple[AlertRule, ...], d: Detection) -> tuple[int, AlertRule] | None:
+    """(index, rule) of the first rule the detection matches, None when no rule does."""
+    return next(((i, r) for i, r in enumerate(rules) if rule_matches(r, d)), None)
+
+
+class Throttle:
+    """Remembers the alerts shown, per class, to recognise repeats of the same thing."""
+
+    def __init__(self):
+        self.shown: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+
+    def is_repeat(self, rule: AlertRule, d: Detection) -> bool:
+        if rule.throttle_km <= 0 or rule.throttle_s <= 0 or math.isnan(d.lat_deg) or math.isnan(d.lon_deg):
+            return False  # no position: cannot tell it is the same place, so it is shown
+        for t, lat, lon in self.shown[rule.class_name]:
+            # abs(): a retransmitted older detection may arrive after a newer one
+            if abs(d.capture_time_s - t) <= rule.throttle_s and \
+                    float(ground_distance_m(lat, lon, d.lat_deg, d.lon_deg)) <= rule.throttle_km * 1e3:
+                return True
+        return False
+
+    def remember(self, rule: AlertRule, d: Detection) -> None:
+        shown = self.shown[rule.class_name]
+        shown.append((d.capture_time_s, d.lat_deg, d.lon_deg))
+        del shown[:-KEEP_SHOWN]
+
+
+def _num(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+def alert_record(d: Detection, rule_index: int, rule: AlertRule, received_wall: float,
+                 received_s: float | None, throttled: bool) -> dict:
+    """One alert as archived, printed as JSON and published (one flat dict)."""
+    latency = None if received_s is None else round(received_s - d.capture_time_s, 3)
+    rec = {"severity": rule.severity, "class": rule.class_name, "frame_id": d.frame_id, "product_id": d.product_id,
+           "confidence": round(d.confidence, 3), "lat_deg": _num(d.lat_deg), "lon_deg": _num(d.lon_deg),
+           "row_px": d.row_px, "col_px": d.col_px, "area_px": d.area_px, "capture_time_s": d.capture_time_s,
+           "received_s": None if received_s is None else round(received_s, 3), "latency_s": latency,
+           "received_wall": round(received_wall, 3), "rule": rule_index, "throttled": throttled}
+    rec["message"] = format_alert(rec)
+    return rec
+
+
+def format_alert(rec: dict) -> str:
+    where = "position unknown" if rec["lat_deg"] is None else f"{rec['lat_deg']:+.5f} {rec['lon_deg']:+.5f}"
+    line = (f"ALERT {rec['severity'].upper():8s} {rec['class']:5s} frame {rec['frame_id']:5d} conf {rec['confidence']:.2f} "
+            f"at {where} (px {rec['row_px']:.1f},{rec['col_px']:.1f}) t+{rec['capture_time_s']:.1f}s")
+    if rec.get("latency_s") is not None:
+        line += f" seen +{rec['latency_s']:.1f}s"
+    return line
