@@ -1,43 +1,74 @@
-"""The flight process: frames in from the camera, products out to the radio, acks in from the ground.
+"""The flight process: frames in from the camera, products out to the radio, commands and acks in.
 
     python -m flight SCENARIO.toml --calibration CAL.npz --run-dir DIR
 
-It pins itself to the onboard-computer profile's cores, loads the models named by the cascade
-(each checked against its card's sha256), then loops: frame strips through the pipeline, products
-into the persistent store, due packets out within the downlink window, acknowledgements in.
-Bad frames and bad uplink packets are counted and reported as events; the loop goes on.
+It pins itself to the onboard-computer profile's cores, loads the mission key (start-up fails
+without one), loads the models of the cascade from its writable model folder (seeded from the
+packaged models, each verified by hash and golden vectors), then loops: frame strips through the
+pipeline, products into the persistent store, due packets out within the downlink window,
+acknowledgements and authenticated telecommands in, housekeeping, memory and model-file checks.
+Run time never stops on a bad input or a failed stage: it counts it, reports an event, changes
+mode where the fault protection says so (flight.modes) and goes on. docs/operations.md has the
+commands, modes and the model upload protocol.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import zmq
 
 from flight.calibrate import CalibrationProducts, Calibrator
 from flight.clock import ScenarioClock
+from flight.commands import Command, CommandAuth, CommandError, command_name, parse_command
 from flight.config import Scenario
-from flight.dictionary import APID_PRIORITY, EVENTS, TELEMETRY_BY_NAME, Apid
-from flight.inference import ModelError, TileModel, model_path
+from flight.dictionary import (
+    APID_PRIORITY,
+    EVENTS,
+    LATEST_FRAME,
+    PARAMS,
+    TELEMETRY_BY_NAME,
+    AckFlag,
+    Apid,
+    Mode,
+    Reason,
+    ReportKind,
+)
+from flight.faults import InjectedFaults
 from flight.ingest import FrameRejected
-from flight.pipeline import FramePipeline, FrameResult
+from flight.model_update import ModelStore, ModelUpdateError, Uploads, ranges, version_number
+from flight.modes import ModeManager, StageStuck, StageWatchdog
+from flight.packaging import discard_event_args, frame_products
+from flight.pipeline import STAGES, FramePipeline, FrameResult
 from flight.products import (
-    Detection,
+    CommandReport,
     Event,
-    FrameSummary,
     ImageChip,
     PacketError,
     decode_ack,
     encode_tm,
     housekeeping,
 )
+from flight.quicklook import QuicklookRing, crop, png
+from flight.security import SecureContext, load_mission_key, resolve
 from flight.service import Service, common_args, setup
 from flight.store import ProductStore, StoreFull
+
+REQUIRED_MODEL = "cloud_screen"
+REQUESTED_CHIP_CLASS = 0  # ImageChip.class_id of a chip the ground asked for
+QUICKLOOK_CLASS = 255  # ImageChip.class_id of a whole-frame quicklook (height/width: the frame's)
+KNOWN_MODELS = ("cloud_screen", "ship_detect", "fire_detect")  # those with telemetry channels
+
+
+class CommandFailed(Exception):
+    """An accepted command could not be executed: the reason goes into the FAILED report."""
 
 
 def apply_obc_profile(scenario: Scenario, log) -> list[int]:
@@ -50,94 +81,310 @@ def apply_obc_profile(scenario: Scenario, log) -> list[int]:
     return cores
 
 
-def load_models(scenario: Scenario, emit) -> dict[str, TileModel]:
-    """Load every enabled cascade model. The cloud screen is required: refusing it stops start-up.
-    A refused detector is reported and left out; the rest goes on."""
-    models = {}
-    for step in scenario.flight.cascade:
-        if not step.enabled:
-            continue
+class OpsState:
+    """What the flight must remember across restarts besides products: the last accepted command
+    counter (so a replay stays a replay) and what commands changed. One JSON file, replaced
+    atomically after fsync."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        d = {}
+        if path.exists():  # unreadable: refuse to start rather than forget the counter (replays)
+            try:
+                d = json.loads(path.read_text())
+                int(d.get("last_counter", 0))
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                raise ValueError(f"{path} unreadable ({exc}): repair it or restore the last counter") from None
+        self.last_counter = int(d.get("last_counter", 0))
+        self.params: dict = dict(d.get("params", {}))
+        self.disabled: list = list(d.get("disabled", []))
+        self.thresholds: dict = dict(d.get("thresholds", {}))
+        self.priorities: dict = {int(k): int(v) for k, v in d.get("priorities", {}).items()}
+
+    def save(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"last_counter": self.last_counter, "params": self.params, "disabled": sorted(self.disabled),
+                       "thresholds": self.thresholds, "priorities": {str(k): v for k, v in self.priorities.items()}}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+class CalibrateTap:
+    """The calibrator as the pipeline sees it: timed by the watchdog, and each calibrated strip
+    feeds the quicklook ring on its way."""
+
+    def __init__(self, calibrator: Calibrator, app: FlightApp):
+        self.calibrator, self.app = calibrator, app
+
+    def calibrate_strip(self, raw: np.ndarray, row0: int, out: np.ndarray | None = None) -> np.ndarray:
+        with self.app.watchdog.stage("calibrate"):
+            cal = self.calibrator.calibrate_strip(raw, row0, out)
+        self.app.quicklooks.add_strip(cal, row0)
+        return cal
+
+
+class GuardedModel:
+    """A model as the pipeline sees it: each call watched by the stage watchdog and open to the
+    scenario's injected faults. A detector that fails or gets stuck is switched off and answers
+    'nothing found' for that call, so the frame goes on; a failure of a new version on probation
+    rolls it back and the call is repeated with the previous one."""
+
+    def __init__(self, app: FlightApp, name: str, model, probation: int = 0):
+        self.app, self.name, self.model, self.probation = app, name, model, probation
+        self.stage = "screen" if name == REQUIRED_MODEL else "detect"
+        self.threshold: float | None = None
+
+    @property
+    def card(self):
+        c = self.model.card
+        return c if self.threshold is None else dataclasses.replace(c, threshold=self.threshold)
+
+    def _empty(self, n: int) -> np.ndarray:
+        return np.zeros((n,) + tuple(self.model.card.output_shape[1:]), np.float32)
+
+    def run(self, tiles: np.ndarray) -> np.ndarray:
+        app = self.app
         try:
-            m = TileModel(model_path(step.model), intra_op_threads=scenario.obc.threads,
-                          batch_size=scenario.flight.batch_tiles)
-        except (ModelError, OSError) as exc:
-            emit("MODEL_REFUSED", model=step.model, reason=str(exc))
-            if step.model == "cloud_screen":
+            with app.watchdog.stage(self.stage):
+                app.faults.model_call(self.name, self.model.card.version, app.frame_id())
+                return self.model.run(tiles)
+        except StageStuck as exc:
+            if self.name == REQUIRED_MODEL:
                 raise
-            continue
-        models[step.model] = m
-        emit("MODEL_LOADED", model=step.model, version=m.card.version, sha8=m.card.sha256[:8])
-    return models
+            app.stage_stuck(exc, model=self.name)
+            return self._empty(len(tiles))
+        except Exception as exc:  # onnxruntime and numpy raise their own types
+            replacement = app.model_failed(self, exc)
+            if replacement is not None:
+                self.model, self.probation = replacement, 0
+                with app.watchdog.stage(self.stage):
+                    return self.model.run(tiles)
+            if self.name == REQUIRED_MODEL:
+                raise
+            return self._empty(len(tiles))
 
 
 class FlightApp:
     def __init__(self, scenario: Scenario, clock: ScenarioClock, calibration: Path, run_dir: Path):
         self.sc, self.clock, self.run_dir = scenario, clock, run_dir
+        ops, sec = scenario.ops, scenario.security
+        self.state_dir = resolve(ops.state_dir, run_dir) if ops.state_dir else run_dir
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.svc = Service("flight", run_dir)
         self.counts = dict(frames_captured=0, frames_processed=0, frames_rejected=0, packets_sent=0,
                            packets_retransmitted=0, products_acked=0, errors=0, uplink_rejected=0,
-                           products_evicted=0, products_refused=0)
+                           products_evicted=0, products_refused=0, commands_accepted=0, commands_rejected=0,
+                           commands_forged=0, commands_replayed=0, commands_out_of_window=0, commands_failed=0,
+                           watchdog_trips=0, models_rolled_back=0)
         self.store = ProductStore(run_dir / "flight_store.sqlite", scenario.flight.store_max_bytes)
+        self.store_full = False
+        self._reporting_evictions = False
         self.cores = apply_obc_profile(scenario, self.svc.log)
+        # start-up fails fast: no key, bad faults table, no usable cloud screen
+        self.ops_state = OpsState(self.state_dir / "ops_state.json")
+        self.auth = CommandAuth(load_mission_key(sec, run_dir), self.ops_state.last_counter, sec.counter_window,
+                                sec.command_time_window_s)
+        self.faults = InjectedFaults.from_extra(scenario.extra)
+        self.priority = {int(k): int(v) for k, v in APID_PRIORITY.items()} | self.ops_state.priorities
+        self.modes = ModeManager(ops.error_budget, ops.error_window_s, self.emit)
+        self.watchdog = StageWatchdog(ops.watchdog_limit_s)
+        self.quicklooks = QuicklookRing(ops.quicklook_frames, ops.quicklook_factor)
         self.emit("STARTED", profile=scenario.obc.profile)
-        products = CalibrationProducts.load(calibration)
-        self.pipeline = FramePipeline(scenario.flight, Calibrator(products), load_models(scenario, self.emit))
+        self.model_store = ModelStore(self.state_dir / "models", scenario.obc.threads, scenario.flight.batch_tiles)
+        if self.model_store.corrupt_index:
+            self.emit("MODEL_CORRUPTED", model="*", version="-", reason=self.model_store.corrupt_index)
+        self.uploads = Uploads(self.state_dir / "models" / "uploads", ops.upload_max_bytes)
+        cfg = scenario.flight
+        for name, value in self.ops_state.params.items():  # parameters set by command survive a restart
+            cfg = dataclasses.replace(cfg, **{name: value})
+        self.pipeline = FramePipeline(cfg, CalibrateTap(Calibrator(CalibrationProducts.load(calibration)), self),
+                                      self.load_models())
+        self.pipeline.disabled |= {m for m in self.ops_state.disabled if m != REQUIRED_MODEL}
+        self.pending_models: dict[str, GuardedModel] = {}  # activated, swapped in between frames
         self.proc = psutil.Process()
         self.proc.cpu_percent()
         self.last_latency_ms = 0.0
+        self.last_stage_ms: dict[str, float] = {}
+        self.last_uplink: float | None = None
         self.eos = False
         self.next_hk_s = clock.now_s()
+        self.next_scrub_s = clock.now_s() + ops.model_scrub_period_s
+        self.next_memory_check = 0.0
+
+    @property
+    def cfg(self):
+        return self.pipeline.cfg
+
+    def frame_id(self) -> int:
+        m = self.pipeline.meta
+        return m.frame_id if m is not None else -1
+
+    # -- models ----------------------------------------------------------------------------------------
+
+    def load_models(self) -> dict[str, GuardedModel]:
+        """Every enabled cascade model, verified. One that fails verification is rolled back to an
+        older version or the factory copy (DEGRADED); one not onboard at all is left out. Without a
+        cloud screen the flight cannot work: start-up fails."""
+        models = {}
+        for step in self.sc.flight.cascade:
+            if not step.enabled:
+                continue
+            name = step.model
+            try:
+                model = self.model_store.load(name)
+            except ModelUpdateError as exc:
+                model = None
+                if name in self.model_store.active:
+                    a = self.model_store.active[name]
+                    self.emit("MODEL_CORRUPTED", model=name, version=a.version, reason=exc.reason[:150])
+                    model = self.roll_back(name, f"failed verification at start-up: {exc.reason}")
+                else:
+                    self.emit("MODEL_REFUSED", model=name, reason=exc.reason[:150])
+                if model is None:
+                    if name == REQUIRED_MODEL:
+                        raise
+                    continue
+            models[name] = GuardedModel(self, name, model)
+            self.apply_threshold(models[name])
+            a = self.model_store.active[name]
+            self.emit("MODEL_LOADED", model=name, version=a.version, sha8=a.sha256[:8])
+        return models
+
+    def apply_threshold(self, guard: GuardedModel) -> None:
+        guard.threshold = self.ops_state.thresholds.get(guard.name)
+
+    def roll_back(self, name: str, reason: str, fault: bool = True):
+        """Previous verified version (or factory copy) of a model: the loaded model, or None."""
+        before = self.model_store.active.get(name)
+        if fault:
+            self.modes.fault(self.clock.now_s(), f"model {name}: {reason}")
+        try:
+            active, model, skipped = self.model_store.rollback(name)
+        except ModelUpdateError as exc:
+            self.emit("MODEL_REFUSED", model=name, reason=f"rollback impossible: {exc.reason}"[:160])
+            return None
+        self.counts["models_rolled_back"] += 1
+        self.emit("MODEL_ROLLED_BACK", model=name, from_version=before.version if before else "-",
+                  to_version=active.version + (" (factory copy)" if active.factory else ""), reason=reason[:100])
+        return model
+
+    def swap_model(self, name: str, model, probation: int = 0) -> None:
+        """Make `model` the one the pipeline uses from the next frame on (never mid-frame)."""
+        guard = GuardedModel(self, name, model, probation)
+        self.apply_threshold(guard)
+        self.pending_models[name] = guard
+        self.apply_pending_models()
+
+    def apply_pending_models(self) -> None:
+        if self.pipeline.meta is not None or not self.pending_models:
+            return
+        for name, guard in self.pending_models.items():
+            self.pipeline.models[name] = guard
+        self.pending_models.clear()
+
+    def model_failed(self, guard: GuardedModel, exc: Exception):
+        """A model raised at run time. Returns a replacement to use at once, or None."""
+        name, version = guard.name, guard.model.card.version
+        self.counts["errors"] += 1
+        self.emit("MODEL_RUN_FAILED", frame_id=self.frame_id(), model=name, version=version, reason=repr(exc)[:120])
+        a = self.model_store.active.get(name)
+        if guard.probation > 0 and a is not None and a.history:
+            model = self.roll_back(name, f"{version} failed at run time on probation")
+            if model is not None:
+                return model
+        else:
+            self.modes.fault(self.clock.now_s(), f"model {name} failed")
+        if name != REQUIRED_MODEL:
+            self.disable_model(name, f"failed at run time: {exc!r}"[:100])
+        return None
+
+    def stage_stuck(self, exc: StageStuck, model: str | None = None) -> None:
+        self.counts["watchdog_trips"] += 1
+        self.counts["errors"] += 1
+        self.emit("STAGE_WATCHDOG", frame_id=self.frame_id(), stage=exc.stage + (f" ({model})" if model else ""),
+                  elapsed_s=exc.elapsed_s, limit_s=exc.limit_s)
+        self.modes.fault(self.clock.now_s(), f"stage {exc.stage} stuck")
+        if model is not None and model != REQUIRED_MODEL:
+            self.disable_model(model, "stuck past the watchdog limit")
+
+    def disable_model(self, name: str, reason: str) -> None:
+        if name in self.pipeline.disabled:
+            return
+        self.pipeline.disabled.add(name)
+        self.ops_state.disabled = sorted(self.pipeline.disabled)
+        self.ops_state.save()
+        self.emit("MODEL_DISABLED", model=name, reason=reason)
+
+    def scrub_models(self) -> None:
+        """Re-hash the active model files: a file corrupted on disk is rolled back before the next
+        start would find it (the running session was loaded from good bytes)."""
+        t = self.clock.now_s()
+        if not self.sc.ops.model_scrub_period_s or t < self.next_scrub_s:
+            return
+        self.next_scrub_s = t + self.sc.ops.model_scrub_period_s
+        for name in list(self.pipeline.models):
+            problem = self.model_store.scrub(name)
+            if problem is None:
+                continue
+            self.counts["errors"] += 1
+            self.emit("MODEL_CORRUPTED", model=name, version=self.model_store.active[name].version, reason=problem)
+            model = self.roll_back(name, "model file corrupted on disk")
+            if model is not None:
+                self.swap_model(name, model)
 
     # -- products ----------------------------------------------------------------------------------
 
     def _store(self, apid: Apid, time_s: float, make) -> None:
-        """Store one product; `make(product_id)` builds it. Evictions become events."""
+        """Store one product; `make(product_id)` builds it. Evictions and refusals become events."""
         def build(pid: int, seq: int) -> bytes:
             return encode_tm(make(pid), seq, self.clock.epoch, time_s)
         try:
-            _, evicted = self.store.put(APID_PRIORITY[apid], apid, time_s, build)
+            _, evicted = self.store.put(self.priority.get(int(apid), 4), apid, time_s, build)
         except StoreFull as exc:
             self.counts["products_refused"] += 1
             self.svc.log(f"product refused: {exc}")
+            if not self.store_full:  # once per episode; the event may itself find no room
+                self.store_full = True
+                self.modes.fault(self.clock.now_s(), "store full", count=False)
+                self.emit("STORE_FULL", reason=str(exc)[:150])
             return
-        for ev in evicted:
-            self.counts["products_evicted"] += 1
-            self.emit("STORE_EVICTED", product_id=ev.product_id, priority=ev.priority)
+        self.counts["products_evicted"] += len(evicted)
+        # One event per eviction, but an eviction event that itself evicts is only counted (else each
+        # event evicts the next one: an endless cascade), and once the store is full the STORE_FULL
+        # event has said it: evictions are then counted in telemetry only.
+        if evicted and not self._reporting_evictions and not self.store_full:
+            self._reporting_evictions = True
+            try:
+                for ev in evicted:
+                    self.emit("STORE_EVICTED", product_id=ev.product_id, priority=ev.priority)
+            finally:
+                self._reporting_evictions = False
 
-    def emit(self, name: str, frame_id: int = -1, **kw) -> None:
-        d = EVENTS[name]
+    def emit(self, event: str, frame_id: int = -1, **kw) -> None:
+        d = EVENTS[event]
         msg = d.fmt.format(frame_id=frame_id, **kw)
-        self.svc.log(f"EVENT {d.severity.name} {name}: {msg}")
+        self.svc.log(f"EVENT {d.severity.name} {event}: {msg}")
         t = self.clock.now_s()
         self._store(Apid.EVENT, t, lambda pid: Event(pid, t, d.id, int(d.severity), frame_id, msg[:200]))
 
+    def report(self, counter: int, opcode: int, kind: ReportKind, code: Reason = Reason.OK, message: str = "") -> None:
+        t = self.clock.now_s()
+        self._store(Apid.COMMAND_REPORT, t, lambda pid: CommandReport(pid, t, counter, opcode, int(kind), int(code), message[:200]))
+
     def package(self, r: FrameResult) -> None:
-        m = r.meta
         t0 = time.perf_counter()
-        center = (float("nan"), float("nan"))
-        if m.footprint is not None:
-            from flight.geolocate import pixel_to_latlon
-            center = pixel_to_latlon(m.footprint, m.height, m.width, m.height / 2, m.width / 2)
-        for d in r.detections:
-            self._store(Apid.DETECTION, m.capture_time_s, lambda pid, d=d: Detection(
-                pid, m.frame_id, m.capture_time_s, d.class_id, round(d.confidence * 255), d.row_px, d.col_px,
-                d.lat_deg, d.lon_deg, min(d.area_px, 65535)))
-        for c in r.chips:
-            self._store(Apid.IMAGE_CHIP, m.capture_time_s, lambda pid, c=c: ImageChip(
-                pid, m.frame_id, m.capture_time_s, c.class_id, c.row_px, c.col_px, c.height_px, c.width_px, 3, c.png))
-        from flight.dictionary import DetectionClass
-        summary = lambda pid: FrameSummary(  # noqa: E731
-            pid, m.frame_id, m.capture_time_s, r.tiles, r.cloudy_tiles, r.cloud_fraction, int(r.discarded),
-            r.count(DetectionClass.SHIP), r.count(DetectionClass.FIRE), r.processing_ms, center[0], center[1])
-        self._store(Apid.FRAME_SUMMARY, m.capture_time_s, summary)
-        if r.discarded:
-            self.emit("FRAME_DISCARDED_CLOUDY", frame_id=m.frame_id, cloud_pct=100 * r.cloud_fraction,
-                      limit_pct=100 * self.sc.flight.cloud_discard_fraction)
+        for apid, t, make in frame_products(r):
+            self._store(apid, t, make)
+        ev = discard_event_args(r, self.cfg.cloud_discard_fraction)
+        if ev is not None:
+            self.emit("FRAME_DISCARDED_CLOUDY", **ev)
         r.stage_ms["package"] += (time.perf_counter() - t0) * 1e3
 
-    # -- inputs --------------------------------------------------------------------------------------
+    # -- frames ------------------------------------------------------------------------------------
 
-    def on_frame_message(self, parts: list[bytes]) -> None:
+    def on_frame_message(self, parts: list) -> None:
         kind = bytes(parts[0])
         p = self.pipeline
         try:
@@ -145,7 +392,13 @@ class FlightApp:
                 if p.meta is not None:  # the previous frame never finished
                     self.reject(p.meta.frame_id, "next frame began before the last strip")
                 self.counts["frames_captured"] += 1
-                p.begin(bytes(parts[1]))
+                self.apply_pending_models()
+                if self.modes.mode == Mode.SAFE:
+                    fid = _peek_frame_id(bytes(parts[1]))
+                    self.reject(fid, "SAFE mode: processing is off")
+                    return
+                meta = p.begin(bytes(parts[1]))
+                self.quicklooks.begin(meta)
             elif kind == b"strip":
                 hdr = json.loads(bytes(parts[1]))
                 if p.meta is None:
@@ -153,45 +406,275 @@ class FlightApp:
                 p.strip(int(hdr["frame_id"]), int(hdr["row0"]), int(hdr["rows"]), memoryview(parts[2]))
                 if p.ingest.complete:
                     t0 = time.perf_counter()
-                    result = p.finish()
+                    with self.watchdog.stage("localize"):
+                        result = p.finish()
+                    self.quicklooks.commit()
                     self.package(result)
                     self.last_latency_ms = result.processing_ms + (time.perf_counter() - t0) * 1e3
+                    self.last_stage_ms = dict(result.stage_ms)
                     self.counts["frames_processed"] += 1
+                    for g in p.models.values():
+                        g.probation = max(0, g.probation - 1)
+                    self.apply_pending_models()
             elif kind == b"eos":
                 self.eos = True
             else:
                 raise FrameRejected(None, f"unknown message kind {kind[:16]!r}")
         except FrameRejected as exc:
             self.reject(exc.frame_id, exc.reason)
-        except (ValueError, KeyError, IndexError, json.JSONDecodeError) as exc:
+        except StageStuck as exc:
+            fid = self.frame_id()
+            self.stage_stuck(exc)
+            self.reject(fid, f"stage {exc.stage} aborted by the watchdog")
+        except (ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:  # malformed input, not a fault
             self.reject(p.meta.frame_id if p.meta else None, f"malformed message: {exc!r}")
         except Exception as exc:  # a stage failed: count it against the error budget, go on
             self.counts["errors"] += 1
-            fid = p.meta.frame_id if p.meta else -1
+            fid = self.frame_id()
             self.emit("STAGE_ERROR", frame_id=fid, stage="pipeline", reason=repr(exc)[:150])
-            self.pipeline.meta = None
+            self.modes.fault(self.clock.now_s(), "stage error")
+            self.reject(fid, f"stage error: {exc!r}")
 
     def reject(self, frame_id: int | None, reason: str) -> None:
         self.counts["frames_rejected"] += 1
         self.pipeline.meta = None
         self.pipeline.ingest.meta = None
+        self.quicklooks.drop()
         self.emit("FRAME_REJECTED", frame_id=frame_id if frame_id is not None else -1, reason=reason[:160])
 
+    # -- uplink ------------------------------------------------------------------------------------
+
     def on_uplink(self, packet: bytes) -> None:
+        apid = ((packet[0] & 0x07) << 8 | packet[1]) if len(packet) >= 2 else None
+        if apid == Apid.COMMAND:
+            self.on_command(packet)
+            return
         try:
             ids = decode_ack(packet)
         except PacketError as exc:
             self.counts["uplink_rejected"] += 1
             self.emit("BAD_UPLINK_PACKET", reason=str(exc)[:160])
             return
+        self.last_uplink = time.time()
         self.counts["products_acked"] += self.store.ack(ids)
+
+    def on_command(self, packet: bytes) -> None:
+        now = self.clock.now_s()
+        try:
+            sc = parse_command(packet)
+        except CommandError as exc:  # not even a command packet: nothing to report against
+            self.counts["uplink_rejected"] += 1
+            self.counts["commands_rejected"] += 1
+            self.emit("BAD_UPLINK_PACKET", reason=f"command packet: {exc.reason}"[:160])
+            return
+        try:
+            self.auth.check(sc, now)
+        except CommandError as exc:  # never executed, counter not moved
+            self.counts["commands_rejected"] += 1
+            key = {Reason.BAD_MAC: "commands_forged", Reason.REPLAY: "commands_replayed"}.get(exc.code, "commands_out_of_window")
+            self.counts[key] += 1
+            self.emit("COMMAND_AUTH_FAILED", counter=sc.counter, kind=exc.code.name, reason=exc.reason[:140])
+            self.report(sc.counter, sc.opcode, ReportKind.REJECTED, exc.code, exc.reason)
+            return
+        self.last_uplink = time.time()
+        try:
+            cmd = self.auth.accept(sc)
+        except CommandError as exc:
+            self.counts["commands_rejected"] += 1
+            self.emit("COMMAND_REJECTED", counter=sc.counter, name=command_name(sc.opcode), reason=exc.reason[:140])
+            self.report(sc.counter, sc.opcode, ReportKind.REJECTED, exc.code, exc.reason)
+            return
+        finally:  # the counter is on disk before anything executes: a restart cannot make a replay valid
+            self.ops_state.last_counter = self.auth.last_counter
+            self.ops_state.save()
+        self.counts["commands_accepted"] += 1
+        quiet = cmd.name == "UPLOAD_CHUNK"  # hundreds per upload: counted, events only for failures
+        if cmd.wants(AckFlag.ACCEPTANCE):
+            self.report(cmd.counter, cmd.opcode, ReportKind.ACCEPTED)
+        if not quiet:
+            self.emit("COMMAND_ACCEPTED", counter=cmd.counter, name=cmd.name)
+        try:
+            detail = getattr(self, f"cmd_{cmd.name.lower()}")(cmd) or "done"
+        except Exception as exc:  # CommandFailed, ModelUpdateError, or a bug: reported, never fatal
+            reason = exc.reason if isinstance(exc, ModelUpdateError) else str(exc)
+            if not isinstance(exc, CommandFailed | ModelUpdateError):
+                self.counts["errors"] += 1
+                reason = f"internal error: {exc!r}"
+            self.counts["commands_failed"] += 1
+            self.emit("COMMAND_FAILED", counter=cmd.counter, name=cmd.name, reason=reason[:140])
+            self.report(cmd.counter, cmd.opcode, ReportKind.FAILED, Reason.EXECUTION, reason)
+            return
+        if cmd.wants(AckFlag.COMPLETION):
+            self.report(cmd.counter, cmd.opcode, ReportKind.COMPLETED, Reason.OK, detail)
+        if not quiet:
+            self.emit("COMMAND_COMPLETED", counter=cmd.counter, name=cmd.name, detail=detail[:120])
+
+    # -- command handlers: return a short text for the completion report, raise CommandFailed ------
+
+    def cmd_noop(self, cmd: Command) -> str:
+        return "noop"
+
+    def cmd_set_param(self, cmd: Command) -> str:
+        p = PARAMS[cmd.args["param"]]
+        value = p.type(cmd.args["value"])
+        old = getattr(self.cfg, p.name)
+        self.pipeline.cfg = dataclasses.replace(self.cfg, **{p.name: value})
+        self.ops_state.params[p.name] = value
+        self.ops_state.save()
+        self.emit("PARAMETER_SET", name=p.name, value=value, old=old)
+        return f"{p.name} = {value} (was {old})"
+
+    def _cascade_model(self, name: str) -> str:
+        if name not in {s.model for s in self.sc.flight.cascade}:
+            raise CommandFailed(f"{name} is not in the cascade {[s.model for s in self.sc.flight.cascade]}")
+        return name
+
+    def cmd_enable_model(self, cmd: Command) -> str:
+        name = self._cascade_model(cmd.args["model"])
+        if name not in self.pipeline.models:
+            try:
+                self.swap_model(name, self.model_store.load(name))
+            except ModelUpdateError as exc:
+                raise CommandFailed(f"cannot load {name}: {exc.reason}") from None
+        self.pipeline.disabled.discard(name)
+        self.ops_state.disabled = sorted(self.pipeline.disabled)
+        self.ops_state.save()
+        self.emit("MODEL_ENABLED", model=name)
+        return f"{name} enabled"
+
+    def cmd_disable_model(self, cmd: Command) -> str:
+        name = self._cascade_model(cmd.args["model"])
+        if name == REQUIRED_MODEL:
+            raise CommandFailed(f"{REQUIRED_MODEL} is required (use SET_MODE SAFE to stop processing)")
+        self.disable_model(name, "commanded")
+        return f"{name} disabled"
+
+    def cmd_set_mode(self, cmd: Command) -> str:
+        self.modes.command(Mode(cmd.args["mode"]))
+        if self.modes.mode != Mode.SAFE:
+            self.store_full = False
+        return f"mode {self.modes.mode.name}"
+
+    def _quicklook(self, frame_id: int):
+        got = self.quicklooks.get(None if frame_id == LATEST_FRAME else frame_id)
+        if got is None:
+            raise CommandFailed(f"frame {frame_id} is not among the recent frames {list(self.quicklooks.ring)}")
+        return got
+
+    def cmd_request_quicklook(self, cmd: Command) -> str:
+        meta, rgb = self._quicklook(cmd.args["frame_id"])
+        out = png(rgb, self.sc.ops.quicklook_max_bytes)
+        if out is None:
+            raise CommandFailed("quicklook does not fit quicklook_max_bytes")
+        img, data = out
+        self._store(Apid.IMAGE_CHIP, meta.capture_time_s, lambda pid: ImageChip(
+            pid, meta.frame_id, meta.capture_time_s, QUICKLOOK_CLASS, meta.height / 2, meta.width / 2,
+            meta.height, meta.width, 3, data))
+        return f"frame {meta.frame_id} quicklook {img.shape[1]}x{img.shape[0]} px, {len(data)} bytes"
+
+    def cmd_request_chip(self, cmd: Command) -> str:
+        meta, rgb = self._quicklook(cmd.args["frame_id"])
+        a = cmd.args
+        if a["row_px"] >= meta.height or a["col_px"] >= meta.width:
+            raise CommandFailed(f"({a['row_px']}, {a['col_px']}) is outside frame {meta.frame_id} ({meta.height}x{meta.width})")
+        f = self.quicklooks.factor
+        img, r0, c0, size = crop(rgb, f, a["row_px"], a["col_px"], a["size_px"])
+        out = png(img, self.sc.ops.quicklook_max_bytes)
+        if out is None:
+            raise CommandFailed("chip does not fit quicklook_max_bytes")
+        data = out[1]
+        self._store(Apid.IMAGE_CHIP, meta.capture_time_s, lambda pid: ImageChip(
+            pid, meta.frame_id, meta.capture_time_s, REQUESTED_CHIP_CLASS, r0 + size / 2, c0 + size / 2, size, size, 3, data))
+        return f"frame {meta.frame_id} chip at ({r0}, {c0}) {size} px (1/{f} resolution), {len(data)} bytes"
+
+    def cmd_dump_telemetry(self, cmd: Command) -> str:
+        self.housekeeping(force=True)
+        return f"housekeeping sent, mode {self.modes.mode.name}"
+
+    def cmd_clear_store(self, cmd: Command) -> str:
+        n = self.store.clear(cmd.args["min_priority"])
+        self.store_full = False
+        self.emit("STORE_CLEARED", detail=f"{n} products of priority >= {cmd.args['min_priority']} deleted")
+        return f"{n} products deleted"
+
+    def cmd_reprioritize(self, cmd: Command) -> str:
+        apid, prio = cmd.args["apid"], cmd.args["priority"]
+        if apid not in self.priority:
+            raise CommandFailed(f"apid {apid:#x} is not a product type {sorted(hex(a) for a in self.priority)}")
+        self.priority[apid] = prio
+        self.ops_state.priorities[apid] = prio
+        self.ops_state.save()
+        # the store has no call for this: one UPDATE on its table, same transaction rules as its own
+        n = self.store.db.execute("UPDATE products SET priority = ? WHERE apid = ?", (prio, apid)).rowcount
+        self.emit("STORE_CLEARED", detail=f"apid {apid:#x} now priority {prio} ({n} waiting products moved)")
+        return f"apid {apid:#x} priority {prio}, {n} waiting products"
+
+    def cmd_upload_begin(self, cmd: Command) -> str:
+        name = self._cascade_model(cmd.args["model"])
+        m, held = self.uploads.begin(name, cmd.args["size_bytes"], cmd.args["chunk_bytes"], cmd.args["sha256"])
+        self.emit("UPLOAD_PROGRESS", upload_id=m.upload_id, model=name, received=held, chunks=m.chunks,
+                  state="resumed" if held else "begun")
+        return f"upload {m.upload_id:08x}: {held}/{m.chunks} chunks held"
+
+    def cmd_upload_chunk(self, cmd: Command) -> str:
+        m, held, new = self.uploads.chunk(cmd.args["upload_id"], cmd.args["index"], cmd.args["data"])
+        if held == m.chunks and new:
+            self.emit("UPLOAD_PROGRESS", upload_id=m.upload_id, model=m.model, received=held, chunks=m.chunks, state="complete")
+        return f"{held}/{m.chunks}"
+
+    def cmd_upload_status(self, cmd: Command) -> str:
+        uid = cmd.args["upload_id"]
+        m = self.uploads.meta(uid)
+        missing = self.uploads.missing(uid)
+        return f"upload {uid:08x} {m.model}: received={m.chunks - len(missing)}/{m.chunks} missing={ranges(missing, 40)}"
+
+    def cmd_upload_activate(self, cmd: Command) -> str:
+        uid = cmd.args["upload_id"]
+        m, data = self.uploads.assemble(uid)  # incomplete or wrong hash: fails, the upload stays
+        current = self.pipeline.models.get(m.model)
+        before = self.model_store.active.get(m.model)
+        try:
+            active, model = self.model_store.install_bundle(m.model, data, current.model.card.kind if current else None)
+        except ModelUpdateError as exc:
+            self.uploads.abort(uid)  # the bytes were what was announced and they are bad: start again
+            self.emit("MODEL_UPDATE_FAILED", model=m.model, upload_id=uid, reason=exc.reason[:140])
+            raise
+        self.uploads.abort(uid)
+        self.swap_model(m.model, model, probation=self.sc.ops.model_probation_frames)
+        self.emit("MODEL_ACTIVATED", model=m.model, version=active.version, sha8=active.sha256[:8],
+                  previous=before.version if before else "none")
+        return f"{m.model} {active.version} active (sha256 {active.sha256[:8]})"
+
+    def cmd_upload_abort(self, cmd: Command) -> str:
+        self.uploads.meta(cmd.args["upload_id"])
+        self.uploads.abort(cmd.args["upload_id"])
+        return "aborted"
+
+    def cmd_rollback_model(self, cmd: Command) -> str:
+        name = self._cascade_model(cmd.args["model"])
+        model = self.roll_back(name, "commanded", fault=False)
+        if model is None:
+            raise CommandFailed(f"no version of {name} to roll back to")
+        self.swap_model(name, model)
+        a = self.model_store.active[name]
+        return f"{name} {a.version} active"
+
+    def cmd_set_model_threshold(self, cmd: Command) -> str:
+        name = self._cascade_model(cmd.args["model"])
+        self.ops_state.thresholds[name] = cmd.args["threshold"]
+        self.ops_state.save()
+        for g in (self.pipeline.models.get(name), self.pending_models.get(name)):
+            if g is not None:
+                self.apply_threshold(g)
+        self.emit("PARAMETER_SET", name=f"{name}.threshold", value=cmd.args["threshold"], old="card")
+        return f"{name} threshold {cmd.args['threshold']}"
 
     # -- outputs -------------------------------------------------------------------------------------
 
     def pump_downlink(self, sock: zmq.Socket) -> None:
         now = time.time()
         sent = []
-        for pid, packet, sends in self.store.due(now, self.sc.flight.retransmit_s, self.sc.flight.downlink_window):
+        for pid, packet, sends in self.store.due(now, self.cfg.retransmit_s, self.cfg.downlink_window):
             try:
                 sock.send(packet, zmq.NOBLOCK)
             except zmq.Again:
@@ -202,33 +685,69 @@ class FlightApp:
         if sent:
             self.store.mark_sent(sent, now)
 
-    def housekeeping(self) -> None:
+    def telemetry(self) -> dict[str, float]:
         t = self.clock.now_s()
-        if t < self.next_hk_s:
-            return
-        self.next_hk_s = t + self.sc.flight.housekeeping_period_s
         values = {k: float(v) for k, v in self.counts.items() if k in TELEMETRY_BY_NAME}
         values.update(frame_latency_ms_last=self.last_latency_ms, rss_mib=self.proc.memory_info().rss / 2**20,
                       cpu_percent=self.proc.cpu_percent(), store_products=self.store.pending(),
-                      store_bytes=self.store.bytes())
-        channels = {TELEMETRY_BY_NAME[k].id: v for k, v in values.items()}
+                      store_bytes=self.store.bytes(), mode=int(self.modes.mode),
+                      errors_in_window=self.modes.errors_in_window(t), models_disabled=len(self.pipeline.disabled),
+                      uplink_age_s=time.time() - self.last_uplink if self.last_uplink else -1.0,
+                      upload_chunks_received=sum(self.uploads.received(u) for u in self.uploads.open_ids()),
+                      quicklooks_held=len(self.quicklooks.ring))
+        for s in STAGES:
+            values[f"stage_{s}_ms_last"] = self.last_stage_ms.get(s, 0.0)
+        for name in KNOWN_MODELS:
+            g = self.pipeline.models.get(name)
+            a = self.model_store.active.get(name)
+            on = g is not None and a is not None and name not in self.pipeline.disabled
+            values[f"model_{name}_version"] = version_number(a.version) if on else -1.0
+            values[f"model_{name}_sha24"] = float(int(a.sha256[:6], 16)) if on else -1.0
+        return values
+
+    def housekeeping(self, force: bool = False) -> None:
+        t = self.clock.now_s()
+        if t < self.next_hk_s and not force:
+            return
+        self.next_hk_s = t + self.cfg.housekeeping_period_s
+        channels = {TELEMETRY_BY_NAME[k].id: v for k, v in self.telemetry().items()}
         self._store(Apid.HOUSEKEEPING, t, lambda pid: housekeeping(pid, t, channels))
+        if self.store_full and self.store.bytes() < 0.9 * self.store.max_bytes:
+            self.store_full = False
+
+    def check_memory(self) -> None:
+        now = time.monotonic()
+        if now < self.next_memory_check:
+            return
+        self.next_memory_check = now + 1.0
+        rss = self.proc.memory_info().rss / 2**20
+        ops, limit = self.sc.ops, self.sc.obc.memory_mib
+        if self.modes.memory(rss, ops.memory_degraded_fraction * limit, ops.memory_safe_fraction * limit):
+            self.quicklooks.clear()  # shed what is optional first
 
     def status(self, force: bool = False) -> None:
-        self.svc.write_status(dict(self.counts, eos=self.eos, store_products=self.store.pending(),
-                                   peak_rss_mib=self.proc.memory_info().rss / 2**20 if force else None,
-                                   cores=self.cores, last_latency_ms=self.last_latency_ms), force=force)
+        self.svc.write_status(dict(
+            self.counts, eos=self.eos, store_products=self.store.pending(),
+            peak_rss_mib=self.proc.memory_info().rss / 2**20 if force else None, cores=self.cores,
+            last_latency_ms=self.last_latency_ms, mode=self.modes.mode.name, last_counter=self.auth.last_counter,
+            disabled=sorted(self.pipeline.disabled),
+            models={n: self.model_store.active[n].version for n in self.pipeline.models if n in self.model_store.active},
+            uploads={f"{u:08x}": self.uploads.received(u) for u in self.uploads.open_ids()},
+            quicklooks=list(self.quicklooks.ring)), force=force)
 
     def run(self) -> int:
         net = self.sc.network
-        ctx = zmq.Context()
+        ctx = SecureContext(self.sc.security, "flight", self.run_dir)
         frames = ctx.socket(zmq.PULL)
         frames.setsockopt(zmq.RCVHWM, 4)
+        ctx.client(frames, "camera")
         frames.connect(net.frames)
         down = ctx.socket(zmq.PUSH)
         down.setsockopt(zmq.SNDHWM, 1000)
+        ctx.client(down, "channel")
         down.connect(net.space_in)
         up = ctx.socket(zmq.PULL)
+        ctx.client(up, "channel")
         up.connect(net.space_out)
         poller = zmq.Poller()
         poller.register(frames, zmq.POLLIN)
@@ -240,8 +759,11 @@ class FlightApp:
                     self.on_frame_message(frames.recv_multipart(copy=False))
                 while up.poll(0):
                     self.on_uplink(up.recv())
+                self.apply_pending_models()
                 self.pump_downlink(down)
                 self.housekeeping()
+                self.check_memory()
+                self.scrub_models()
                 self.status()
             self.emit("STOPPING", reason=self.svc.stop_reason)
             self.status(force=True)
@@ -249,8 +771,17 @@ class FlightApp:
             for s in (frames, down, up):
                 s.close(linger=0)
             ctx.term()
+            self.watchdog.close()
             self.store.close()
         return 0
+
+
+def _peek_frame_id(header: bytes) -> int | None:
+    try:
+        fid = json.loads(header).get("frame_id")
+        return fid if isinstance(fid, int) else None
+    except (ValueError, AttributeError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

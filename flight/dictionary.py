@@ -22,6 +22,9 @@ class Apid(IntEnum):
     EVENT = 0x105
     # Telecommand (ground -> flight)
     GROUND_ACK = 0x181
+    # appended (issue #7, flight operations)
+    COMMAND_REPORT = 0x106  # TM: PUS service 1 verification reports of telecommands
+    COMMAND = 0x182  # TC: authenticated telecommands (flight.commands)
 
 
 PRODUCT_SERVICE = 200  # mission-specific PUS service for payload products
@@ -48,6 +51,7 @@ APID_PRIORITY = {
     Apid.FRAME_SUMMARY: Priority.SUMMARY,
     Apid.IMAGE_CHIP: Priority.CHIP,
     Apid.HOUSEKEEPING: Priority.TELEMETRY,
+    Apid.COMMAND_REPORT: Priority.EVENT,
 }
 
 
@@ -86,6 +90,27 @@ EVENTS: dict[str, EventDef] = {
         EventDef(7, "BAD_UPLINK_PACKET", Severity.LOW, "uplink packet dropped: {reason}"),
         EventDef(8, "STARTED", Severity.INFO, "flight software started, profile {profile}"),
         EventDef(9, "STOPPING", Severity.INFO, "flight software stopping: {reason}"),
+        # appended (issue #7): commands, modes, faults, model updates
+        EventDef(10, "COMMAND_ACCEPTED", Severity.INFO, "command {counter} {name} accepted"),
+        EventDef(11, "COMMAND_REJECTED", Severity.MEDIUM, "command {counter} {name} rejected: {reason}"),
+        EventDef(12, "COMMAND_AUTH_FAILED", Severity.HIGH, "command {counter} refused ({kind}): {reason}"),
+        EventDef(13, "COMMAND_COMPLETED", Severity.INFO, "command {counter} {name} completed: {detail}"),
+        EventDef(14, "COMMAND_FAILED", Severity.MEDIUM, "command {counter} {name} failed: {reason}"),
+        EventDef(15, "MODE_CHANGED", Severity.HIGH, "mode {old} -> {new}: {reason}"),
+        EventDef(16, "STAGE_WATCHDOG", Severity.HIGH, "stage {stage} stuck {elapsed_s:.2f} s > limit {limit_s:.2f} s on frame {frame_id}: aborted"),
+        EventDef(17, "ERROR_BUDGET_EXCEEDED", Severity.HIGH, "{errors} errors in {window_s:.0f} s exceed the budget of {budget}"),
+        EventDef(18, "MEMORY_PRESSURE", Severity.HIGH, "resident memory {rss_mib:.0f} MiB >= {limit_mib:.0f} MiB ({level})"),
+        EventDef(19, "MODEL_DISABLED", Severity.MEDIUM, "model {model} disabled: {reason}"),
+        EventDef(20, "MODEL_ENABLED", Severity.INFO, "model {model} enabled"),
+        EventDef(21, "MODEL_ACTIVATED", Severity.INFO, "model {model} {version} active (sha256 {sha8}), was {previous}"),
+        EventDef(22, "MODEL_UPDATE_FAILED", Severity.HIGH, "model {model} update {upload_id:08x} failed: {reason}"),
+        EventDef(23, "MODEL_ROLLED_BACK", Severity.HIGH, "model {model} rolled back {from_version} -> {to_version}: {reason}"),
+        EventDef(24, "MODEL_CORRUPTED", Severity.HIGH, "model {model} {version} corrupted on disk: {reason}"),
+        EventDef(25, "STORE_FULL", Severity.HIGH, "store full, products refused: {reason}"),
+        EventDef(26, "PARAMETER_SET", Severity.INFO, "parameter {name} = {value} (was {old})"),
+        EventDef(27, "UPLOAD_PROGRESS", Severity.INFO, "upload {upload_id:08x} {model}: {received}/{chunks} chunks {state}"),
+        EventDef(28, "STORE_CLEARED", Severity.MEDIUM, "store: {detail}"),
+        EventDef(29, "MODEL_RUN_FAILED", Severity.HIGH, "model {model} {version} failed at run time on frame {frame_id}: {reason}"),
     )
 }
 EVENTS_BY_ID = {e.id: e for e in EVENTS.values()}
@@ -115,6 +140,172 @@ TELEMETRY: tuple[Channel, ...] = (
     Channel(11, "products_acked", "products acknowledged by the ground"),
     Channel(12, "errors", "stage errors counted against the error budget"),
     Channel(13, "uplink_rejected", "uplink packets dropped as malformed"),
+    # appended (issue #7)
+    Channel(14, "mode", "operating mode: 0 NOMINAL, 1 DEGRADED, 2 SAFE"),
+    Channel(15, "commands_accepted", "telecommands that passed authentication and argument checks"),
+    Channel(16, "commands_rejected", "telecommands rejected, every reason"),
+    Channel(17, "commands_forged", "telecommands with a bad MAC (forged or altered)"),
+    Channel(18, "commands_replayed", "telecommands with a counter already used"),
+    Channel(19, "commands_out_of_window", "telecommands outside the counter or time window"),
+    Channel(20, "commands_failed", "accepted telecommands whose execution failed"),
+    Channel(21, "watchdog_trips", "stage calls aborted by the watchdog"),
+    Channel(22, "errors_in_window", "errors counted in the error-budget window"),
+    Channel(23, "models_rolled_back", "automatic or commanded model rollbacks"),
+    Channel(24, "models_disabled", "models switched off (by command or after a fault)"),
+    Channel(25, "stage_ingest_ms_last", "ingest time of the last frame"),
+    Channel(26, "stage_calibrate_ms_last", "calibration time of the last frame"),
+    Channel(27, "stage_tile_ms_last", "tiling time of the last frame"),
+    Channel(28, "stage_screen_ms_last", "cloud screening time of the last frame"),
+    Channel(29, "stage_detect_ms_last", "detector time of the last frame"),
+    Channel(30, "stage_localize_ms_last", "localization time of the last frame"),
+    Channel(31, "stage_package_ms_last", "packaging time of the last frame"),
+    Channel(32, "model_cloud_screen_version", "active cloud_screen version (major*10000+minor*100+patch; -1 none)"),
+    Channel(33, "model_cloud_screen_sha24", "first 24 bits of the active cloud_screen sha256"),
+    Channel(34, "model_ship_detect_version", "active ship_detect version (major*10000+minor*100+patch; -1 none)"),
+    Channel(35, "model_ship_detect_sha24", "first 24 bits of the active ship_detect sha256"),
+    Channel(36, "model_fire_detect_version", "active fire_detect version (major*10000+minor*100+patch; -1 none)"),
+    Channel(37, "model_fire_detect_sha24", "first 24 bits of the active fire_detect sha256"),
+    Channel(38, "uplink_age_s", "wall seconds since the last good uplink packet (-1 never)"),
+    Channel(39, "upload_chunks_received", "chunks received of the upload in progress"),
+    Channel(40, "quicklooks_held", "recent frames held as quicklooks"),
+    Channel(41, "products_evicted", "products evicted from the full store"),
+    Channel(42, "products_refused", "products refused by the full store"),
 )
 TELEMETRY_BY_ID = {c.id: c for c in TELEMETRY}
 TELEMETRY_BY_NAME = {c.name: c for c in TELEMETRY}
+
+
+# --- telecommands (appended, issue #7) ------------------------------------------------------------
+# PUS TC packets on Apid.COMMAND, service 8 (function management) subtype 1. Application data:
+#   counter u64 | issued_s u32 | opcode u16 | arguments (fixed, big-endian) [| tail bytes] | HMAC-SHA256 (32 bytes)
+# The MAC covers every byte of the packet before it (primary and secondary headers included), see
+# flight.commands. Verification reports go down as PUS service 1 TM on Apid.COMMAND_REPORT.
+
+COMMAND_SERVICE = 8
+COMMAND_SUBTYPE = 1
+VERIFICATION_SERVICE = 1
+
+
+class ReportKind(IntEnum):
+    """PUS service 1 message subtypes used for command verification."""
+
+    ACCEPTED = 1
+    REJECTED = 2
+    COMPLETED = 7
+    FAILED = 8
+
+
+class AckFlag(IntEnum):
+    """PUS TC acknowledgement flags (secondary header): which success reports the sender wants.
+    Failures are always reported."""
+
+    ACCEPTANCE = 0b1000
+    COMPLETION = 0b0001
+
+
+class Reason(IntEnum):
+    """Why a command was rejected or failed (the `code` of a verification report)."""
+
+    OK = 0
+    BAD_PACKET = 1
+    BAD_MAC = 2  # forged or altered
+    REPLAY = 3  # counter already used
+    COUNTER_WINDOW = 4  # counter too far ahead
+    TIME_WINDOW = 5  # issued too long ago or in the future
+    UNKNOWN_OPCODE = 6
+    BAD_ARGUMENT = 7
+    EXECUTION = 8  # accepted, then failed while executing
+    NO_KEY = 9
+
+
+class Mode(IntEnum):
+    NOMINAL = 0  # everything runs
+    DEGRADED = 1  # a model or stage failed: it is off, the rest goes on
+    SAFE = 2  # no processing: telemetry and commanding only
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    code: str  # struct code: B H I Q d, or Ns for a NUL-padded name
+    lo: float | None = None
+    hi: float | None = None
+
+
+@dataclass(frozen=True)
+class CommandDef:
+    opcode: int
+    name: str
+    args: tuple[Arg, ...]
+    description: str
+    tail: str | None = None  # name of a trailing bytes argument
+    tail_max: int = 0
+
+    @property
+    def layout(self) -> str:
+        return ">" + "".join(a.code for a in self.args)
+
+
+MODEL_NAME = Arg("model", "16s")
+LATEST_FRAME = 0xFFFFFFFF  # frame_id argument: the most recent frame
+MAX_CHUNK_BYTES = 1024
+
+COMMANDS: dict[str, CommandDef] = {
+    c.name: c
+    for c in (
+        CommandDef(1, "NOOP", (), "do nothing; proves the uplink and authentication"),
+        CommandDef(2, "SET_PARAM", (Arg("param", "B", 1, 255), Arg("value", "d")),
+                   "set an onboard parameter (PARAMS: id, range)"),
+        CommandDef(3, "ENABLE_MODEL", (MODEL_NAME,), "switch a cascade model on"),
+        CommandDef(4, "DISABLE_MODEL", (MODEL_NAME,), "switch a cascade detector off (cloud_screen cannot be)"),
+        CommandDef(5, "SET_MODE", (Arg("mode", "B", 0, 2),), "change mode: 0 NOMINAL, 1 DEGRADED, 2 SAFE (recovery)"),
+        CommandDef(6, "REQUEST_QUICKLOOK", (Arg("frame_id", "I", 0, 0xFFFFFFFF),),
+                   "downlink a downsampled true-colour quicklook of a recent frame (0xFFFFFFFF: latest)"),
+        CommandDef(7, "REQUEST_CHIP", (Arg("frame_id", "I", 0, 0xFFFFFFFF), Arg("row_px", "I", 0, 65535),
+                                       Arg("col_px", "I", 0, 65535), Arg("size_px", "H", 8, 4096)),
+                   "downlink a crop of a recent frame's quicklook centred on (row, col) in frame pixels"),
+        CommandDef(8, "DUMP_TELEMETRY", (), "send a housekeeping report now"),
+        CommandDef(9, "CLEAR_STORE", (Arg("min_priority", "B", 1, 4),),
+                   "delete waiting products of this priority and less important (alerts cannot be cleared)"),
+        CommandDef(10, "REPRIORITIZE", (Arg("apid", "H", 0, 0x7FF), Arg("priority", "B", 0, 4)),
+                   "downlink priority of a product type, for waiting and future products"),
+        CommandDef(11, "UPLOAD_BEGIN", (MODEL_NAME, Arg("size_bytes", "I", 1, 2**31 - 1),
+                                        Arg("chunk_bytes", "H", 64, MAX_CHUNK_BYTES), Arg("sha256", "32s")),
+                   "start (or resume) a model upload; upload_id = first 4 bytes of the sha256"),
+        CommandDef(12, "UPLOAD_CHUNK", (Arg("upload_id", "I"), Arg("index", "I")),
+                   "one chunk of an upload (any order, repeats harmless)", tail="data", tail_max=MAX_CHUNK_BYTES),
+        CommandDef(13, "UPLOAD_STATUS", (Arg("upload_id", "I"),), "report received and missing chunks"),
+        CommandDef(14, "UPLOAD_ACTIVATE", (Arg("upload_id", "I"),),
+                   "check the sha256, stage, verify (load + golden vectors) and activate atomically"),
+        CommandDef(15, "ROLLBACK_MODEL", (MODEL_NAME,), "go back to the previous verified version of a model"),
+        CommandDef(16, "SET_MODEL_THRESHOLD", (MODEL_NAME, Arg("threshold", "d", 0.001, 0.999)),
+                   "override a detector's decision threshold"),
+        CommandDef(17, "UPLOAD_ABORT", (Arg("upload_id", "I"),), "forget an upload and its chunks"),
+    )
+}
+COMMANDS_BY_OPCODE = {c.opcode: c for c in COMMANDS.values()}
+
+
+@dataclass(frozen=True)
+class ParamDef:
+    id: int
+    name: str  # a FlightSection field
+    type: type
+    lo: float
+    hi: float
+
+
+PARAMS: dict[int, ParamDef] = {
+    p.id: p
+    for p in (
+        ParamDef(1, "cloud_discard_fraction", float, 0.0, 1.0),
+        ParamDef(2, "clear_tile_max_cloud", float, 0.0, 1.0),
+        ParamDef(3, "water_ndwi_min", float, -1.0, 1.0),
+        ParamDef(4, "chip_px", int, 8, 256),
+        ParamDef(5, "chips_per_frame", int, 0, 64),
+        ParamDef(6, "chip_max_bytes", int, 256, 65536),
+        ParamDef(7, "max_detections_per_frame", int, 0, 10000),
+        ParamDef(8, "housekeeping_period_s", float, 0.1, 86400.0),
+    )
+}
+PARAMS_BY_NAME = {p.name: p for p in PARAMS.values()}

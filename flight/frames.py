@@ -77,5 +77,5 @@ class FrameMeta:
                 calibration_version=str(obj.get("calibration_version", "")),
                 extra=dict(obj.get("extra", {})),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(Infinity)
             raise ValueError(f"frame metadata malformed: {exc!r}") from exc

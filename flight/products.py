@@ -257,3 +257,31 @@ def decode_ack(packet: bytes) -> list[int]:
     if len(data) != 2 + 4 * count:
         raise PacketError(f"ack says {count} ids but holds {len(data) - 2} bytes", tc.apid)
     return list(struct.unpack_from(f">{count}I", data, 2))
+
+
+# --- command verification reports (appended, issue #7) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandReport(_Product):
+    """PUS service 1 verification report of one telecommand: accepted / rejected, completed / failed.
+    The report kind is also the packet's message subtype (dictionary.ReportKind)."""
+
+    APID = Apid.COMMAND_REPORT
+    SERVICE = 1  # dictionary.VERIFICATION_SERVICE
+    LAYOUT = ">IdQHBH"
+    TAIL = "message"
+    product_id: int
+    time_s: float
+    counter: int  # the command's authentication counter: its unique id
+    opcode: int
+    report: int  # dictionary.ReportKind
+    code: int  # dictionary.Reason (0 on success)
+    message: str
+
+    @property
+    def SUBTYPE(self) -> int:  # noqa: N802 (the class attribute name every product uses)
+        return self.report
+
+
+PRODUCT_TYPES[CommandReport.APID] = CommandReport

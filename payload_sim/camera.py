@@ -23,6 +23,7 @@ import zmq
 from flight.clock import ScenarioClock
 from flight.config import Scenario
 from flight.frames import FrameMeta
+from flight.security import SecureContext
 from flight.service import Service, common_args, setup
 from payload_sim.orbit import DEFAULT_TLE, Orbit
 from payload_sim.scenes import Scene, real_scene, synthetic_scene
@@ -101,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     svc = Service("camera", run_dir)
     sensor, orbit = make_sensor(scenario), make_orbit(scenario, clock)
-    ctx = zmq.Context()
+    ctx = SecureContext(scenario.security, "camera", run_dir)  # CURVE server when security.curve
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, 8)
+    ctx.serve(sock)
     sock.bind(scenario.network.frames)
     rows = scenario.sensor.strip_rows
     corrupt = set(scenario.extra.get("faults", {}).get("corrupt_frames", []))

@@ -166,7 +166,7 @@ def report() -> None:
         out = cal(raw)
         sigma = sens.noise_sigma_reflectance(scene.reflectance)
         for b, name in enumerate(BANDS):
-            ok = (raw[b] < 4095) & (products.bad_pixel_map[b] == 0)
+            ok = (raw[b] < 4095) & ~products.bad_pixel_mask(b)
             e = out[b][ok] / REFLECTANCE_SCALE - scene.reflectance[b][ok]
             errs[name].append((e, np.abs(e) / sigma[b][ok], (raw[b] == 4095).mean()))
     print("| band | mean abs error | p99 abs error | bias | mean abs z | p99 abs z | saturated |")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields
 import cv2
 import numpy as np
 
-from flight.calibrate import FLAT_Q_BITS, CalibrationProducts
+from flight.calibrate import CalibrationProducts
 from flight.frames import BANDS
 
 NB = len(BANDS)
@@ -222,9 +222,11 @@ class Sensor:
 
         dark: mean of ``dark_frames`` closed-shutter frames (estimated, with the read noise of that
         average), rounded to DN. flat: mean of ``flat_frames`` integrating-sphere frames at half the
-        full well, normalised by the nominal gain, inverted to Q2.14. Bad pixels: dark more than
-        25 DN above the band median (hot), relative response below 0.5 or above 1.5 (dead, dead
-        column). Deterministic from ``instrument_seed``.
+        full well, normalised by the nominal gain, inverted. Bad pixels: dark more than 25 DN above
+        the band median (hot), relative response below 0.5 or above 1.5 (dead, dead column).
+        ``CalibrationProducts.from_full`` then compacts them to the uplink format (uint8 dark offset,
+        uint8 flat in steps of 2**-10, sparse bad-pixel list; it also flags pixels the format cannot
+        hold). Deterministic from ``instrument_seed``.
         """
         cfg = self.config
         H, W = self.height, self.width
@@ -232,7 +234,7 @@ class Sensor:
         epd = cfg.e_per_dn
         level = flat_level_e if flat_level_e is not None else cfg.full_well_e / 2
         dark = np.empty((NB, H, W), np.uint16)
-        flat_q = np.empty((NB, H, W), np.uint16)
+        inverse = np.empty((NB, H, W), np.float32)
         badmap = np.zeros((NB, H, W), np.uint8)
         for b in range(NB):
             noise_dn = math.sqrt(self._dark_e + cfg.read_noise_e**2) / epd / math.sqrt(dark_frames)
@@ -244,9 +246,5 @@ class Sensor:
             hot = (dark[b].astype(np.int32) - int(np.median(dark[b][:: max(1, H // 256), :: max(1, W // 256)]))) > 25
             dead = (f_est < 0.5) | (f_est > 1.5)
             badmap[b] = hot | dead
-            q = np.where(dead, 0.0, (1 << FLAT_Q_BITS) / np.maximum(f_est, 0.25))
-            flat_q[b] = np.clip(np.rint(q), 0, 65535).astype(np.uint16)
-        return CalibrationProducts(
-            version=version, dark_dn=dark, flat_gain_q=flat_q, bad_pixel_map=badmap,
-            dn_per_reflectance=tuple(cfg.dn_per_reflectance),
-        )
+            inverse[b] = np.where(dead, np.inf, 1.0 / np.maximum(f_est, 0.25))
+        return CalibrationProducts.from_full(version, dark, inverse, badmap, tuple(cfg.dn_per_reflectance))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flight.calibrate import FLAT_Q_BITS, CalibrationProducts, Calibrator
+from flight.calibrate import FLAT_Q_BIAS, FLAT_Q_BITS, CalibrationProducts, Calibrator
 from flight.frames import BANDS, REFLECTANCE_SCALE
 from payload_sim.scenes import synthetic_scene
 from payload_sim.sensor import Sensor, SensorConfig
@@ -58,7 +58,7 @@ def test_reflectance_error_within_sensor_noise(setup, seed, kw):
     sigma = sensor.noise_sigma_reflectance(s.reflectance)
     for b in range(NB):
         truth = s.reflectance[b]
-        ok = (raw[b] < 4095) & (products.bad_pixel_map[b] == 0)
+        ok = (raw[b] < 4095) & ~products.bad_pixel_mask(b)
         assert ok.mean() > 0.9
         err = cal[b][ok].astype(np.float64) / REFLECTANCE_SCALE - truth[ok]
         z = np.abs(err) / sigma[b][ok]
@@ -87,7 +87,7 @@ def test_bad_pixels_repaired(setup):
     cal = Calibrator(products)(raw).astype(np.float64) / REFLECTANCE_SCALE
     sigma = sensor.noise_sigma_reflectance(refl)
     for b in range(NB):
-        bad = products.bad_pixel_map[b] == 1
+        bad = products.bad_pixel_mask(b)
         # every hot, dead and dead-column pixel is flagged
         assert bad.reshape(-1)[sensor.hot_pixels[b]].all()
         assert bad.reshape(-1)[sensor.dead_pixels[b]].all()
@@ -106,10 +106,13 @@ def test_products_save_load_roundtrip(setup, tmp_path):
     products.save(p)
     back = CalibrationProducts.load(p, expected_shape=(NB, H, W), expected_version="test-1")
     assert back.version == "test-1" and back.dn_per_reflectance == products.dn_per_reflectance
-    for k in ("dark_dn", "flat_gain_q", "bad_pixel_map"):
-        np.testing.assert_array_equal(getattr(back, k), getattr(products, k))
-    assert products.flat_gain_q.max() < 4 << FLAT_Q_BITS
-    assert abs(float(np.median(products.flat_gain_q)) / (1 << FLAT_Q_BITS) - 1.0) < 0.05
+    assert back.dark_base_dn == products.dark_base_dn
+    for k in ("dark_offset_dn", "flat_q", "bad_pixels"):
+        a, b = getattr(back, k), getattr(products, k)
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    inv = (products.flat_q.astype(float) + FLAT_Q_BIAS) / (1 << FLAT_Q_BITS)
+    assert abs(float(np.median(inv)) - 1.0) < 0.05
 
 
 def test_load_rejects_corrupted_and_mismatched_files(setup, tmp_path):
@@ -140,14 +143,14 @@ def test_load_rejects_corrupted_and_mismatched_files(setup, tmp_path):
     # a valid zip whose array content was altered: the CRC catches it
     with np.load(good) as z:
         parts = {k: z[k] for k in z.files}
-    parts["dark_dn"] = parts["dark_dn"].copy()
-    parts["dark_dn"][0, 0, 0] += 1
+    parts["dark_offset_dn"] = parts["dark_offset_dn"].copy()
+    parts["dark_offset_dn"][0, 0, 0] += 1
     tampered = tmp_path / "tampered.npz"
     np.savez(tampered, **parts)
     with pytest.raises(ValueError, match="CRC"):
         CalibrationProducts.load(tampered)
 
-    parts["dark_dn"] = parts["dark_dn"][:, :10]
+    parts["dark_offset_dn"] = parts["dark_offset_dn"][:, :10]
     wrong_shape = tmp_path / "shape.npz"
     np.savez(wrong_shape, **parts)
     with pytest.raises(ValueError, match="shapes differ"):
@@ -160,6 +163,14 @@ def test_load_rejects_corrupted_and_mismatched_files(setup, tmp_path):
     np.savez(bands, **parts)
     with pytest.raises(ValueError, match="bands"):
         CalibrationProducts.load(bands)
+
+    with np.load(good) as z:
+        parts = {k: z[k] for k in z.files}
+    parts["meta"] = np.array(str(parts["meta"]).replace('"format_version": 2', '"format_version": 1'))
+    old = tmp_path / "old.npz"
+    np.savez(old, **parts)
+    with pytest.raises(ValueError, match="format_version 1"):
+        CalibrationProducts.load(old)
 
 
 def test_calibrator_rejects_wrong_frames(setup):
@@ -175,8 +186,18 @@ def test_products_validate_on_creation(setup):
     _, p = setup
     with pytest.raises(ValueError, match="dn_per_reflectance"):
         dataclasses.replace(p, dn_per_reflectance=(1.0,) * 3)
-    with pytest.raises(ValueError, match="bad_pixel_map"):
-        dataclasses.replace(p, bad_pixel_map=p.bad_pixel_map.astype(np.uint16))
+    with pytest.raises(ValueError, match="bad_pixels"):
+        dataclasses.replace(p, bad_pixels=p.bad_pixels.astype(np.uint16))
+    with pytest.raises(ValueError, match="bad_pixels"):
+        dataclasses.replace(p, bad_pixels=p.bad_pixels[::-1].copy())
+    with pytest.raises(ValueError, match="bad_pixels"):
+        dataclasses.replace(p, bad_pixels=np.array([NB * H * W], np.uint32))
+    with pytest.raises(ValueError, match="flat_q"):
+        dataclasses.replace(p, flat_q=p.flat_q.astype(np.uint16))
+    with pytest.raises(ValueError, match="shapes differ"):
+        dataclasses.replace(p, flat_q=p.flat_q[:, :10].copy())
+    with pytest.raises(ValueError, match="dark_base_dn"):
+        dataclasses.replace(p, dark_base_dn=(100.5,) * NB)
 
 
 def test_dark_pixels_clip_at_zero_not_wrap(setup):
@@ -208,9 +229,8 @@ def test_calibrate_strip_matches_whole_frame(setup):
 
 def test_repair_falls_back_to_the_nearest_good_pixel_in_the_row(setup):
     _, products = setup
-    bad = products.bad_pixel_map.copy()
-    bad[0, 10, 20:40] = 1  # a run longer than the 4-pixel reach
-    p = dataclasses.replace(products, bad_pixel_map=bad)
+    run = (10 * W + np.arange(20, 40)).astype(np.uint32)  # band 0: a run longer than the 4-pixel reach
+    p = dataclasses.replace(products, bad_pixels=np.union1d(products.bad_pixels, run).astype(np.uint32))
     raw = np.full((NB, H, W), 1000, np.uint16)
     raw[0, 10, 20:40] = 4000  # garbage in the run
     out = Calibrator(p)(raw)
@@ -218,3 +238,84 @@ def test_repair_falls_back_to_the_nearest_good_pixel_in_the_row(setup):
     # the donors (columns 19 and 40) differ from their neighbours only by PRNU and vignetting
     assert abs(row[30] - row[45]) < 150 and abs(row[30] - row[15]) < 150
     assert row[20:40].max() < 4000  # the garbage (about 11 000) is gone
+
+
+def test_products_are_compact_in_memory(setup):
+    _, products = setup
+    arrays = [v for v in vars(products).values() if isinstance(v, np.ndarray)]
+    in_memory = sum(a.nbytes for a in arrays)
+    assert in_memory == products.nbytes
+    assert products.dark_offset_dn.dtype == products.flat_q.dtype == np.uint8
+    assert products.bad_pixels.dtype == np.uint32 and products.bad_pixels.ndim == 1
+    assert in_memory / (NB * H * W) <= 2.1, in_memory / (NB * H * W)
+    # the calibrator adds no frame-sized table: only strip buffers and the repair plan
+    cal = Calibrator(products, strip_rows=16)
+    own = [v for v in vars(cal).values()
+           if isinstance(v, np.ndarray) and not any(np.shares_memory(v, a) for a in arrays)]
+    own += [a for plan in cal._repairs for a in plan]
+    assert sum(a.nbytes for a in own) <= 2 * 2 * 16 * W + 4 * 8 * products.bad_pixels.size
+    assert all(a.size < H * W for a in own)
+
+
+def test_from_full_compaction_and_quantization_bound():
+    h, w = 8, 40
+    rng = np.random.default_rng(3)
+    dark = rng.integers(90, 110, (NB, h, w)).astype(np.uint16)
+    inv = rng.uniform(0.9, 1.1, (NB, h, w))
+    bad = np.zeros((NB, h, w), np.uint8)
+    dark[1, 2, 3] = 4000  # hot: more than 255 DN above the band base
+    inv[2, 4, 5] = 1.2  # response outside the flat range
+    inv[3, 0, 0] = 0.8
+    inv[4, 7, 39] = np.inf  # dead
+    bad[5, 1, 1] = 1  # flagged on the ground
+    p = CalibrationProducts.from_full("t", dark, inv, bad, (3000.0,) * NB)
+    expect = [(1, 2, 3), (2, 4, 5), (3, 0, 0), (4, 7, 39), (5, 1, 1)]
+    np.testing.assert_array_equal(p.bad_pixels, [np.ravel_multi_index(i, (NB, h, w)) for i in expect])
+    for b in range(NB):
+        good = ~p.bad_pixel_mask(b)
+        np.testing.assert_array_equal(p.dark_base_dn[b] + p.dark_offset_dn[b][good].astype(int), dark[b][good])
+        q_inv = (p.flat_q[b].astype(float) + FLAT_Q_BIAS) / (1 << FLAT_Q_BITS)
+        assert np.abs(q_inv - inv[b])[good].max() <= 2.0 ** -(FLAT_Q_BITS + 1) + 1e-12  # half a step
+    assert (FLAT_Q_BIAS / 1024, (FLAT_Q_BIAS + 255) / 1024) == (0.875, 1.1240234375)
+
+
+def test_strips_bit_identical_on_an_odd_width():
+    # widths that are not a multiple of any SIMD width: the last vector of a strip differs
+    h, w = 45, 333
+    sensor = Sensor(dataclasses.replace(SensorConfig(), psf_sigma_px=0.0), h, w)
+    products = sensor.calibration_products()
+    raw = sensor.expose(np.random.default_rng(8).uniform(0, 1.0, (NB, h, w)).astype(np.float32),
+                        np.random.default_rng(9))
+    whole = Calibrator(products, strip_rows=h)(raw)
+    for rows in (1, 2, 5, 13):
+        np.testing.assert_array_equal(Calibrator(products, strip_rows=rows)(raw), whole)
+    cal = Calibrator(products, strip_rows=4)
+    parts = [cal.calibrate_strip(np.ascontiguousarray(raw[:, r:r + n]), r) for r, n in ((0, 3), (3, 17), (20, 1), (21, 24))]
+    np.testing.assert_array_equal(np.concatenate(parts, axis=1), whole)
+
+
+def test_load_and_calibrator_peak_memory_is_the_products(tmp_path):
+    """A fresh process: peak RSS growth over load + Calibrator + a strip-by-strip frame stays
+    close to the products' size (2 bytes per pixel-band), with no frame-sized temporaries."""
+    n = 1024
+    path = tmp_path / "cal.npz"
+    Sensor(SensorConfig(), n, n).calibration_products().save(path)
+    code = f"""
+import numpy as np, cv2
+from flight.calibrate import CalibrationProducts, Calibrator
+def mem(key):
+    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key)) * 1024
+raw = np.full(({NB}, 128, {n}), 1000, np.uint16); out = np.empty_like(raw)
+rss0 = mem('VmRSS:')
+cal = Calibrator(CalibrationProducts.load({str(path)!r}), strip_rows=128)
+for r in range(0, {n}, 128):
+    cal.calibrate_strip(raw, r, out)
+print(mem('VmHWM:') - rss0, cal.products.nbytes)
+"""
+    root = Path(__file__).parents[1]
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    growth, nbytes = map(int, res.stdout.split())
+    assert nbytes <= 2.1 * NB * n * n
+    # the old format needed ~5 bytes per pixel-band here (~60 MiB); allow the products + 8 MiB
+    # (strip buffers, code pages touched by the first calibration, allocator slack)
+    assert growth <= nbytes + 8 * 2**20, (growth / 2**20, nbytes / 2**20)

@@ -1,0 +1,491 @@
+"""Onboard models that can be replaced over the radio without risk.
+
+Layout of the flight's writable model folder (STATE/models):
+
+    versions/<name>/<version>-<sha8>/   one verified version: <name>.card.json, its .onnx, golden.npz
+    active.json                          per model: the active version's folder and older ones (history)
+    uploads/<id>/                        an upload in progress: meta.json, data.bin, have.bin
+
+The packaged models (the `models` package) are the factory copies, never written: the first start
+seeds the folder from them, and they are the last resort of a rollback.
+
+Upload: UPLOAD_BEGIN names the model, size, chunk size and the SHA-256 of the whole bundle;
+chunks come in any order, repeats are harmless, every chunk is on disk (fsync) before it counts,
+so an upload resumes across passes and flight restarts. UPLOAD_ACTIVATE checks the SHA-256, unpacks
+the bundle into a staging folder, verifies it (the card's sha256 against the ONNX bytes by
+TileModel, then the golden vectors bit-exact), renames the folder into place and replaces
+active.json atomically (write, fsync, os.replace). A failure at any step leaves the active
+version untouched. A version that fails at run time within its probation is rolled back to the
+previous one; a model file found corrupted on disk is rolled back too.
+
+Bundle format (`pack_bundle`): b"MDLPKG1\\n", then three entries (card JSON, ONNX, golden .npz),
+each `kind u8 | size u32 | bytes`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flight.inference import ModelCard, ModelError, TileModel, model_path
+
+MAGIC = b"MDLPKG1\n"
+CARD, ONNX, GOLDEN = 1, 2, 3
+ENTRY_LIMITS = {CARD: 64 * 1024, ONNX: 64 << 20, GOLDEN: 8 << 20}
+GOLDEN_MAX_TILES = 256
+GOLDEN_MAX_UNPACKED = 32 << 20
+
+
+class ModelUpdateError(Exception):
+    """A model update step failed: the model, the upload id when known, the reason."""
+
+    def __init__(self, reason: str, model: str | None = None, upload_id: int | None = None):
+        super().__init__(f"model {model or '?'}" + (f" upload {upload_id:08x}" if upload_id is not None else "") + f": {reason}")
+        self.reason, self.model, self.upload_id = reason, model, upload_id
+
+
+# --- bundle -------------------------------------------------------------------------------------------
+
+
+def pack_bundle(card_path: Path, golden_path: Path | None = None) -> bytes:
+    """The upload bundle of a model: its card, INT8 ONNX file and golden vectors (ground side)."""
+    card_path = Path(card_path)
+    card = ModelCard.load(card_path)
+    golden_path = golden_path or card_path.parent / "golden" / f"{card.name}.npz"
+    parts = [(CARD, card_path.read_bytes()), (ONNX, card.model_file().read_bytes()), (GOLDEN, Path(golden_path).read_bytes())]
+    return MAGIC + b"".join(struct.pack(">BI", k, len(b)) + b for k, b in parts)
+
+
+def unpack_bundle(data: bytes) -> dict[int, bytes]:
+    """The three entries of a bundle; ModelUpdateError on anything else."""
+    if not data.startswith(MAGIC):
+        raise ModelUpdateError("not a model bundle (bad magic)")
+    parts: dict[int, bytes] = {}
+    pos = len(MAGIC)
+    while pos < len(data):
+        if pos + 5 > len(data):
+            raise ModelUpdateError(f"truncated entry header at byte {pos}")
+        kind, size = struct.unpack_from(">BI", data, pos)
+        pos += 5
+        if kind not in ENTRY_LIMITS or kind in parts:
+            raise ModelUpdateError(f"unknown or repeated entry kind {kind}")
+        if size > ENTRY_LIMITS[kind] or pos + size > len(data):
+            raise ModelUpdateError(f"entry {kind} of {size} bytes does not fit (limit {ENTRY_LIMITS[kind]}, {len(data) - pos} left)")
+        parts[kind] = data[pos : pos + size]
+        pos += size
+    if set(parts) != {CARD, ONNX, GOLDEN}:
+        raise ModelUpdateError(f"bundle holds entries {sorted(parts)}, needs card, onnx and golden")
+    return parts
+
+
+def load_golden(path: Path) -> dict[str, np.ndarray | str]:
+    """Golden vectors (.npz: tiles, int8, sha256), with sizes checked before anything is unpacked."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            unpacked = sum(i.file_size for i in z.infolist())
+            if unpacked > GOLDEN_MAX_UNPACKED:
+                raise ModelUpdateError(f"golden vectors unpack to {unpacked} bytes, limit {GOLDEN_MAX_UNPACKED}")
+        with np.load(path, allow_pickle=False) as g:
+            tiles, want, sha = g["tiles"], g["int8"], str(g["sha256"])
+    except ModelUpdateError:
+        raise
+    except Exception as exc:  # zipfile, numpy and KeyError all signal a malformed file
+        raise ModelUpdateError(f"golden vectors unreadable: {type(exc).__name__}: {exc}") from None
+    if tiles.dtype != np.uint16 or tiles.ndim != 4 or not 0 < len(tiles) <= GOLDEN_MAX_TILES:
+        raise ModelUpdateError(f"golden tiles are {tiles.dtype} {tiles.shape}, need uint16 (1..{GOLDEN_MAX_TILES}, 6, 64, 64)")
+    return {"tiles": tiles, "int8": want, "sha256": sha}
+
+
+def verify_model_dir(folder: Path, name: str, threads: int = 1, batch: int = 64, kind: str | None = None) -> TileModel:
+    """Load a model folder (hash of the ONNX bytes against the card) and run its golden vectors
+    (bit-exact INT8). Returns the loaded model; ModelUpdateError naming the failed check."""
+    card_path = folder / f"{name}.card.json"
+    try:
+        model = TileModel(card_path, intra_op_threads=threads, batch_size=batch)
+    except (ModelError, OSError) as exc:
+        raise ModelUpdateError(f"load refused: {exc}", name) from None
+    card = model.card
+    if card.name != name:
+        raise ModelUpdateError(f"card names model {card.name!r}", name)
+    if kind is not None and card.kind != kind:
+        raise ModelUpdateError(f"kind {card.kind}, the active model is {kind}", name)
+    g = load_golden(folder / "golden.npz")
+    if g["sha256"] != card.sha256:
+        raise ModelUpdateError(f"golden vectors made for sha256 {g['sha256'][:12]}, card has {card.sha256[:12]}", name)
+    try:
+        got = model.run(g["tiles"])
+    except Exception as exc:
+        raise ModelUpdateError(f"golden run failed: {type(exc).__name__}: {exc}", name) from None
+    want = g["int8"]
+    if got.shape != want.shape or not np.array_equal(got, want):
+        raise ModelUpdateError("golden vectors differ (INT8 must be bit-exact)", name)
+    return model
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def version_number(version: str) -> float:
+    """'1.2.3' -> 10203 (telemetry is float32); -1 when not of that form."""
+    try:
+        parts = [int(p) for p in version.split(".")[:3]]
+    except ValueError:
+        return -1.0
+    parts += [0] * (3 - len(parts))
+    return float(parts[0] * 10000 + parts[1] * 100 + parts[2]) if all(0 <= p < 100 for p in parts) else -1.0
+
+
+# --- versions and the active one ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Active:
+    name: str
+    folder: str  # relative to the models folder
+    version: str
+    sha256: str
+    history: tuple[str, ...] = ()  # older verified folders, oldest first
+    factory: bool = False
+
+
+class ModelStore:
+    def __init__(self, root: Path, threads: int = 1, batch: int = 64, factory_dir: Path | None = None):
+        self.root = Path(root)
+        self.threads, self.batch = threads, batch
+        self.factory_dir = factory_dir or model_path("cloud_screen").parent
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "versions").mkdir(exist_ok=True)
+        self.active: dict[str, Active] = {}
+        self.corrupt_index: str | None = None  # why active.json had to be rebuilt, for an event
+        path = self.root / "active.json"
+        if path.exists():
+            try:
+                raw = json.loads(path.read_text())
+                self.active = {n: Active(n, e["folder"], e["version"], e["sha256"], tuple(e.get("history", ())),
+                                         bool(e.get("factory"))) for n, e in raw.items()}
+            except (ValueError, KeyError, TypeError) as exc:  # a torn or corrupt file: start again from the factory
+                self.corrupt_index = f"active.json unreadable ({exc}); reseeded from factory"
+                self.active = {}
+        if not self.active:
+            self.seed()
+
+    def _save(self) -> None:
+        data = {n: {"folder": a.folder, "version": a.version, "sha256": a.sha256, "history": list(a.history),
+                    "factory": a.factory} for n, a in sorted(self.active.items())}
+        _write_atomic(self.root / "active.json", json.dumps(data, indent=1).encode())
+
+    def factory_names(self) -> list[str]:
+        return sorted(p.name.removesuffix(".card.json") for p in self.factory_dir.glob("*.card.json"))
+
+    def seed(self) -> None:
+        """First start: every packaged model becomes the active version."""
+        for name in self.factory_names():
+            try:
+                self.active[name] = self._install_factory(name)[0]
+            except (ModelError, OSError, ModelUpdateError):
+                continue  # a packaged model that does not even load is simply not offered
+        self._save()
+
+    def _install(self, name: str, card: bytes, onnx: bytes, golden: bytes,
+                 kind: str | None = None) -> tuple[str, ModelCard, TileModel]:
+        """Write one version folder via a staging folder, verify it there, rename it into place."""
+        try:
+            obj = json.loads(card)
+            c = ModelCard.from_dict(obj)
+        except (ValueError, UnicodeDecodeError, ModelError) as exc:
+            raise ModelUpdateError(f"card refused: {exc}", name) from None
+        if c.name != name:
+            raise ModelUpdateError(f"bundle card names model {c.name!r}", name)
+        rel = f"versions/{name}/{c.version}-{c.sha256[:8]}"
+        final = self.root / rel
+        staging = final.with_name(final.name + ".staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for fname, data in ((f"{name}.card.json", card), (c.file, onnx), ("golden.npz", golden)):
+            with open(staging / fname, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        try:
+            model = verify_model_dir(staging, name, self.threads, self.batch, kind)
+        except ModelUpdateError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if final.exists():  # the same version again (a repair): swap the folders
+            trash = final.with_name(final.name + ".old")
+            shutil.rmtree(trash, ignore_errors=True)
+            final.rename(trash)
+            staging.rename(final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            staging.rename(final)
+        _fsync_dir(final.parent)
+        return rel, c, model
+
+    def _install_factory(self, name: str) -> tuple[Active, TileModel]:
+        card_path = self.factory_dir / f"{name}.card.json"
+        c = ModelCard.load(card_path)
+        rel, _, model = self._install(name, card_path.read_bytes(), c.model_file().read_bytes(),
+                                      (self.factory_dir / "golden" / f"{name}.npz").read_bytes())
+        return Active(name, rel, c.version, c.sha256, factory=True), model
+
+    def install_bundle(self, name: str, bundle: bytes, kind: str | None) -> tuple[Active, TileModel]:
+        """Stage, verify and activate an uploaded bundle. The active version is untouched on failure."""
+        parts = unpack_bundle(bundle)
+        rel, card, model = self._install(name, parts[CARD], parts[ONNX], parts[GOLDEN], kind)
+        return self.activate(name, rel, card), model
+
+    def activate(self, name: str, rel: str, card: ModelCard, factory: bool = False) -> Active:
+        old = self.active.get(name)
+        history = () if old is None else tuple(h for h in old.history + (old.folder,) if h != rel)[-4:]
+        new = Active(name, rel, card.version, card.sha256, history, factory)
+        self.active[name] = new
+        self._save()
+        return new
+
+    def load(self, name: str) -> TileModel:
+        """The active version, verified (hash and golden vectors)."""
+        a = self.active.get(name)
+        if a is None:
+            raise ModelUpdateError("no such model onboard", name)
+        return verify_model_dir(self.root / a.folder, name, self.threads, self.batch)
+
+    def rollback(self, name: str) -> tuple[Active, TileModel, list[str]]:
+        """Go back to the newest older version that still verifies, else the factory copy.
+        Returns the new active entry, its model and the reasons older versions were skipped."""
+        a = self.active.get(name)
+        skipped: list[str] = []
+        history = list(a.history) if a else []
+        while history:
+            rel = history.pop()
+            try:
+                model = verify_model_dir(self.root / rel, name, self.threads, self.batch)
+            except ModelUpdateError as exc:
+                skipped.append(f"{rel}: {exc.reason}")
+                continue
+            new = Active(name, rel, model.card.version, model.card.sha256, tuple(history))
+            self.active[name] = new
+            self._save()
+            return new, model, skipped
+        try:
+            fac, model = self._install_factory(name)
+        except (ModelError, OSError, ModelUpdateError) as exc:
+            raise ModelUpdateError(f"no version to roll back to ({'; '.join(skipped + [str(exc)])})", name) from None
+        self.active[name] = Active(name, fac.folder, fac.version, fac.sha256, tuple(history), factory=True)
+        self._save()
+        return self.active[name], model, skipped
+
+    def scrub(self, name: str) -> str | None:
+        """Re-hash the active version's files on disk; the problem found, or None."""
+        a = self.active.get(name)
+        if a is None:
+            return None
+        folder = self.root / a.folder
+        try:
+            card = ModelCard.load(folder / f"{name}.card.json")
+            if card.sha256 != a.sha256:
+                return f"card sha256 {card.sha256[:12]} != active {a.sha256[:12]}"
+            digest = file_sha256(card.model_file())
+        except (ModelError, OSError) as exc:
+            return str(exc)[:150]
+        if digest != a.sha256:
+            return f"onnx sha256 {digest[:12]} != card {a.sha256[:12]}"
+        return None
+
+    def onnx_path(self, name: str) -> Path | None:
+        a = self.active.get(name)
+        if a is None:
+            return None
+        return ModelCard.load(self.root / a.folder / f"{name}.card.json").model_file()
+
+
+# --- uploads ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UploadMeta:
+    upload_id: int
+    model: str
+    size_bytes: int
+    chunk_bytes: int
+    sha256: str
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.size_bytes // self.chunk_bytes)
+
+    def chunk_len(self, index: int) -> int:
+        return self.chunk_bytes if index < self.chunks - 1 else self.size_bytes - self.chunk_bytes * (self.chunks - 1)
+
+
+def upload_id_of(sha256: bytes) -> int:
+    return int.from_bytes(sha256[:4], "big")
+
+
+class Uploads:
+    """Chunked uploads persisted chunk by chunk."""
+
+    MAX_OPEN = 4
+
+    def __init__(self, root: Path, max_bytes: int):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+
+    def _dir(self, upload_id: int) -> Path:
+        return self.root / f"{upload_id:08x}"
+
+    def meta(self, upload_id: int) -> UploadMeta:
+        try:
+            m = json.loads((self._dir(upload_id) / "meta.json").read_text())
+            return UploadMeta(m["upload_id"], m["model"], m["size_bytes"], m["chunk_bytes"], m["sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ModelUpdateError("no such upload (begin it first)", upload_id=upload_id) from None
+
+    def open_ids(self) -> list[int]:
+        return sorted(int(p.name, 16) for p in self.root.iterdir() if p.is_dir() and len(p.name) == 8)
+
+    def begin(self, model: str, size_bytes: int, chunk_bytes: int, sha256: bytes) -> tuple[UploadMeta, int]:
+        """Start an upload, or resume the same one; returns it and the chunks already held."""
+        uid = upload_id_of(sha256)
+        want = UploadMeta(uid, model, size_bytes, chunk_bytes, sha256.hex())
+        if size_bytes > self.max_bytes:
+            raise ModelUpdateError(f"{size_bytes} bytes > limit {self.max_bytes}", model, uid)
+        d = self._dir(uid)
+        if d.exists():
+            have = self.meta(uid)
+            if have != want:
+                raise ModelUpdateError("upload id in use by a different upload (abort it first)", model, uid)
+            return have, self.received(uid)
+        if len(self.open_ids()) >= self.MAX_OPEN:
+            raise ModelUpdateError(f"{self.MAX_OPEN} uploads already open (abort one)", model, uid)
+        staging = d.with_name(d.name + ".new")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        with open(staging / "data.bin", "wb") as f:
+            f.truncate(size_bytes)
+        with open(staging / "have.bin", "wb") as f:
+            f.write(bytes(want.chunks))
+        (staging / "meta.json").write_text(json.dumps(want.__dict__))
+        staging.rename(d)
+        _fsync_dir(self.root)
+        return want, 0
+
+    def chunk(self, upload_id: int, index: int, data: bytes) -> tuple[UploadMeta, int, bool]:
+        """Store one chunk durably; returns the upload, how many chunks it now holds, and whether
+        this chunk was new."""
+        m = self.meta(upload_id)
+        if not 0 <= index < m.chunks:
+            raise ModelUpdateError(f"chunk {index} outside 0..{m.chunks - 1}", m.model, upload_id)
+        if len(data) != m.chunk_len(index):
+            raise ModelUpdateError(f"chunk {index} is {len(data)} bytes, expected {m.chunk_len(index)}", m.model, upload_id)
+        d = self._dir(upload_id)
+        new = not self.have(upload_id)[index]
+        with open(d / "data.bin", "r+b") as f:  # the data is on disk before the chunk is marked held
+            f.seek(index * m.chunk_bytes)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(d / "have.bin", "r+b") as f:
+            f.seek(index)
+            f.write(b"\1")
+            f.flush()
+            os.fsync(f.fileno())
+        return m, self.received(upload_id), new
+
+    def have(self, upload_id: int) -> bytes:
+        try:
+            return (self._dir(upload_id) / "have.bin").read_bytes()
+        except OSError:
+            raise ModelUpdateError("no such upload", upload_id=upload_id) from None
+
+    def received(self, upload_id: int) -> int:
+        return sum(1 for b in self.have(upload_id) if b)
+
+    def missing(self, upload_id: int) -> list[int]:
+        return [i for i, b in enumerate(self.have(upload_id)) if not b]
+
+    def assemble(self, upload_id: int) -> tuple[UploadMeta, bytes]:
+        """The whole file, once every chunk is held and its SHA-256 is the one announced."""
+        m = self.meta(upload_id)
+        missing = self.missing(upload_id)
+        if missing:
+            raise ModelUpdateError(f"{len(missing)} of {m.chunks} chunks missing: {ranges(missing)}", m.model, upload_id)
+        data = (self._dir(upload_id) / "data.bin").read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != m.sha256:
+            raise ModelUpdateError(f"sha256 {digest[:16]} != announced {m.sha256[:16]}", m.model, upload_id)
+        return m, data
+
+    def abort(self, upload_id: int) -> None:
+        shutil.rmtree(self._dir(upload_id), ignore_errors=True)
+
+
+def ranges(indices: list[int], limit: int = 12) -> str:
+    """[1, 2, 3, 7] -> '1-3,7' (at most `limit` ranges, then '...')."""
+    out: list[str] = []
+    start = prev = None
+    for i in indices + [None]:
+        if start is not None and (i is None or i != prev + 1):
+            out.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = None
+        if i is not None and start is None:
+            start = i
+        prev = i
+    return ",".join(out[:limit]) + (",..." if len(out) > limit else "")
+
+
+def parse_ranges(text: str) -> list[int]:
+    """Inverse of ranges() (without the '...'): '1-3,7' -> [1, 2, 3, 7]."""
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        if part == "...":
+            continue
+        a, _, b = part.partition("-")
+        out.extend(range(int(a), int(b or a) + 1))
+    return out
+
+
+def bundle_name(bundle: bytes) -> str:
+    """The model name inside a bundle (ground side, for UPLOAD_BEGIN)."""
+    card = json.loads(unpack_bundle(bundle)[CARD])
+    return str(card["name"])
+
+
+def golden_bytes(tiles: np.ndarray, int8: np.ndarray, sha256: str) -> bytes:
+    """A golden-vector .npz in memory (tests and tools)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, tiles=tiles, int8=int8, sha256=np.array(sha256))
+    return buf.getvalue()

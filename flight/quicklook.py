@@ -1,0 +1,92 @@
+"""A small ring of recent frames as downsampled true-colour quicklooks, built strip by strip.
+
+The raw frame is never whole in flight memory, so what the ground can ask for after the fact is
+what this ring kept: each frame's red/green/blue reflectance averaged over factor x factor pixel
+blocks, stretched to 8 bits. Memory is bounded: frames x 3 x (H/factor) x (W/factor) bytes. A
+chip request of a recent frame is a crop of its quicklook, at the quicklook's resolution.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import cv2
+import numpy as np
+
+from flight.frames import BANDS, REFLECTANCE_SCALE, FrameMeta
+
+RGB = [BANDS.index("red"), BANDS.index("green"), BANDS.index("blue")]
+STRETCH = 255.0 / (0.4 * REFLECTANCE_SCALE)  # 0..0.4 reflectance -> 0..255, as flight.pipeline.encode_chip
+
+
+class QuicklookRing:
+    def __init__(self, frames: int, factor: int):
+        self.frames, self.factor = frames, factor
+        self.ring: OrderedDict[int, tuple[FrameMeta, np.ndarray]] = OrderedDict()
+        self.meta: FrameMeta | None = None
+        self.buf: np.ndarray | None = None
+
+    def begin(self, meta: FrameMeta) -> None:
+        f = self.factor
+        ok = self.frames > 0 and meta.height % f == 0 and meta.width % f == 0
+        self.meta = meta if ok else None
+        self.buf = np.zeros((meta.height // f, meta.width // f, 3), np.uint8) if ok else None
+
+    def add_strip(self, cal: np.ndarray, row0: int) -> None:
+        """A calibrated strip (bands, rows, width) uint16 of the current frame."""
+        if self.buf is None:
+            return
+        f = self.factor
+        _, rows, width = cal.shape
+        if rows % f:
+            return
+        rgb = cal[RGB].reshape(3, rows // f, f, width // f, f).mean(axis=(2, 4), dtype=np.float32)
+        self.buf[row0 // f : (row0 + rows) // f] = np.clip(rgb * STRETCH, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+    def commit(self) -> None:
+        if self.meta is not None and self.buf is not None:
+            self.ring[self.meta.frame_id] = (self.meta, self.buf)
+            self.ring.move_to_end(self.meta.frame_id)
+            while len(self.ring) > self.frames:
+                self.ring.popitem(last=False)
+        self.drop()
+
+    def drop(self) -> None:
+        self.meta, self.buf = None, None
+
+    def clear(self) -> None:
+        """Shed memory (memory pressure)."""
+        self.ring.clear()
+        self.drop()
+
+    def get(self, frame_id: int | None) -> tuple[FrameMeta, np.ndarray] | None:
+        """The quicklook of frame_id (None: the latest)."""
+        if not self.ring:
+            return None
+        if frame_id is None:
+            return next(reversed(self.ring.values()))
+        return self.ring.get(frame_id)
+
+    def nbytes(self) -> int:
+        return sum(img.nbytes for _, img in self.ring.values())
+
+
+def png(rgb: np.ndarray, max_bytes: int) -> tuple[np.ndarray, bytes] | None:
+    """PNG of an (h, w, 3) RGB image, halved until it fits max_bytes; None if it never does."""
+    img = rgb
+    while min(img.shape[:2]) >= 4:
+        ok, data = cv2.imencode(".png", np.ascontiguousarray(img[:, :, ::-1]))
+        if ok and len(data) <= max_bytes:
+            return img, data.tobytes()
+        img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    return None
+
+
+def crop(rgb: np.ndarray, factor: int, row_px: int, col_px: int, size_px: int) -> tuple[np.ndarray, int, int, int]:
+    """Crop of a quicklook centred on full-resolution (row, col); returns (image, row0_px, col0_px, size_px)
+    in full-resolution pixels (clipped to the frame)."""
+    h, w = rgb.shape[:2]
+    n = max(1, min(size_px // factor, h, w))
+    r0 = int(np.clip(row_px // factor - n // 2, 0, h - n))
+    c0 = int(np.clip(col_px // factor - n // 2, 0, w - n))
+    return rgb[r0 : r0 + n, c0 : c0 + n], r0 * factor, c0 * factor, n * factor

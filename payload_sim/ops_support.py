@@ -1,0 +1,81 @@
+"""What the launcher does for flight operations (issue #7), kept out of hil.py's own logic.
+
+- `launch_overrides`: per-run key material (a fresh mission key, CURVE certificates when
+  `security.curve` is on) and the flight's state folder, as `--set` overrides with absolute paths,
+  so a flight restarted in another folder still finds them.
+- `write_launch_record`: RUN_DIR/launch.json (scenario, overrides, clock start) from which
+  `python -m ground_link.commander --run-dir RUN_DIR` finds the endpoints, keys and clock.
+- `OpsFaults`: scenario faults the launcher injects from outside the flight process:
+
+      [faults]
+      corrupt_model = "cloud_screen"   # flip one byte of this model's active ONNX file on disk ...
+      corrupt_model_at_s = 30.0        # ... at this scenario time
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from flight.config import Scenario
+from flight.inference import ModelCard
+from flight.security import KEY_ENV, KEY_FILE_ENV, generate_curve_keys, write_mission_key
+
+
+def _toml_str(path: Path) -> str:
+    return json.dumps(str(path.resolve()))  # a JSON string is a TOML basic string
+
+
+def launch_overrides(scenario: Scenario, run_dir: Path) -> list[str]:
+    import os
+
+    out = []
+    if not scenario.security.command_key_file and not (os.environ.get(KEY_ENV) or os.environ.get(KEY_FILE_ENV)):
+        out.append(f"security.command_key_file={_toml_str(write_mission_key(run_dir / 'mission.key'))}")
+    if scenario.security.curve and not scenario.security.curve_dir:
+        out.append(f"security.curve_dir={_toml_str(generate_curve_keys(run_dir / 'curve'))}")
+    if not scenario.ops.state_dir:
+        out.append(f"ops.state_dir={_toml_str(run_dir)}")
+    return out
+
+
+def write_launch_record(run_dir: Path, scenario_path: str, overrides: list[str], clock_start: float) -> None:
+    record = {"scenario": str(Path(scenario_path).resolve()), "overrides": overrides, "clock_start": clock_start,
+              "run_dir": str(run_dir.resolve())}
+    tmp = run_dir / "launch.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(run_dir / "launch.json")
+
+
+def active_model_file(state_dir: Path, name: str) -> Path:
+    active = json.loads((state_dir / "models" / "active.json").read_text())[name]
+    return ModelCard.load(state_dir / "models" / active["folder"] / f"{name}.card.json").model_file()
+
+
+class OpsFaults:
+    def __init__(self, scenario: Scenario, run_dir: Path, clock_start: float):
+        faults = scenario.extra.get("faults", {})
+        self.model = faults.get("corrupt_model")
+        self.at_s = faults.get("corrupt_model_at_s")
+        self.rate, self.clock_start, self.run_dir = scenario.scenario.clock_rate, clock_start, run_dir
+        self.state_dir = Path(scenario.ops.state_dir) if scenario.ops.state_dir else run_dir
+        self.done = self.model is None or self.at_s is None
+
+    def step(self) -> None:
+        if self.done or (time.time() - self.clock_start) * self.rate < self.at_s:
+            return
+        self.done = True
+        try:
+            path = active_model_file(self.state_dir, self.model)
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            path.write_bytes(bytes(data))
+        except (OSError, KeyError, ValueError) as exc:
+            print(f"hil: fault: could not corrupt model {self.model}: {exc}", file=sys.stderr)
+            return
+        t = (time.time() - self.clock_start) * self.rate
+        (self.run_dir / "ops_faults.json").write_text(json.dumps(
+            {"corrupted_model": self.model, "file": str(path), "at_s": round(t, 3)}) + "\n")
+        print(f"hil: fault: model {self.model} file corrupted on disk at t={t:.1f} s ({path})", file=sys.stderr)

@@ -1,0 +1,97 @@
+"""The benchmark harness keeps working: a smoke run reports every key (not a timing assertion)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+from benchmarks.profiles import ProfileError, load_profile
+
+REPO = Path(__file__).resolve().parents[1]
+
+KEYS = ("machine", "profile", "frame_shape", "latency_ms", "stage_ms", "peak_rss_mib", "cadence_fps",
+        "int8_vs_fp32_speedup", "ort_vs_cv2dnn_speedup", "roofline_fraction", "reduction_ratio", "scaling",
+        "ukis_csmask", "budgets", "within_budget")
+
+
+def test_smoke_run_reports_every_key(tmp_path):
+    if not (REPO / "models" / "cloud_screen.card.json").exists():
+        pytest.skip("models/cloud_screen.card.json not built yet")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.harness", "--profile", "default", "--smoke", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "latest.json").read_text())
+    missing = [k for k in KEYS if k not in res]
+    assert not missing, missing
+    assert res["smoke"] is True
+    assert set(res["latency_ms"]) >= {"p50", "p99", "max"}
+    assert set(res["stage_ms"]) >= {"ingest", "calibrate", "screen", "package"}
+    assert res["machine"]["cpu_model"] and res["machine"]["logical_cpus"] >= 1
+    assert set(res["within_budget"]) == set(res["budgets"])
+    assert all({"pixels", "latency_ms_p50", "peak_rss_mib"} <= set(s) for s in res["scaling"]) and res["scaling"]
+    assert res["peak_rss_mib"] > 10 and res["reduction_ratio"] > 1
+    for name in ("latest.md", "latency_hist.png", "stages.png", "scaling.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def _run(lat, stages):
+    recs = [{"frame": i, "distinct": 0, "warmup": False, "latency_ms": t, "stage_ms": dict(s), "memory_mib": {"rss": 100.0, "hwm": 200.0}}
+            for i, (t, s) in enumerate(zip(lat, stages, strict=True))]
+    phases = {"start": 10, "imports": 60, "calibration_loaded": 160, "models_loaded": 170, "after_first_frame": 180, "end": 180}
+    hwm = {"start": 10, "imports": 60, "calibration_loaded": 200, "models_loaded": 200, "after_first_frame": 200, "end": 200}
+    return {"records": recs, "timed_wall_s": sum(lat) / 1e3,
+            "rss_mib": {k: {"rss": v, "anon": v, "file": 0, "hwm": hwm[k]} for k, v in phases.items()}}
+
+
+def test_missed_budget_names_the_stage_holding_it_back():
+    fast = {"receive": 1, "ingest": 1, "calibrate": 10, "tile": 2, "screen": 50, "detect": 20, "localize": 0, "package": 1}
+    slow = dict(fast, detect=300)  # two frames where detection explodes: it holds back p99 and max
+    main = _run([85] * 98 + [375] * 2, [fast] * 98 + [slow] * 2)
+    res = {"latency_ms": report.latency(main), "peak_rss_mib": 200.0, "cadence_fps": report.cadence(main)}
+    budgets = {"latency_p50_ms": 50, "latency_p99_ms": 200, "latency_max_ms": 300, "peak_rss_mib": 192, "cadence_fps": 5}
+    within, held = report.check_budgets(res, budgets, main)
+    assert within == {"latency_p50_ms": False, "latency_p99_ms": False, "latency_max_ms": False, "peak_rss_mib": False,
+                      "cadence_fps": True}
+    assert "'screen'" in held["latency_p50_ms"]
+    assert "'detect'" in held["latency_p99_ms"] and "'detect'" in held["latency_max_ms"]
+    assert "calibration tables" in held["peak_rss_mib"] and "while loading the calibration" in held["peak_rss_mib"]
+
+
+def test_profiles_load_and_bad_values_fail_fast(tmp_path):
+    for name in ("default", "quad-a72", "jetson", "zynq"):
+        p = load_profile(name)
+        assert p.frames >= 200 and p.budgets
+    d = load_profile("default")
+    assert (d.height, d.width, d.bands, d.bits, d.threads) == (2048, 2048, 6, 12, 1)
+    assert d.budgets["latency_p99_ms"] == 200 and d.budgets["peak_rss_mib"] == 192 and d.budgets["cadence_fps"] == 5
+    bad = tmp_path / "b.toml"
+    bad.write_text((REPO / "benchmarks" / "budgets.toml").read_text().replace("threads = 1", "threads = 0", 1))
+    with pytest.raises(ProfileError, match="default.threads"):
+        load_profile("default", path=bad)
+    with pytest.raises(ProfileError, match="profile"):
+        load_profile("no-such-board")
+
+
+def test_frame_packets_decode_to_the_frame_products():
+    import numpy as np
+
+    from flight.clock import parse_epoch
+    from flight.dictionary import Apid
+    from flight.frames import Footprint, FrameMeta
+    from flight.packaging import frame_packets
+    from flight.pipeline import Chip, FoundObject, FrameResult
+    from flight.products import decode_tm
+
+    meta = FrameMeta(7, 12.5, 128, 128, footprint=Footprint((45.0, 45.0, 44.99, 44.99), (7.0, 7.01, 7.01, 7.0)))
+    det = FoundObject(2, 0.9, 10.0, 20.0, 45.0, 7.0, 30)
+    res = FrameResult(meta, 4, 3, 0.75, True, [det], [Chip(2, 10.0, 20.0, 8, 8, b"png")], {"screen": 1.0}, np.zeros((2, 2)))
+    packets = frame_packets(res, parse_epoch("2026-11-28T06:00:00Z"), 0.7, first_id=100, first_seq=5)
+    products = [decode_tm(p)[1] for p in packets]
+    assert [p.APID for p in products] == [Apid.DETECTION, Apid.IMAGE_CHIP, Apid.FRAME_SUMMARY, Apid.EVENT]
+    assert [p.product_id for p in products] == [100, 101, 102, 103]
+    assert products[0].confidence_q == round(0.9 * 255) and products[1].png == b"png"
+    assert products[2].frame_id == 7 and products[2].discarded == 1 and products[2].fires == 1
+    assert "75% cloud >= 70%" in products[3].message

@@ -1,0 +1,289 @@
+"""Flight runtime: model cards, verified loading, batched inference, heatmap peaks (no torch)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flight import inference
+from flight.inference import ModelCard, ModelError, TileModel, heatmap_peaks, model_path
+
+MODELS = Path(inference.__file__).resolve().parents[1] / "models"
+CARDS = sorted(MODELS.glob("*.card.json"))
+NAMES = [p.name.removesuffix(".card.json") for p in CARDS]
+
+
+def _copy_model(tmp_path: Path, name: str = "cloud_screen") -> Path:
+    card = ModelCard.load(model_path(name))
+    for f in (f"{name}.card.json", card.file, card.fp32_file):
+        if f:
+            shutil.copy(MODELS / f, tmp_path / f)
+    return tmp_path / f"{name}.card.json"
+
+
+def _tiles(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 12000, size=(n, 6, 64, 64)).astype(np.uint16)
+
+
+def test_cloud_model_is_installed():
+    assert "cloud_screen" in NAMES
+    p = model_path("cloud_screen")
+    assert p.exists() and p.parent == MODELS
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_cards_parse(name):
+    card = ModelCard.load(model_path(name))
+    assert card.name == name
+    assert card.input_shape == (None, 6, 64, 64)
+    assert card.bands == ("blue", "green", "red", "nir", "swir16", "swir22")
+    assert card.input_scale == pytest.approx(1e-4)
+    assert (MODELS / card.file).stat().st_size == card.size_bytes <= 256 * 1024
+    assert card.kind in ("tile_fraction", "heatmap")
+
+
+def test_flipped_byte_is_refused_before_a_session_exists(tmp_path, monkeypatch):
+    card_path = _copy_model(tmp_path)
+    card = ModelCard.load(card_path)
+    onnx_file = tmp_path / card.file
+    blob = bytearray(onnx_file.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    onnx_file.write_bytes(bytes(blob))
+    import onnxruntime
+
+    created = []
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *a, **k: created.append(1))
+    with pytest.raises(ModelError) as exc:
+        TileModel(card_path)
+    assert "sha256" in str(exc.value) and exc.value.model == "cloud_screen"
+    assert exc.value.path == str(onnx_file)
+    assert created == []
+
+
+def test_truncated_model_is_refused(tmp_path):
+    card_path = _copy_model(tmp_path)
+    f = tmp_path / ModelCard.load(card_path).file
+    f.write_bytes(f.read_bytes()[:-10])
+    with pytest.raises(ModelError, match="size"):
+        TileModel(card_path)
+
+
+def test_missing_model_file_is_refused(tmp_path):
+    card_path = _copy_model(tmp_path)
+    (tmp_path / ModelCard.load(card_path).file).unlink()
+    with pytest.raises(ModelError, match="cannot read model file"):
+        TileModel(card_path)
+
+
+def _edit_card(card_path: Path, **changes) -> None:
+    d = json.loads(card_path.read_text())
+    for k, v in changes.items():
+        if v is KeyError:
+            del d[k]
+        else:
+            d[k] = v
+    card_path.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("name", "Cloud Screen"),
+        ("kind", "segmentation"),
+        ("sha256", "abc"),
+        ("size_bytes", -1),
+        ("size_bytes", True),
+        ("input_shape", [1, 6, 64, 64]),
+        ("input_shape", [None, 6, 32, 32]),
+        ("bands", ["blue", "green"]),
+        ("input_scale", 0),
+        ("input_scale", float("nan")),
+        ("stride", 8),  # tile_fraction needs 64
+        ("threshold", 1.5),
+        ("threshold", "0.5"),
+        ("macs_per_tile", 0),
+        ("file", "../elsewhere.onnx"),
+        ("treshold", 0.5),  # unknown key (typo)
+        ("threshold", KeyError),  # missing key
+    ],
+)
+def test_bad_card_is_refused_naming_the_key(tmp_path, key, value):
+    card_path = _copy_model(tmp_path)
+    _edit_card(card_path, **{key: value})
+    with pytest.raises(ModelError) as exc:
+        ModelCard.load(card_path)
+    assert exc.value.key == key
+    assert repr(key) in str(exc.value)
+
+
+def test_card_that_is_not_json_is_refused(tmp_path):
+    p = tmp_path / "x.card.json"
+    p.write_text("{not json")
+    with pytest.raises(ModelError, match="not JSON"):
+        ModelCard.load(p)
+
+
+def test_card_io_mismatch_is_refused(tmp_path):
+    card_path = _copy_model(tmp_path)
+    _edit_card(card_path, input_name="wrong_input")
+    with pytest.raises(ModelError, match="inputs"):
+        TileModel(card_path)
+    card_path = _copy_model(tmp_path)
+    _edit_card(card_path, output_name="wrong_output")
+    with pytest.raises(ModelError, match="outputs"):
+        TileModel(card_path)
+
+
+def test_heatmap_card_on_fraction_model_is_refused(tmp_path):
+    card_path = _copy_model(tmp_path)
+    _edit_card(card_path, kind="heatmap", stride=4)
+    with pytest.raises(ModelError, match="output shape"):
+        TileModel(card_path)
+
+
+def test_bad_runtime_arguments(tmp_path):
+    with pytest.raises(ModelError, match="batch_size"):
+        TileModel(model_path("cloud_screen"), batch_size=0)
+    with pytest.raises(ModelError, match="intra_op_threads"):
+        TileModel(model_path("cloud_screen"), intra_op_threads=0)
+    with pytest.raises(ModelError):
+        model_path("../etc/passwd")
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    return TileModel(model_path("cloud_screen"))
+
+
+def test_cloud_output_shape_and_range(cloud):
+    out = cloud.run(_tiles(70))
+    assert out.shape == (70,) and out.dtype == np.float32
+    assert np.all((out >= 0) & (out <= 1))
+    assert cloud.run(_tiles(0)).shape == (0,)
+
+
+def test_batching_does_not_change_results(cloud):
+    tiles = _tiles(70, seed=3)
+    a = cloud.run(tiles)
+    small = TileModel(model_path("cloud_screen"), batch_size=7)
+    assert np.array_equal(a, small.run(tiles))
+
+
+def test_cloud_separates_dark_land_from_bright_cloud(cloud):
+    tiles = np.empty((2, 6, 64, 64), np.uint16)
+    tiles[0] = np.array([700, 600, 500, 2500, 1500, 800], np.uint16)[:, None, None]  # vegetation
+    tiles[1] = np.array([7000, 6900, 6800, 6700, 4500, 3000], np.uint16)[:, None, None]  # thick cloud
+    frac = cloud.run(tiles)
+    assert frac[0] < 0.2 and frac[1] > 0.8
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((2, 6, 64, 64), np.float32),
+    np.zeros((2, 4, 64, 64), np.uint16),
+    np.zeros((6, 64, 64), np.uint16),
+    [[1, 2, 3]],
+])
+def test_run_rejects_wrong_input(cloud, bad):
+    with pytest.raises(ValueError):
+        cloud.run(bad)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if ModelCard.load(model_path(n)).kind == "heatmap"])
+def test_heatmap_output_shape_and_range(name):
+    m = TileModel(model_path(name))
+    out = m.run(_tiles(5))
+    cells = 64 // m.card.stride
+    assert out.shape == (5, cells, cells) and out.dtype == np.float32
+    assert np.all((out >= 0) & (out <= 1))
+
+
+def test_fp32_variant_loads_and_agrees(cloud):
+    m32 = TileModel(model_path("cloud_screen"), precision="fp32")
+    tiles = _tiles(64, seed=5)
+    assert np.max(np.abs(m32.run(tiles) - cloud.run(tiles))) < 0.05
+
+
+# ------------------------------------------------------------------------------ heatmap_peaks
+def _blob(cells: int, r: float, c: float, sigma: float = 0.8, peak: float = 0.9) -> np.ndarray:
+    cc = np.arange(cells) + 0.5
+    return (peak * np.exp(-((cc[:, None] - r) ** 2 + (cc[None, :] - c) ** 2) / (2 * sigma**2))).astype(np.float32)
+
+
+def test_peaks_found_at_the_right_place():
+    stride = 2
+    h = np.zeros((3, 32, 32), np.float32)
+    h[0] = _blob(32, 10.3, 20.7)  # cell units: pixel = cell * stride
+    h[0] += _blob(32, 25.5, 5.5, peak=0.6)
+    h[2] = _blob(32, 3.5, 29.5, peak=0.45)
+    peaks = heatmap_peaks(h, 0.5, stride)
+    assert [p[0] for p in peaks] == [0, 0]
+    (t0, r0, c0, s0), (t1, r1, c1, s1) = peaks
+    assert s0 > s1
+    assert abs(r0 - 10.3 * stride) < 0.6 and abs(c0 - 20.7 * stride) < 0.6
+    assert abs(r1 - 25.5 * stride) < 0.3 and abs(c1 - 5.5 * stride) < 0.3
+    assert len(heatmap_peaks(h, 0.4, stride)) == 3  # the weak one in tile 2 too
+
+
+def test_single_cell_peak_sits_at_cell_centre():
+    h = np.zeros((1, 16, 16), np.float32)
+    h[0, 3, 7] = 0.9
+    assert heatmap_peaks(h, 0.5, 4) == [(0, 14.0, 30.0, pytest.approx(0.9))]
+
+
+def test_plateau_gives_one_peak_and_min_distance_suppresses():
+    h = np.zeros((1, 16, 16), np.float32)
+    h[0, 5, 5] = h[0, 5, 6] = 0.8
+    assert len(heatmap_peaks(h, 0.5, 4)) == 1
+    h[0, 5, 8] = 0.7  # 2 cells from the plateau: a peak at distance 1, suppressed at distance 3
+    assert len(heatmap_peaks(h, 0.5, 4, min_distance_cells=1)) == 2
+    assert len(heatmap_peaks(h, 0.5, 4, min_distance_cells=3)) == 1
+
+
+def test_peaks_empty_and_bad_input():
+    assert heatmap_peaks(np.zeros((0, 16, 16), np.float32), 0.5, 4) == []
+    assert heatmap_peaks(np.zeros((2, 16, 16), np.float32), 0.5, 4) == []
+    with pytest.raises(ValueError):
+        heatmap_peaks(np.zeros((16, 16), np.float32), 0.5, 4)
+    with pytest.raises(ValueError):
+        heatmap_peaks(np.zeros((1, 16, 16), np.float32), 0.5, 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.floats(0.05, 0.95), st.sampled_from([1, 2, 4]), st.integers(1, 3))
+def test_peaks_are_local_maxima_above_threshold(seed, thr, stride, dist):
+    rng = np.random.default_rng(seed)
+    cells = 64 // stride
+    h = rng.random((2, cells, cells)).astype(np.float32) ** 3
+    peaks = heatmap_peaks(h, thr, stride, dist)
+    for t, r, c, s in peaks:
+        assert s >= np.float32(thr)
+        assert 0 <= r <= 64 and 0 <= c <= 64
+        i, j = np.argwhere(h[t] == np.float32(s))[0] if np.sum(h[t] == np.float32(s)) == 1 else (None, None)
+        if i is not None:
+            win = h[t, max(i - dist, 0): i + dist + 1, max(j - dist, 0): j + dist + 1]
+            assert s >= win.max()
+    # every cell that is a strict maximum of its window and above threshold is reported
+    strict = 0
+    for t in range(2):
+        for i in range(cells):
+            for j in range(cells):
+                win = h[t, max(i - dist, 0): i + dist + 1, max(j - dist, 0): j + dist + 1]
+                if h[t, i, j] >= np.float32(thr) and h[t, i, j] == win.max() and np.sum(win == win.max()) == 1:
+                    strict += 1
+    assert len(peaks) >= strict
+
+
+def test_merge_peaks_keeps_the_strongest_of_a_border_pair():
+    from flight.inference import merge_peaks
+
+    peaks = [(63.0, 10.0, 0.6, "a"), (66.0, 11.0, 0.9, "b"), (200.0, 10.0, 0.5, "c")]
+    assert merge_peaks(peaks, 8.0) == [(66.0, 11.0, 0.9, "b"), (200.0, 10.0, 0.5, "c")]
+    assert len(merge_peaks(peaks, 2.0)) == 3
+    assert merge_peaks([], 8.0) == []

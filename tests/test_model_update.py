@@ -1,0 +1,300 @@
+"""Safe model updates: chunked resumable uploads, verification before activation, atomic activation,
+rollback on verification failure, on run-time failure and on corruption found on disk."""
+
+import hashlib
+import json
+import os
+import random
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ops_util import bundle
+
+from flight.clock import ScenarioClock, parse_epoch
+from flight.commands import encode_command
+from flight.config import load_scenario
+from flight.dictionary import EVENTS, Mode
+from flight.model_update import (
+    ModelStore,
+    ModelUpdateError,
+    Uploads,
+    pack_bundle,
+    parse_ranges,
+    ranges,
+    unpack_bundle,
+    upload_id_of,
+)
+from flight.ops_report import bundle_campaign
+from flight.security import KEY_ENV, KEY_FILE_ENV, load_mission_key, write_mission_key
+from payload_sim.ops_support import active_model_file
+
+
+@pytest.fixture(scope="module")
+def good_bundle():
+    return bundle("1.0.1")
+
+
+def test_bundle_round_trips():
+    from flight.inference import model_path
+
+    parts = unpack_bundle(pack_bundle(model_path("cloud_screen")))
+    assert json.loads(parts[1])["name"] == "cloud_screen" and len(parts) == 3
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=500))
+def test_random_bundles_raise_model_update_error_only(data):
+    for blob in (data, b"MDLPKG1\n" + data):
+        try:
+            unpack_bundle(blob)
+        except ModelUpdateError:
+            pass
+
+
+def test_bundle_campaign_refuses_everything_and_keeps_the_active_version(tmp_path):
+    r = bundle_campaign(40, seed=5, root=tmp_path)
+    assert r["refused"] + r["accepted_harmless"] == 40 and r["accepted"] == r["accepted_harmless"]
+    assert r["active_version_unchanged_and_verifies"]
+
+
+@pytest.mark.parametrize("ranges_in", [[], [0], [1, 2, 3, 7], [0, 2, 4, 5, 6, 9]])
+def test_ranges_round_trip(ranges_in):
+    assert parse_ranges(ranges(ranges_in)) == ranges_in
+
+
+# --- uploads ----------------------------------------------------------------------------------------------
+
+
+def test_chunks_in_any_order_with_repeats_and_a_restart_in_between(tmp_path, good_bundle):
+    sha = hashlib.sha256(good_bundle).digest()
+    up = Uploads(tmp_path, 1 << 24)
+    m, held = up.begin("cloud_screen", len(good_bundle), 1000, sha)
+    assert held == 0 and m.upload_id == upload_id_of(sha)
+    order = list(range(m.chunks))
+    random.Random(1).shuffle(order)
+    half = order[: len(order) // 2]
+    for i in half + half[:3]:  # some repeated
+        up.chunk(m.upload_id, i, good_bundle[i * 1000 : (i + 1) * 1000])
+    up2 = Uploads(tmp_path, 1 << 24)  # the flight restarted
+    m2, held2 = up2.begin("cloud_screen", len(good_bundle), 1000, sha)  # begin again: a resume
+    assert m2 == m and held2 == len(half)
+    assert sorted(up2.missing(m.upload_id)) == sorted(order[len(order) // 2 :])
+    with pytest.raises(ModelUpdateError, match="missing"):
+        up2.assemble(m.upload_id)
+    for i in up2.missing(m.upload_id):
+        up2.chunk(m.upload_id, i, good_bundle[i * 1000 : (i + 1) * 1000])
+    assert up2.assemble(m.upload_id)[1] == good_bundle
+
+
+def test_bad_chunks_and_a_wrong_hash_are_refused(tmp_path, good_bundle):
+    up = Uploads(tmp_path, 1 << 24)
+    sha = hashlib.sha256(b"something else").digest()
+    m, _ = up.begin("cloud_screen", len(good_bundle), 1000, sha)
+    with pytest.raises(ModelUpdateError, match="outside"):
+        up.chunk(m.upload_id, m.chunks, b"x" * 1000)
+    with pytest.raises(ModelUpdateError, match="expected 1000"):
+        up.chunk(m.upload_id, 0, b"x" * 999)
+    for i in range(m.chunks):
+        up.chunk(m.upload_id, i, good_bundle[i * 1000 : (i + 1) * 1000])
+    with pytest.raises(ModelUpdateError, match="announced"):
+        up.assemble(m.upload_id)
+    with pytest.raises(ModelUpdateError, match="different upload"):
+        up.begin("cloud_screen", len(good_bundle) + 1, 1000, sha)
+    with pytest.raises(ModelUpdateError, match="limit"):
+        up.begin("cloud_screen", 1 << 25, 1000, hashlib.sha256(b"big").digest())
+
+
+# --- versions ------------------------------------------------------------------------------------------------
+
+
+def test_install_activates_atomically_and_rolls_back(tmp_path, good_bundle):
+    store = ModelStore(tmp_path / "models")
+    factory = store.active["cloud_screen"]
+    active, model = store.install_bundle("cloud_screen", good_bundle, "tile_fraction")
+    assert active.version == "1.0.1" and active.history == (factory.folder,)
+    on_disk = json.loads((tmp_path / "models" / "active.json").read_text())["cloud_screen"]
+    assert on_disk["version"] == "1.0.1"
+    assert ModelStore(tmp_path / "models").active["cloud_screen"].version == "1.0.1"  # after a restart too
+    back, _, skipped = store.rollback("cloud_screen")
+    assert back.folder == factory.folder and not skipped
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda: bundle("1.0.2", golden_int8=np.zeros((2,), np.float32)), "golden vectors differ"),
+    (lambda: bundle("1.0.3", onnx=b"\x08\x01" + bytes(100)), "load refused"),
+    (lambda: bundle("1.0.4", name="cloud_screen")[:-10], "does not fit"),
+])
+def test_a_bundle_failing_verification_leaves_the_active_version(tmp_path, make, fragment):
+    store = ModelStore(tmp_path / "models")
+    before = store.active["cloud_screen"]
+    with pytest.raises(ModelUpdateError, match=fragment):
+        store.install_bundle("cloud_screen", make(), "tile_fraction")
+    assert store.active["cloud_screen"] == before
+    assert not list((tmp_path / "models" / "versions" / "cloud_screen").glob("*.staging"))
+    store.load("cloud_screen")
+
+
+def test_a_bundle_of_another_model_or_kind_is_refused(tmp_path, good_bundle):
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(ModelUpdateError, match="names model"):
+        store.install_bundle("fire_detect", good_bundle, None)
+    with pytest.raises(ModelUpdateError, match="kind"):
+        store.install_bundle("cloud_screen", good_bundle, "heatmap")
+
+
+def test_scrub_finds_a_corrupted_file_and_rollback_restores_the_factory_copy(tmp_path):
+    store = ModelStore(tmp_path / "models")
+    assert store.scrub("cloud_screen") is None
+    path = active_model_file(tmp_path, "cloud_screen")
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert "sha256" in store.scrub("cloud_screen")
+    with pytest.raises(ModelUpdateError):
+        store.load("cloud_screen")
+    active, model, _ = store.rollback("cloud_screen")
+    assert active.factory and store.scrub("cloud_screen") is None and model is not None
+
+
+def test_a_torn_index_reseeds_from_the_factory(tmp_path):
+    ModelStore(tmp_path / "models")
+    (tmp_path / "models" / "active.json").write_text('{"cloud_screen": {"fol')
+    store = ModelStore(tmp_path / "models")
+    assert store.corrupt_index and store.load("cloud_screen") is not None
+
+
+# --- through the flight application ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def flight(tmp_path, monkeypatch):
+    from flight.app import FlightApp
+    from payload_sim.camera import CALIBRATION_VERSION, make_sensor
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
+    affinity = os.sched_getaffinity(0)
+    keyfile = write_mission_key(tmp_path / "mission.key")
+    apps = []
+
+    def make(extra=()):
+        sc = load_scenario(None, ["sensor.height=256", "sensor.width=256", f'security.command_key_file="{keyfile}"',
+                                  "sensor.strip_rows=128", *extra])
+        cal = tmp_path / "cal.npz"
+        if not cal.exists():
+            make_sensor(sc).calibration_products(CALIBRATION_VERSION).save(cal)
+        app = FlightApp(sc, ScenarioClock(parse_epoch(sc.scenario.epoch), 1.0, time.time() - 1000), cal, tmp_path)
+        apps.append(app)
+        return app, sc
+
+    yield make, load_mission_key(load_scenario(None, [f'security.command_key_file="{keyfile}"']).security)
+    for app in apps:
+        app.watchdog.close()
+        app.store.close()
+    os.sched_setaffinity(0, affinity)
+
+
+class Uplink:
+    def __init__(self, app, key):
+        self.app, self.key, self.counter = app, key, 0
+
+    def __call__(self, name, **args):
+        self.counter += 1
+        self.app.on_uplink(encode_command(self.key, self.counter, 1000, name, args))
+
+    def upload(self, data, chunk=1000, skip=()):
+        sha = hashlib.sha256(data).digest()
+        uid = upload_id_of(sha)
+        self("UPLOAD_BEGIN", model="cloud_screen", size_bytes=len(data), chunk_bytes=chunk, sha256=sha)
+        for i in range(-(-len(data) // chunk)):
+            if i not in skip:
+                self("UPLOAD_CHUNK", upload_id=uid, index=i, data=data[i * chunk : (i + 1) * chunk])
+        return uid
+
+
+def last_report(app):
+    from flight.products import decode_tm
+
+    (pkt,) = app.store.db.execute("SELECT packet FROM products WHERE apid = 0x106 ORDER BY id DESC LIMIT 1").fetchone()
+    return decode_tm(pkt)[1]
+
+
+def event_ids(app):
+    from flight.products import Event, decode_tm
+
+    return [p.event_id for p in (decode_tm(r[0])[1] for r in app.store.db.execute(
+        "SELECT packet FROM products WHERE apid = 0x105 ORDER BY id")) if isinstance(p, Event)]
+
+
+def test_upload_over_commands_activates_between_frames(flight, good_bundle):
+    from test_modes import feed_frame
+
+    from payload_sim.camera import frame_meta, make_orbit, make_sensor, render
+
+    make, key = flight
+    app, sc = make()
+    send = Uplink(app, key)
+    uid = send.upload(good_bundle, skip={3})
+    send("UPLOAD_ACTIVATE", upload_id=uid)
+    assert last_report(app).report == 8 and "missing" in last_report(app).message  # FAILED, upload kept
+    send("UPLOAD_STATUS", upload_id=uid)
+    assert last_report(app).message.endswith("missing=3")
+    send("UPLOAD_CHUNK", upload_id=uid, index=3, data=good_bundle[3000:4000])
+    # a frame is half way through when the activation comes: it finishes on the old version
+    _, raw = render(sc, make_sensor(sc), 0)
+    meta = frame_meta(sc, make_orbit(sc, app.clock), 0)
+    app.on_frame_message([b"frame", meta.to_json()])
+    app.on_frame_message([b"strip", json.dumps({"frame_id": 0, "row0": 0, "rows": 128}).encode(), raw[:, :128].tobytes()])
+    old = app.pipeline.models["cloud_screen"].model.card.version
+    send("UPLOAD_ACTIVATE", upload_id=uid)
+    assert last_report(app).report == 7, last_report(app).message
+    assert app.pipeline.models["cloud_screen"].model.card.version == old
+    app.on_frame_message([b"strip", json.dumps({"frame_id": 0, "row0": 128, "rows": 128}).encode(), raw[:, 128:].tobytes()])
+    assert app.counts["frames_processed"] == 1
+    assert app.pipeline.models["cloud_screen"].model.card.version == "1.0.1"
+    feed_frame(app, sc, 1)
+    assert app.counts["frames_processed"] == 2
+    assert EVENTS["MODEL_ACTIVATED"].id in event_ids(app)
+    assert not app.uploads.open_ids()  # the upload's chunks are gone once activated
+
+
+def test_a_new_version_failing_at_run_time_is_rolled_back_and_the_frame_kept(flight, good_bundle):
+    from test_modes import feed_frame
+
+    make, key = flight
+    app, sc = make(['faults.fail_model="cloud_screen:1.0.1"'])
+    send = Uplink(app, key)
+    send("UPLOAD_ACTIVATE", upload_id=send.upload(good_bundle))
+    assert app.pipeline.models["cloud_screen"].model.card.version == "1.0.1"
+    feed_frame(app, sc, 0)
+    assert app.counts["frames_processed"] == 1 and app.counts["frames_rejected"] == 0  # nothing lost
+    assert app.model_store.active["cloud_screen"].version != "1.0.1"
+    assert app.counts["models_rolled_back"] == 1 and app.modes.mode == Mode.DEGRADED
+    assert EVENTS["MODEL_ROLLED_BACK"].id in event_ids(app)
+
+
+def test_a_bad_upload_fails_with_an_event_and_changes_nothing(flight):
+    make, key = flight
+    app, sc = make()
+    send = Uplink(app, key)
+    before = app.model_store.active["cloud_screen"]
+    send("UPLOAD_ACTIVATE", upload_id=send.upload(bundle("2.0.0", golden_int8=np.ones((2,), np.float32))))
+    assert last_report(app).report == 8 and "golden" in last_report(app).message
+    assert app.model_store.active["cloud_screen"] == before and app.modes.mode == Mode.NOMINAL
+    assert EVENTS["MODEL_UPDATE_FAILED"].id in event_ids(app)
+
+
+def test_a_model_corrupted_on_disk_is_rolled_back_at_start_up(flight, tmp_path):
+    make, _ = flight
+    app, _ = make()
+    app.watchdog.close()
+    app.store.close()
+    path = active_model_file(tmp_path, "cloud_screen")
+    path.write_bytes(path.read_bytes()[:-7])
+    app, _ = make()
+    ids = event_ids(app)
+    assert EVENTS["MODEL_CORRUPTED"].id in ids and EVENTS["MODEL_ROLLED_BACK"].id in ids
+    assert app.modes.mode == Mode.DEGRADED and "cloud_screen" in app.pipeline.models

@@ -1,0 +1,128 @@
+"""Committed onboard models: verify against cards and golden vectors, real-scene cloud accuracy,
+CLI. Runs without torch (checked in a subprocess where importing torch fails)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL_SCENES = ("landsat7.npz", "landsat5.npz")
+REAL_TARGET = 0.92  # tile accuracy over both real scenes (issue: DLR ukis-csmask scores 92-94 %)
+REAL_FLOOR = 112 / 128  # regression floor: the committed model's 114/128 minus 2 tiles
+NO_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None; "
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TORCH + code], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_verify_passes_without_torch():
+    r = _run("from models.__main__ import main; sys.exit(main(['verify']))")
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("OK", "FAIL"))]
+    assert lines and all(ln.startswith("OK") for ln in lines), r.stdout
+    assert any("cloud_screen" in ln for ln in lines)
+
+
+def test_verify_fails_on_tampered_golden(tmp_path):
+    from models.__main__ import verify
+
+    for f in MODELS.glob("cloud_screen*"):
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "golden").mkdir()
+    import numpy as np
+
+    with np.load(MODELS / "golden" / "cloud_screen.npz") as g:
+        arrays = {k: g[k] for k in g.files}
+    arrays["int8"] = arrays["int8"] + np.float32(1e-3)
+    np.savez(tmp_path / "golden" / "cloud_screen.npz", **arrays)
+    lines = []
+    assert verify(tmp_path, log=lines.append) == 1
+    assert any(ln.startswith("FAIL cloud_screen") and "golden" in ln for ln in lines)
+
+
+def test_verify_fails_on_flipped_model_byte(tmp_path):
+    from models.__main__ import verify
+
+    for f in MODELS.glob("cloud_screen*"):
+        shutil.copy(f, tmp_path / f.name)
+    shutil.copytree(MODELS / "golden", tmp_path / "golden")
+    onnx_file = tmp_path / "cloud_screen.onnx"
+    blob = bytearray(onnx_file.read_bytes())
+    blob[100] ^= 0x80
+    onnx_file.write_bytes(bytes(blob))
+    lines = []
+    assert verify(tmp_path, log=lines.append) == 1
+    assert any("sha256" in ln for ln in lines)
+
+
+@pytest.mark.parametrize("card", sorted(MODELS.glob("*.card.json")), ids=lambda p: p.name)
+def test_card_records_measurements(card):
+    d = json.loads(card.read_text())
+    assert d["size_bytes"] <= 256 * 1024
+    m = d["metrics"]
+    for prec in ("fp32", "int8"):
+        assert prec in m
+    assert 0.0 <= m["int8_fp32_decision_agreement"] <= 1.0
+    assert m["ms_per_tile_int8_1thread_batch64"] > 0
+    assert "seeds" in d["training"] and "tolerance" in d["reproducibility"]
+    assert (MODELS / d["golden"]["file"]).exists()
+
+
+def _real_skip():
+    missing = [s for s in REAL_SCENES if not (REAL / s).exists()]
+    if missing:
+        pytest.skip(f"real scenes not available: {REAL} lacks {missing} (shared data folder absent)")
+
+
+@pytest.fixture(scope="module")
+def real_results():
+    _real_skip()
+    from models.evaluate import evaluate_scene
+
+    return {s: evaluate_scene(REAL / s) for s in REAL_SCENES}
+
+
+def _real_accuracy(real_results) -> float:
+    tiles = sum(r["tiles"] for r in real_results.values())
+    correct = sum(r["tiles"] - r["clear_as_cloudy"] - r["cloudy_as_clear"] for r in real_results.values())
+    assert tiles == 128
+    return correct / tiles
+
+
+def test_real_scene_cloud_accuracy_has_not_regressed(real_results):
+    # measured 114/128 = 89.1 % for cloud_screen 1.0.0; floor = that minus 2 tiles
+    acc = _real_accuracy(real_results)
+    per = {s: r["tile_accuracy"] for s, r in real_results.items()}
+    assert acc >= REAL_FLOOR, f"real-scene tile accuracy {acc:.3f} < {REAL_FLOOR:.3f} ({per})"
+
+
+@pytest.mark.xfail(strict=True, reason="issue target 92 % not reached: cloud_screen 1.0.0 scores 89.1 % "
+                                       "(models/README.md); strict, so reaching it flags this test for removal")
+def test_real_scene_cloud_accuracy_meets_target(real_results):
+    assert _real_accuracy(real_results) >= REAL_TARGET
+
+
+def test_real_scene_frame_fraction(real_results):
+    for s, r in real_results.items():
+        assert abs(r["frame_cloud_fraction_pred"] - r["frame_cloud_fraction_true"]) <= 0.10, (s, r)
+
+
+def test_evaluate_cli_prints_json_without_torch():
+    _real_skip()
+    scene = REAL / REAL_SCENES[0]
+    r = _run(f"from models.__main__ import main; sys.exit(main(['evaluate', '--scene', {str(scene)!r}]))")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for key in ("tiles", "tile_accuracy", "cloudy_as_clear", "clear_as_cloudy",
+                "frame_cloud_fraction_true", "frame_cloud_fraction_pred"):
+        assert key in out
+    assert out["tiles"] == 64 and out["counts_are"] == "tiles"
