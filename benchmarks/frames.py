@@ -28,6 +28,17 @@ def _sim_hash() -> str:
     return h.hexdigest()[:10]
 
 
+def prune_cache() -> int:
+    """Delete cached frames and calibrations made by another version of the simulator."""
+    if not CACHE.exists():
+        return 0
+    keep = _sim_hash()
+    stale = [p for p in CACHE.iterdir() if p.is_file() and keep not in p.name]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def footprint(height: int, width: int):
     """A nadir footprint over the Ligurian coast: the localize stage has real work to do."""
     from flight.frames import Footprint

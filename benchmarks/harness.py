@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.frames import REPO, calibration_file, frame_set
+from benchmarks.frames import REPO, calibration_file, frame_set, prune_cache
 from benchmarks.profiles import BUDGETS_FILE, Profile, load_profile, machine
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -182,6 +182,7 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
     # Frames first, before anything is timed
     print(f"benchmark: profile {p.name}{' (smoke)' if p.smoke else ''}: generating frames (cached in runs/bench-cache)...",
           file=sys.stderr)
+    prune_cache()  # frames from an older simulator would only fill the disk
     covers = list(enumerate(p.cloud_cover))
     sizes = {(p.height, p.width): covers, **{(s, s): covers[::2] for s in p.scaling_sizes if (s, s) != (p.height, p.width)}}
     cals = {hw: str(calibration_file(*hw)) for hw in sizes}
