@@ -270,13 +270,13 @@ class TileModel:
         if ins[0].type != "tensor(float)":
             raise ModelError(f"input type {ins[0].type}, expected tensor(float)", model=card.name, path=path)
         shape = list(ins[0].shape)
-        if len(shape) != 4 or not all(_dim_ok(a, e) for a, e in zip(shape, card.input_shape)):
+        if len(shape) != 4 or not all(_dim_ok(a, e) for a, e in zip(shape, card.input_shape, strict=True)):
             raise ModelError(f"input shape {shape}, card says {list(card.input_shape)}", model=card.name, path=path)
         match = [o for o in outs if o.name == card.output_name]
         if not match:
             raise ModelError(f"outputs {[o.name for o in outs]} lack card output {card.output_name!r}", model=card.name, path=path)
         oshape = list(match[0].shape)
-        if len(oshape) != len(card.output_shape) or not all(_dim_ok(a, e) for a, e in zip(oshape, card.output_shape)):
+        if len(oshape) != len(card.output_shape) or not all(_dim_ok(a, e) for a, e in zip(oshape, card.output_shape, strict=True)):
             raise ModelError(f"output shape {oshape}, card kind {card.kind} stride {card.stride} needs {list(card.output_shape)}",
                              model=card.name, path=path)
         if match[0].type != "tensor(float)":
@@ -340,7 +340,7 @@ def heatmap_peaks(heatmaps: np.ndarray, threshold: float, stride: int,
             earlier = dr < 0 or (dr == 0 and dc < 0)
             peak &= (h > nb) if earlier else (h >= nb)
     result = []
-    for t, r, c in zip(*np.nonzero(peak)):
+    for t, r, c in zip(*np.nonzero(peak), strict=True):
         r0, r1, c0, c1 = max(r - 1, 0), min(r + 2, rows), max(c - 1, 0), min(c + 2, cols)
         w = np.maximum(h[t, r0:r1, c0:c1], 0.0).astype(np.float64)
         total = w.sum()

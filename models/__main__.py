@@ -101,7 +101,8 @@ PLAN = {
                         sigma_px=2.0, sigma_per_length=0.5, pos_weight=20.0, cloudy_boost=1.0),
     "ship_detect": dict(kind="heatmap", stride=4, output="ship_heatmap", version="1.0.0",
                         train=400, val=24, test=40, size=512, epochs=24, width=24, depth=3, dilations=(1, 2, 4),
-                        sigma_px=2.0, sigma_per_length=0.15, pos_weight=10.0, cloudy_boost=3.0),
+                        sigma_px=2.0, sigma_per_length=0.15, pos_weight=10.0, cloudy_boost=3.0,
+                        calibrate="Entropy", calib_tiles=256),
 }
 BUILD_ORDER = ("cloud_screen", "fire_detect", "ship_detect")
 CALIB_TILES = 512
@@ -195,11 +196,11 @@ def _golden_pick(name, tiles, score, rng) -> np.ndarray:
 def build_one(name: str, log=_log) -> dict:
     import torch
 
+    from flight.inference import TileModel
     from models import dataset as ds
     from models import evaluate as ev
     from models import export as ex
     from models import train as tr
-    from flight.inference import TileModel
 
     plan = PLAN[name]
     t0 = time.time()
@@ -223,8 +224,9 @@ def build_one(name: str, log=_log) -> dict:
     int8 = MODELS_DIR / f"{name}.onnx"
     ex.export_onnx(model, fp32, plan["output"])
     rng = np.random.default_rng(TRAIN_SEED)
-    calib = train["tiles"][np.sort(rng.choice(len(train["tiles"]), size=min(CALIB_TILES, len(train["tiles"])), replace=False))]
-    ex.quantize(fp32, int8, calib)
+    n_calib = min(plan.get("calib_tiles", CALIB_TILES), len(train["tiles"]))
+    calib = train["tiles"][np.sort(rng.choice(len(train["tiles"]), size=n_calib, replace=False))]
+    ex.quantize(fp32, int8, calib, calibrate_method=plan.get("calibrate", "MinMax"))
     macs = ex.count_macs(fp32)
     card_path = MODELS_DIR / f"{name}.card.json"
     _write_card(card_path, _card_dict(name, plan, int8, fp32, 0.5, macs, {}))
@@ -324,7 +326,7 @@ def build_one(name: str, log=_log) -> dict:
         "quantization": {
             "tool": "onnxruntime.quantization.quantize_static after quant_pre_process",
             "format": "QDQ", "weights": "int8 symmetric per-channel", "activations": "uint8 asymmetric per-tensor",
-            "calibration": f"MinMax over {len(calib)} training tiles (seeded), never test tiles",
+            "calibration": f"{plan.get('calibrate', 'MinMax')} over {len(calib)} training tiles (seeded), never test tiles",
         },
         "golden": {"file": f"golden/{name}.npz", "tiles": int(len(golden_tiles)), "int8": "bit-exact",
                    "fp32_atol": FP32_GOLDEN_ATOL},

@@ -85,6 +85,11 @@ class TileReader:
     def rewind(self):
         self.i = 0
 
+    def __iter__(self):  # qdq_loss_debug.collect_activations iterates the reader
+        self.rewind()
+        while (batch := self.get_next()) is not None:
+            yield batch
+
 
 def quantize(fp32_path, int8_path, calib_tiles: np.ndarray, input_range: tuple[float, float] | None = None,
              calibrate_method: str = "MinMax", nodes_to_exclude=None) -> Path:
