@@ -159,6 +159,7 @@ class FlightSection:
     chip_max_bytes: int = field(default=4096, metadata=rng(256, 65536))
     chip_classes: tuple[str, ...] = ("fire",)
     max_detections_per_frame: int = field(default=64, metadata=rng(0, 10000))
+    merge_px: float = field(default=8.0, metadata=rng(0.0, 512.0))  # same-class peaks closer than this are one object
     store_max_bytes: int = field(default=64 * 1024 * 1024, metadata=rng(4096, 2**40))
     downlink_window: int = field(default=64, metadata=rng(1, 100000))  # unacknowledged packets in flight
     retransmit_s: float = field(default=2.0, metadata=rng(0.01, 3600.0))  # wall seconds before a resend

@@ -22,7 +22,7 @@ from flight.config import CascadeStep, FlightSection
 from flight.dictionary import DetectionClass
 from flight.frames import BANDS, REFLECTANCE_SCALE, FrameMeta
 from flight.geolocate import pixel_to_latlon
-from flight.inference import TileModel, heatmap_peaks
+from flight.inference import TileModel, heatmap_peaks, merge_peaks
 from flight.ingest import FrameIngest
 
 GREEN, RED, NIR = BANDS.index("green"), BANDS.index("red"), BANDS.index("nir")
@@ -147,7 +147,7 @@ class FramePipeline:
         t0 = time.perf_counter()
         cloud = np.stack(self.tile_rows)
         frac = float(cloud.mean())
-        found = sorted(self.found, key=lambda f: -f[1])[: self.cfg.max_detections_per_frame]
+        found = sorted(self._merged(), key=lambda f: -f[1])[: self.cfg.max_detections_per_frame]
         detections = []
         for cls, score, row, col, area in found:
             lat, lon = (float("nan"), float("nan"))
@@ -156,10 +156,11 @@ class FramePipeline:
             detections.append(FoundObject(cls, score, row, col, lat, lon, area))
         self.stage_ms["localize"] += (time.perf_counter() - t0) * 1e3
         discarded = frac >= self.cfg.cloud_discard_fraction
+        cloudy_at = self.models["cloud_screen"].card.threshold
         result = FrameResult(
             meta=meta,
             tiles=cloud.size,
-            cloudy_tiles=int((cloud >= 0.5).sum()),
+            cloudy_tiles=int((cloud >= cloudy_at).sum()),
             cloud_fraction=frac,
             discarded=discarded,
             detections=detections,
@@ -169,6 +170,15 @@ class FramePipeline:
         )
         self.meta = None
         return result
+
+    def _merged(self) -> list[tuple[int, float, float, float, int]]:
+        """One detection per object: an object on a tile border peaks in both tiles, so peaks of
+        the same class closer than merge_px are merged, keeping the strongest."""
+        out = []
+        for cls in {f[0] for f in self.found}:
+            peaks = [(row, col, score, area) for c, score, row, col, area in self.found if c == cls]
+            out += [(cls, score, row, col, area) for row, col, score, area in merge_peaks(peaks, self.cfg.merge_px)]
+        return out
 
     # -- per tile row ----------------------------------------------------------------------------
 
