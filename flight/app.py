@@ -604,8 +604,7 @@ class FlightApp:
         self.priority[apid] = prio
         self.ops_state.priorities[apid] = prio
         self.ops_state.save()
-        # the store has no call for this: one UPDATE on its table, same transaction rules as its own
-        n = self.store.db.execute("UPDATE products SET priority = ? WHERE apid = ?", (prio, apid)).rowcount
+        n = self.store.reprioritize(apid, prio)
         self.emit("STORE_CLEARED", detail=f"apid {apid:#x} now priority {prio} ({n} waiting products moved)")
         return f"apid {apid:#x} priority {prio}, {n} waiting products"
 

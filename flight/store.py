@@ -128,5 +128,9 @@ class ProductStore:
         cur = self.db.execute("DELETE FROM products WHERE priority >= ?", (min_priority,))
         return cur.rowcount
 
+    def reprioritize(self, apid: int, priority: int) -> int:
+        """Move every waiting product of one APID to a new priority; returns how many moved."""
+        return self.db.execute("UPDATE products SET priority = ? WHERE apid = ?", (priority, apid)).rowcount
+
     def close(self) -> None:
         self.db.close()

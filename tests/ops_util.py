@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import struct
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +136,39 @@ def query(run_dir: Path, sql: str, args: tuple = ()) -> list:
         return []
     finally:
         db.close()
+
+
+@contextmanager
+def flight_apps(tmp_path: Path, monkeypatch, base: list[str], now_s: float):
+    """FlightApps without sockets on 256 x 256 frames, sharing one state folder (a second one is a
+    restarted flight). Yields (make, key): make(extra_overrides) -> (app, scenario)."""
+    from flight.app import FlightApp
+    from flight.clock import ScenarioClock, parse_epoch
+    from flight.config import load_scenario
+    from flight.security import KEY_ENV, KEY_FILE_ENV, load_mission_key, write_mission_key
+    from payload_sim.camera import CALIBRATION_VERSION, make_sensor
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
+    affinity = os.sched_getaffinity(0)
+    keyfile = write_mission_key(tmp_path / "mission.key")
+    key_setting = f'security.command_key_file="{keyfile}"'
+    apps = []
+
+    def make(extra=()):
+        sc = load_scenario(None, ["sensor.height=256", "sensor.width=256", key_setting, *base, *extra])
+        cal = tmp_path / "cal.npz"
+        if not cal.exists():
+            make_sensor(sc).calibration_products(CALIBRATION_VERSION).save(cal)
+        clock = ScenarioClock(parse_epoch(sc.scenario.epoch), 1.0, time.time() - now_s)
+        app = FlightApp(sc, clock, cal, tmp_path)
+        apps.append(app)
+        return app, sc
+
+    try:
+        yield make, load_mission_key(load_scenario(None, [key_setting]).security)
+    finally:
+        for app in apps:
+            app.watchdog.close()
+            app.store.close()
+        os.sched_setaffinity(0, affinity)

@@ -4,11 +4,11 @@ restart; keys come from files or the environment only."""
 
 import json
 import os
-import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ops_util import flight_apps
 
 from flight.clock import ScenarioClock, parse_epoch
 from flight.commands import CommandAuth, CommandError, decode_command, encode_command, parse_command
@@ -162,31 +162,8 @@ def test_key_from_file_env_and_never_without_one(tmp_path, monkeypatch):
 @pytest.fixture
 def flight(tmp_path, monkeypatch):
     """A FlightApp without sockets: packets go straight into on_uplink."""
-    from flight.app import FlightApp
-    from payload_sim.camera import CALIBRATION_VERSION, make_sensor
-
-    monkeypatch.delenv(KEY_ENV, raising=False)
-    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
-    affinity = os.sched_getaffinity(0)
-    keyfile = write_mission_key(tmp_path / "mission.key")
-    apps = []
-
-    def make(extra=()):
-        sc = load_scenario(None, ["sensor.height=256", "sensor.width=256", f'security.command_key_file="{keyfile}"',
-                                  "scenario.clock_rate=1.0", *extra])
-        cal = tmp_path / "cal.npz"
-        if not cal.exists():
-            make_sensor(sc).calibration_products(CALIBRATION_VERSION).save(cal)
-        clock = ScenarioClock(parse_epoch(sc.scenario.epoch), 1.0, time.time() - NOW_S)
-        app = FlightApp(sc, clock, cal, tmp_path)
-        apps.append(app)
-        return app
-
-    yield make, load_mission_key(load_scenario(None, [f'security.command_key_file="{keyfile}"']).security)
-    for app in apps:
-        app.watchdog.close()
-        app.store.close()
-    os.sched_setaffinity(0, affinity)
+    with flight_apps(tmp_path, monkeypatch, ["scenario.clock_rate=1.0"], NOW_S) as (make, key):
+        yield (lambda extra=(): make(extra)[0]), key
 
 
 def reports(app) -> list[CommandReport]:

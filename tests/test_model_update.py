@@ -3,19 +3,15 @@ rollback on verification failure, on run-time failure and on corruption found on
 
 import hashlib
 import json
-import os
 import random
-import time
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ops_util import bundle
+from ops_util import bundle, flight_apps
 
-from flight.clock import ScenarioClock, parse_epoch
 from flight.commands import encode_command
-from flight.config import load_scenario
 from flight.dictionary import EVENTS, Mode
 from flight.model_update import (
     ModelStore,
@@ -28,7 +24,6 @@ from flight.model_update import (
     upload_id_of,
 )
 from flight.ops_report import bundle_campaign
-from flight.security import KEY_ENV, KEY_FILE_ENV, load_mission_key, write_mission_key
 from payload_sim.ops_support import active_model_file
 
 
@@ -171,30 +166,8 @@ def test_a_torn_index_reseeds_from_the_factory(tmp_path):
 
 @pytest.fixture
 def flight(tmp_path, monkeypatch):
-    from flight.app import FlightApp
-    from payload_sim.camera import CALIBRATION_VERSION, make_sensor
-
-    monkeypatch.delenv(KEY_ENV, raising=False)
-    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
-    affinity = os.sched_getaffinity(0)
-    keyfile = write_mission_key(tmp_path / "mission.key")
-    apps = []
-
-    def make(extra=()):
-        sc = load_scenario(None, ["sensor.height=256", "sensor.width=256", f'security.command_key_file="{keyfile}"',
-                                  "sensor.strip_rows=128", *extra])
-        cal = tmp_path / "cal.npz"
-        if not cal.exists():
-            make_sensor(sc).calibration_products(CALIBRATION_VERSION).save(cal)
-        app = FlightApp(sc, ScenarioClock(parse_epoch(sc.scenario.epoch), 1.0, time.time() - 1000), cal, tmp_path)
-        apps.append(app)
-        return app, sc
-
-    yield make, load_mission_key(load_scenario(None, [f'security.command_key_file="{keyfile}"']).security)
-    for app in apps:
-        app.watchdog.close()
-        app.store.close()
-    os.sched_setaffinity(0, affinity)
+    with flight_apps(tmp_path, monkeypatch, ["sensor.strip_rows=128"], 1000.0) as (make, key):
+        yield make, key
 
 
 class Uplink:

@@ -1,18 +1,15 @@
 """Modes and fault protection: error budget, stage watchdog, memory pressure, SAFE, recovery by command."""
 
 import json
-import os
 import time
 
 import pytest
+from ops_util import flight_apps
 
-from flight.clock import ScenarioClock, parse_epoch
 from flight.commands import encode_command
-from flight.config import load_scenario
 from flight.dictionary import EVENTS, Mode
 from flight.model_update import version_number
 from flight.modes import ModeManager, StageStuck, StageWatchdog
-from flight.security import KEY_ENV, KEY_FILE_ENV, load_mission_key, write_mission_key
 
 
 class Events(list):
@@ -86,30 +83,8 @@ def test_the_watchdog_aborts_a_stuck_stage_and_ignores_quick_ones():
 
 @pytest.fixture
 def flight(tmp_path, monkeypatch):
-    from flight.app import FlightApp
-    from payload_sim.camera import CALIBRATION_VERSION, make_sensor
-
-    monkeypatch.delenv(KEY_ENV, raising=False)
-    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
-    affinity = os.sched_getaffinity(0)
-    keyfile = write_mission_key(tmp_path / "mission.key")
-    apps = []
-
-    def make(extra=()):
-        sc = load_scenario(None, ["sensor.height=256", "sensor.width=256", f'security.command_key_file="{keyfile}"',
-                                  "sensor.strip_rows=128", *extra])
-        cal = tmp_path / "cal.npz"
-        if not cal.exists():
-            make_sensor(sc).calibration_products(CALIBRATION_VERSION).save(cal)
-        app = FlightApp(sc, ScenarioClock(parse_epoch(sc.scenario.epoch), 1.0, time.time() - 1000), cal, tmp_path)
-        apps.append(app)
-        return app, sc
-
-    yield make, load_mission_key(load_scenario(None, [f'security.command_key_file="{keyfile}"']).security)
-    for app in apps:
-        app.watchdog.close()
-        app.store.close()
-    os.sched_setaffinity(0, affinity)
+    with flight_apps(tmp_path, monkeypatch, ["sensor.strip_rows=128"], 1000.0) as (make, key):
+        yield make, key
 
 
 def feed_frame(app, sc, fid):
