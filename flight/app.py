@@ -56,7 +56,7 @@ from flight.products import (
     encode_tm,
     housekeeping,
 )
-from flight.quicklook import QuicklookRing, crop, png
+from flight.quicklook import QuicklookRing, RecentFrames, crop, png
 from flight.security import SecureContext, load_mission_key, resolve
 from flight.service import Service, common_args, setup
 from flight.store import ProductStore, StoreFull
@@ -122,6 +122,7 @@ class CalibrateTap:
         with self.app.watchdog.stage("calibrate"):
             cal = self.calibrator.calibrate_strip(raw, row0, out)
         self.app.quicklooks.add_strip(cal, row0)
+        self.app.recent.add_strip(cal, row0)
         return cal
 
 
@@ -191,6 +192,7 @@ class FlightApp:
         self.modes = ModeManager(ops.error_budget, ops.error_window_s, self.emit)
         self.watchdog = StageWatchdog(ops.watchdog_limit_s)
         self.quicklooks = QuicklookRing(ops.quicklook_frames, ops.quicklook_factor)
+        self.recent = RecentFrames(self.state_dir / "recent_frames", ops.recent_frames_full_res)
         self.emit("STARTED", profile=scenario.obc.profile)
         self.model_store = ModelStore(self.state_dir / "models", scenario.obc.threads, scenario.flight.batch_tiles)
         if self.model_store.corrupt_index:
@@ -399,6 +401,7 @@ class FlightApp:
                     return
                 meta = p.begin(bytes(parts[1]))
                 self.quicklooks.begin(meta)
+                self.recent.begin(meta)
             elif kind == b"strip":
                 hdr = json.loads(bytes(parts[1]))
                 if p.meta is None:
@@ -409,6 +412,7 @@ class FlightApp:
                     with self.watchdog.stage("localize"):
                         result = p.finish()
                     self.quicklooks.commit()
+                    self.recent.commit()
                     self.package(result)
                     self.last_latency_ms = result.processing_ms + (time.perf_counter() - t0) * 1e3
                     self.last_stage_ms = dict(result.stage_ms)
@@ -440,6 +444,7 @@ class FlightApp:
         self.pipeline.meta = None
         self.pipeline.ingest.meta = None
         self.quicklooks.drop()
+        self.recent.drop()
         self.emit("FRAME_REJECTED", frame_id=frame_id if frame_id is not None else -1, reason=reason[:160])
 
     # -- uplink ------------------------------------------------------------------------------------
@@ -577,8 +582,10 @@ class FlightApp:
         a = cmd.args
         if a["row_px"] >= meta.height or a["col_px"] >= meta.width:
             raise CommandFailed(f"({a['row_px']}, {a['col_px']}) is outside frame {meta.frame_id} ({meta.height}x{meta.width})")
-        f = self.quicklooks.factor
-        img, r0, c0, size = crop(rgb, f, a["row_px"], a["col_px"], a["size_px"])
+        # full resolution from mass memory while the frame is held there, else from its quicklook
+        full = self.recent.chip(meta.frame_id, a["row_px"], a["col_px"], a["size_px"])
+        f = 1 if full is not None else self.quicklooks.factor
+        img, r0, c0, size = full if full is not None else crop(rgb, f, a["row_px"], a["col_px"], a["size_px"])
         out = png(img, self.sc.ops.quicklook_max_bytes)
         if out is None:
             raise CommandFailed("chip does not fit quicklook_max_bytes")

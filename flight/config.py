@@ -263,6 +263,7 @@ class OpsSection:
     quicklook_frames: int = field(default=4, metadata=rng(0, 64))  # recent frames kept as quicklooks
     quicklook_factor: int = field(default=8, metadata=rng(choices=(1, 2, 4, 8, 16, 32, 64)))  # downsampling
     quicklook_max_bytes: int = field(default=32768, metadata=rng(1024, 60000))  # PNG size limit per packet
+    recent_frames_full_res: int = field(default=4, metadata=rng(0, 64))  # frames kept at full resolution on mass memory, for chips
     model_scrub_period_s: float = field(default=60.0, metadata=rng(0.0, 1e7))  # re-hash model files; 0 = off
     model_probation_frames: int = field(default=10, metadata=rng(0, 100000))  # run-time failure: roll back
     upload_max_bytes: int = field(default=16 * 1024 * 1024, metadata=rng(1024, 2**31 - 1))

@@ -90,3 +90,67 @@ def crop(rgb: np.ndarray, factor: int, row_px: int, col_px: int, size_px: int) -
     r0 = int(np.clip(row_px // factor - n // 2, 0, h - n))
     c0 = int(np.clip(col_px // factor - n // 2, 0, w - n))
     return rgb[r0 : r0 + n, c0 : c0 + n], r0 * factor, c0 * factor, n * factor
+
+
+class RecentFrames:
+    """The last few frames at full resolution as 8-bit true colour, on mass memory (files), so the
+    ground can ask for a full-resolution chip of a recent frame after the fact. Strips are appended
+    to the frame's file as they are calibrated (nothing frame-sized in RAM); a chip is read back
+    from its rows only. Disk use is bounded: frames x H x W x 3 bytes."""
+
+    def __init__(self, folder, frames: int):
+        from pathlib import Path
+
+        self.folder, self.frames = Path(folder), frames
+        self.ring: OrderedDict[int, FrameMeta] = OrderedDict()
+        self.meta: FrameMeta | None = None
+        self.file = None
+        if frames:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for stale in self.folder.glob("*.rgb"):  # a restart does not know what they were
+                stale.unlink()
+
+    def _path(self, frame_id: int):
+        return self.folder / f"{frame_id}.rgb"
+
+    def begin(self, meta: FrameMeta) -> None:
+        self.drop()
+        if self.frames:
+            self.meta, self.file = meta, open(self._path(meta.frame_id), "wb")
+
+    def add_strip(self, cal: np.ndarray, row0: int) -> None:
+        if self.file is not None:
+            rgb = np.clip(cal[RGB].astype(np.float32) * STRETCH, 0, 255).astype(np.uint8)
+            self.file.write(np.ascontiguousarray(rgb.transpose(1, 2, 0)).tobytes())
+
+    def commit(self) -> None:
+        if self.file is None or self.meta is None:
+            return
+        self.file.close()
+        self.file = None
+        self.ring[self.meta.frame_id] = self.meta
+        while len(self.ring) > self.frames:
+            old, _ = self.ring.popitem(last=False)
+            self._path(old).unlink(missing_ok=True)
+        self.meta = None
+
+    def drop(self) -> None:
+        """Forget the frame in progress (rejected or aborted)."""
+        if self.file is not None:
+            self.file.close()
+            self._path(self.meta.frame_id).unlink(missing_ok=True)
+        self.meta, self.file = None, None
+
+    def chip(self, frame_id: int, row_px: int, col_px: int, size_px: int) -> tuple[np.ndarray, int, int, int] | None:
+        """Full-resolution crop centred on (row, col): (image, row0, col0, size), or None if the
+        frame is not (or no longer) held."""
+        meta = self.ring.get(frame_id)
+        if meta is None:
+            return None
+        n = max(1, min(size_px, meta.height, meta.width))
+        r0 = int(np.clip(row_px - n // 2, 0, meta.height - n))
+        c0 = int(np.clip(col_px - n // 2, 0, meta.width - n))
+        frame = np.memmap(self._path(frame_id), np.uint8, "r", shape=(meta.height, meta.width, 3))
+        img = np.array(frame[r0 : r0 + n, c0 : c0 + n])
+        del frame
+        return img, r0, c0, n

@@ -201,3 +201,27 @@ def test_random_frame_messages_lose_nothing_accepted_before(tmp_path):
 
     r = frame_campaign(60, seed=2, root=tmp_path)
     assert r["kept_everything_before"] and r["good_frame_after"] and r["rejected"] > 0
+
+
+def test_a_chip_of_a_recent_frame_is_full_resolution_from_mass_memory(flight):
+    import cv2
+    import numpy as np
+
+    from flight.products import ImageChip, decode_tm
+
+    make, key = flight
+    app, sc = make(["ops.recent_frames_full_res=2"])
+    for fid in range(3):
+        feed_frame(app, sc, fid)
+    assert sorted(app.recent.ring) == [1, 2] and len(list(app.recent.folder.glob("*.rgb"))) == 2
+    app.on_uplink(encode_command(key, 1, 1000, "REQUEST_CHIP", {"frame_id": 2, "row_px": 100, "col_px": 60, "size_px": 32}))
+    app.on_uplink(encode_command(key, 2, 1000, "REQUEST_CHIP", {"frame_id": 0, "row_px": 100, "col_px": 60, "size_px": 32}))
+    chips = [decode_tm(r[0])[1] for r in app.store.db.execute("SELECT packet FROM products WHERE apid = ? ORDER BY id",
+                                                               (ImageChip.APID,))]
+    full, from_quicklook = chips[-2], chips[-1]
+    assert (full.height_px, full.width_px) == (32, 32)
+    img = cv2.imdecode(np.frombuffer(full.png, np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == (32, 32, 3)  # 32 pixels of the frame: full resolution
+    # frame 0 left the full-resolution ring: its chip comes from the 1/8 quicklook (4 x 4 pixels)
+    small = cv2.imdecode(np.frombuffer(from_quicklook.png, np.uint8), cv2.IMREAD_COLOR)
+    assert small.shape[:2] == (32 // sc.ops.quicklook_factor,) * 2
