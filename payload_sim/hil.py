@@ -62,6 +62,15 @@ def stop_all(procs: dict[str, subprocess.Popen]) -> None:
             p.wait()
 
 
+def wait_ready(procs: dict[str, subprocess.Popen], run_dir: Path, names: tuple[str, ...], timeout_s: float = 30.0) -> None:
+    """Until each named process has written its first status (it is up and connected)."""
+    deadline = time.monotonic() + timeout_s
+    while not all((run_dir / f"{n}.status.json").exists() for n in names):
+        if time.monotonic() > deadline or any(procs[n].poll() is not None for n in names):
+            return  # the main loop names whoever died or hangs
+        time.sleep(0.05)
+
+
 def summarize(run_dir: Path, wall_s: float) -> dict:
     cam, flight = read_status(run_dir, "camera"), read_status(run_dir, "flight")
     chan, station = read_status(run_dir, "channel"), read_status(run_dir, "station")
@@ -238,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
             log = open(run_dir / f"{name}.log", "w")
             procs[name] = subprocess.Popen([sys.executable, "-m", MODULES[name], *common, *extra.get(name, [])],
                                            stderr=log, stdout=None if name == "station" else log)
+            if name == "station":
+                # the ground side listens before the flight talks: its first packets (start-up
+                # events) would otherwise meet a link with nobody on the far end
+                wait_ready(procs, run_dir, ("channel", "station"))
         last_progress = 0.0
         flight_faults = FlightFaults(scenario, run_dir, clock_start)
         ops_faults = OpsFaults(scenario, run_dir, clock_start)
