@@ -142,9 +142,12 @@ def load_models(spec: dict, counted: bool = True) -> dict:
 
 
 def calibrator(spec: dict):
-    from flight.calibrate import CalibrationProducts, Calibrator
+    from flight.calibrate import Calibrator
+    from flight.config import FlightSection, load_scenario
 
-    return Calibrator(CalibrationProducts.load(spec["calibration"]))
+    # as the flight does: the scenario's table mode (specs without a scenario: the default)
+    flight = load_scenario(spec["scenario"]).flight if spec.get("scenario") else FlightSection()
+    return Calibrator(spec["calibration"], tables=flight.calibration_tables)
 
 
 # -- measurements ------------------------------------------------------------------------------

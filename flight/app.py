@@ -25,7 +25,7 @@ import numpy as np
 import psutil
 import zmq
 
-from flight.calibrate import CalibrationProducts, Calibrator
+from flight.calibrate import Calibrator
 from flight.clock import ScenarioClock
 from flight.commands import Command, CommandAuth, CommandError, command_name, parse_command
 from flight.config import Scenario
@@ -201,7 +201,7 @@ class FlightApp:
         cfg = scenario.flight
         for name, value in self.ops_state.params.items():  # parameters set by command survive a restart
             cfg = dataclasses.replace(cfg, **{name: value})
-        self.pipeline = FramePipeline(cfg, CalibrateTap(Calibrator(CalibrationProducts.load(calibration)), self),
+        self.pipeline = FramePipeline(cfg, CalibrateTap(Calibrator(calibration, tables=cfg.calibration_tables), self),
                                       self.load_models())
         self.pipeline.disabled |= {m for m in self.ops_state.disabled if m != REQUIRED_MODEL}
         self.pending_models: dict[str, GuardedModel] = {}  # activated, swapped in between frames

@@ -39,12 +39,26 @@ list), deflate-compressed; at 2048 x 2048 x 6 with the default simulated sensor 
 (50.4 MB of tables uncompressed; the format-1 uint16 file was 51.0 MB compressed, 126 MB raw).
 ``load`` checks the metadata first, then reads the arrays one at a time, each decompressed in
 small chunks straight into its final buffer: peak memory while loading is the tables.
+
+Table streaming (``Calibrator(path, tables="stream")``): the tables stay on mass memory, as on a
+satellite's flash, and each strip reads just its rows with positioned reads (``os.preadv``) into
+two strip-sized uint8 buffers, so resident memory does not grow with the frame. The table file
+(``TableFile``, ``<products>.tables`` next to the .npz) holds the same products uncompressed:
+a header (magic, JSON with its own CRC, the products' metadata verbatim and their CRC-32), then
+dark_offset_dn (6, H, W) and flat_q (6, H, W) uint8, band by band, row-major (a strip of one band
+is one contiguous read), then bad_pixels. Its CRC-32 is the .npz's (same metadata, same bytes), so
+a table file made from other products is stale by CRC; the flight makes it from the .npz on first
+load (streamed, 1 MiB at a time) and remakes it when it is missing, stale or fails its checks.
+Not np.memmap: touched file-backed pages of a mapping count in RSS. Bad pixels and the repair
+plan stay in RAM (4 + 32 bytes per bad pixel).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import struct
 import tempfile
 import zipfile
 import zlib
@@ -65,6 +79,12 @@ FORMAT_VERSION = 2
 _ARRAYS = ("dark_offset_dn", "flat_q", "bad_pixels")
 _FLAT_BIAS_U16 = np.uint16(FLAT_Q_BIAS)
 _REPAIR_REACH = 4  # how far to look for a good donor pixel
+TABLES_FORMAT = "onboard-payload-calibration-tables"
+TABLES_VERSION = 1
+TABLES_SUFFIX = ".tables"
+_TABLES_MAGIC = b"OBPCTBL\n"
+_TABLES_ALIGN = 4096  # tables start on a page boundary
+_CHUNK = 1 << 20  # bytes per read or write while converting and checking table files
 
 
 @dataclass(frozen=True)
@@ -238,6 +258,13 @@ class CalibrationProducts:
                 os.unlink(tmp)
             raise
 
+    def save_tables(self, path: str | os.PathLike) -> None:
+        """Write the uncompressed table file that ``Calibrator(..., tables="stream")`` reads
+        (layout: ``TableFile``), atomically. Its CRC-32 is the one ``save`` writes."""
+        meta_json = json.dumps(self._meta(), sort_keys=True)
+        with _atomic_write(Path(path)) as f:
+            _write_tables(f, meta_json, self._checksum(meta_json), self)
+
     @staticmethod
     def load(
         path: str | os.PathLike,
@@ -311,33 +338,284 @@ def _check_meta(where: str, meta_json: str) -> dict:
     return meta
 
 
+@contextlib.contextmanager
+def _atomic_write(path: Path):
+    """A temporary file next to ``path``, renamed onto it only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _tables_header(meta_json: str, crc: int, n_bad: int) -> bytes:
+    head = json.dumps({"format": TABLES_FORMAT, "format_version": TABLES_VERSION, "products_meta": meta_json,
+                       "crc32": crc, "n_bad": n_bad}, sort_keys=True).encode()
+    raw = _TABLES_MAGIC + struct.pack("<II", len(head), zlib.crc32(head)) + head
+    return raw + bytes(-len(raw) % _TABLES_ALIGN)
+
+
+def _write_tables(f, meta_json: str, crc: int, products: CalibrationProducts) -> None:
+    f.write(_tables_header(meta_json, crc, products.bad_pixels.size))
+    for name in _ARRAYS:
+        f.write(np.ascontiguousarray(getattr(products, name)).data)
+
+
+def _npz_head(path: Path) -> tuple[str, int, dict, np.ndarray]:
+    """Metadata JSON, CRC-32, checked metadata and bad pixels of a products .npz, without its
+    tables (the members are read on demand)."""
+    where = f"calibration file {os.fspath(path)!r}"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"meta", "crc32", *_ARRAYS} - set(data.keys())
+            if missing:
+                raise ValueError(f"{where}: missing {sorted(missing)}")
+            meta_json = str(data["meta"])
+            crc = int(data["crc32"])
+            meta = _check_meta(where, meta_json)
+            bad = data["bad_pixels"]
+    except ValueError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise ValueError(f"{where}: not a calibration .npz ({exc})") from exc
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError, zlib.error) as exc:
+        raise ValueError(f"{where}: unreadable or truncated ({type(exc).__name__}: {exc})") from exc
+    return meta_json, crc, meta, bad
+
+
+def _products_head(where: str, meta: dict, bad: np.ndarray) -> CalibrationProducts:
+    """Validate metadata and bad pixels with the products' own checks, the tables stood in for
+    by zero-stride placeholders (no memory)."""
+    try:
+        shape = tuple(int(v) for v in meta["shape"])
+        blank = np.broadcast_to(np.zeros((), np.uint8), shape)
+        return CalibrationProducts(version=str(meta["version"]), dark_base_dn=tuple(meta["dark_base_dn"]),
+                                   dark_offset_dn=blank, flat_q=blank, bad_pixels=bad,
+                                   dn_per_reflectance=tuple(meta["dn_per_reflectance"]))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{where}: metadata incomplete ({exc!r})") from exc
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def tables_from_npz(npz: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Convert a products .npz into a table file, one MiB at a time (resident memory stays
+    small whatever the frame size); ValueError if the .npz is bad, its CRC-32 included."""
+    npz, dest = Path(npz), Path(dest)
+    where = f"calibration file {os.fspath(npz)!r}"
+    meta_json, crc, meta, bad = _npz_head(npz)
+    head = _products_head(where, meta, bad)
+    n = int(np.prod(head.shape))
+    c = zlib.crc32(meta_json.encode())
+    buf = memoryview(bytearray(_CHUNK))
+    try:
+        with zipfile.ZipFile(npz) as z, _atomic_write(dest) as f:
+            f.write(_tables_header(meta_json, crc, bad.size))
+            for name in _ARRAYS[:2]:
+                with z.open(name + ".npy") as m:
+                    version = np.lib.format.read_magic(m)
+                    shape, fortran, dtype = (np.lib.format.read_array_header_1_0(m) if version == (1, 0)
+                                             else np.lib.format.read_array_header_2_0(m))
+                    if shape != head.shape or fortran or dtype != np.uint8:
+                        raise ValueError(f"{where}: {name} is {dtype} {shape}, expected uint8 {head.shape}")
+                    left = n
+                    while left:
+                        k = m.readinto(buf[: min(left, _CHUNK)])
+                        if not k:
+                            raise EOFError(f"{name} ends {left} bytes early")
+                        c = zlib.crc32(buf[:k], c)
+                        f.write(buf[:k])
+                        left -= k
+            c = zlib.crc32(bad.view(np.uint8), c)
+            f.write(bad.data)
+            if c != crc:
+                raise ValueError(f"{where}: CRC-32 mismatch, the file is corrupted")
+    except (EOFError, zipfile.BadZipFile, KeyError, zlib.error) as exc:
+        raise ValueError(f"{where}: unreadable or truncated ({type(exc).__name__}: {exc})") from exc
+
+
+class TableFile:
+    """Calibration tables on mass memory, read a few rows at a time (``Calibrator`` "stream").
+
+    Layout (little-endian): magic ``OBPCTBL\\n``; uint32 header length L and header CRC-32; L
+    bytes of JSON header (format, format_version, products_meta: the products' metadata JSON as
+    the .npz holds it, crc32: the products' CRC-32, n_bad); zeros up to a 4096-byte boundary; then
+    dark_offset_dn (6, H, W) and flat_q (6, H, W) uint8, then bad_pixels (n_bad,) uint32.
+
+    Opening checks everything (header, size, CRC-32 over metadata and all tables, read in 1 MiB
+    chunks) and raises ValueError naming the file and the problem. Resident: the bad pixels and
+    a 1 MiB check buffer while opening. Attributes as ``CalibrationProducts`` except the tables:
+    version, shape, dark_base_dn, dn_per_reflectance, bad_pixels, plus meta_json and crc32.
+    """
+
+    def __init__(self, path: str | os.PathLike, file=None):
+        self.path = os.fspath(path)
+        where = f"calibration tables {self.path!r}"
+        try:
+            self._f = file if file is not None else open(path, "rb", buffering=0)
+        except OSError as exc:
+            raise ValueError(f"{where}: unreadable ({type(exc).__name__}: {exc})") from exc
+        try:
+            self._open(where)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, where: str) -> None:
+        fd = self._f.fileno()
+        size = os.fstat(fd).st_size
+        fixed = os.pread(fd, 16, 0)
+        if len(fixed) < 16 or fixed[:8] != _TABLES_MAGIC:
+            raise ValueError(f"{where}: not a calibration table file (magic {fixed[:8]!r})")
+        n_head, head_crc = struct.unpack("<II", fixed[8:])
+        if n_head > _CHUNK:
+            raise ValueError(f"{where}: header length {n_head} out of range, the file is corrupted")
+        raw = os.pread(fd, n_head, 16)
+        if len(raw) != n_head:
+            raise ValueError(f"{where}: truncated in the header ({size} bytes)")
+        if zlib.crc32(raw) != head_crc:
+            raise ValueError(f"{where}: header CRC-32 mismatch, the file is corrupted")
+        try:
+            head = json.loads(raw)
+            if head.get("format") != TABLES_FORMAT:
+                raise ValueError(f"{where}: format {head.get('format')!r}, expected {TABLES_FORMAT!r}")
+            if head.get("format_version") != TABLES_VERSION:
+                raise ValueError(f"{where}: format_version {head.get('format_version')!r}, "
+                                 f"this software reads {TABLES_VERSION}")
+            self.meta_json, self.crc32, n_bad = str(head["products_meta"]), int(head["crc32"]), int(head["n_bad"])
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{where}: header incomplete ({exc!r})") from exc
+        meta = _check_meta(where, self.meta_json)
+        shape = meta.get("shape")
+        if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
+            raise ValueError(f"{where}: shape {shape!r} in the metadata")
+        self._data = 16 + n_head + (-(16 + n_head) % _TABLES_ALIGN)
+        self._n = int(np.prod(shape))
+        expect = self._data + 2 * self._n + 4 * n_bad
+        if size != expect:
+            raise ValueError(f"{where}: {'truncated' if size < expect else 'too long'}: "
+                             f"{size} bytes, the header says {expect}")
+        bad = np.empty(n_bad, "<u4")
+        self._read_into(bad.view(np.uint8), self._data + 2 * self._n, where)
+        head_p = _products_head(where, meta, bad.astype(np.uint32, copy=False))
+        # CRC-32 over metadata and tables, as the .npz's: catches corruption on mass memory
+        c = zlib.crc32(self.meta_json.encode())
+        buf = np.empty(_CHUNK, np.uint8)
+        for off in range(0, 2 * self._n, _CHUNK):
+            k = min(_CHUNK, 2 * self._n - off)
+            self._read_into(buf[:k], self._data + off, where)
+            c = zlib.crc32(buf[:k], c)
+        if zlib.crc32(bad.view(np.uint8), c) != self.crc32:
+            raise ValueError(f"{where}: CRC-32 mismatch, the file is corrupted")
+        self.version, self.shape = head_p.version, head_p.shape
+        self.dark_base_dn, self.dn_per_reflectance = head_p.dark_base_dn, head_p.dn_per_reflectance
+        self.bad_pixels = head_p.bad_pixels
+
+    def _read_into(self, buf: np.ndarray, offset: int, where: str | None = None) -> None:
+        """Fill ``buf`` (C-contiguous) from ``offset`` with positioned reads (no shared file position)."""
+        mv = memoryview(buf).cast("B")
+        done = 0
+        while done < len(mv):
+            k = os.preadv(self._f.fileno(), [mv[done:]], offset + done)
+            if k <= 0:
+                raise ValueError(f"{where or f'calibration tables {self.path!r}'}: truncated at byte {offset + done}")
+            done += k
+
+    def read_rows(self, table: int, band: int, row0: int, out: np.ndarray) -> np.ndarray:
+        """Rows ``row0 .. row0 + len(out)`` of one band of table 0 (dark_offset_dn) or 1 (flat_q)
+        into ``out`` (uint8 (n, W), C-contiguous): one contiguous read."""
+        nb, h, w = self.shape
+        self._read_into(out, self._data + table * self._n + (band * h + row0) * w)
+        return out
+
+    def close(self) -> None:
+        f, self._f = getattr(self, "_f", None), None
+        if f is not None:
+            f.close()
+
+    @classmethod
+    def for_products(cls, products: CalibrationProducts | str | os.PathLike) -> TableFile:
+        """The table file for products in memory (an anonymous temporary file) or for a products
+        .npz: ``<npz stem>.tables`` next to it, made or remade from the .npz when it is missing,
+        stale (other products, by CRC-32) or fails its checks. The .npz's metadata is checked first."""
+        if isinstance(products, CalibrationProducts):
+            f = tempfile.TemporaryFile()
+            meta_json = json.dumps(products._meta(), sort_keys=True)
+            _write_tables(f, meta_json, products._checksum(meta_json), products)
+            f.flush()
+            return cls("<temporary>", file=f)
+        npz = Path(products)
+        meta_json, crc, _, _ = _npz_head(npz)
+        path = npz.with_suffix(TABLES_SUFFIX)
+        if path.exists():
+            try:
+                t = cls(path)
+                if t.crc32 == crc and t.meta_json == meta_json:
+                    return t
+                t.close()
+            except ValueError:
+                pass  # bad or stale: the .npz is the uplinked, checked source; remake it
+        tables_from_npz(npz, path)
+        return cls(path)
+
+
 class Calibrator:
     """Raw uint16 DN (6, H, W) -> uint16 reflectance * 10000 (6, H, W), in strips of rows.
 
     ``calibrator(raw)`` does a whole frame; ``calibrator.calibrate_strip(raw_rows, row0)`` does
     rows ``row0 .. row0 + n`` of a frame as they arrive, with the same result bit for bit
-    (bad-pixel repair only uses donors in the same row). Besides the products it holds two
-    strip buffers and the repair plan (a few int64 per bad pixel): use one instance per thread.
+    (bad-pixel repair only uses donors in the same row). Use one instance per thread.
+
+    ``products``: ``CalibrationProducts`` or the path of a products .npz. ``tables``:
+    "memory": the products' tables in RAM (2 bytes per pixel-band); "stream": read from a
+    ``TableFile`` strip by strip (next to the .npz, made from it if needed; for products in
+    memory, a temporary file), same output bit for bit. Besides that it holds two strip
+    buffers (two more, uint8, in "stream") and the repair plan (a few int64 per bad pixel).
     """
 
-    def __init__(self, products: CalibrationProducts, strip_rows: int = 128):
+    def __init__(self, products: CalibrationProducts | str | os.PathLike, strip_rows: int = 128,
+                 tables: str = "memory"):
         if not (1 <= int(strip_rows) <= 1 << 16):
             raise ValueError(f"Calibrator: strip_rows={strip_rows!r} out of range, allowed 1..65536")
-        self.products = products
+        if tables not in ("memory", "stream"):
+            raise ValueError(f"Calibrator: tables={tables!r}, allowed 'memory' or 'stream'")
         self.strip_rows = int(strip_rows)
-        nb, h, w = products.shape
+        self.tables = tables
+        self.table_file: TableFile | None = None
+        if tables == "stream":
+            self.products = None  # the tables stay on mass memory
+            src = self.table_file = TableFile.for_products(products)
+        else:
+            if not isinstance(products, CalibrationProducts):
+                products = CalibrationProducts.load(products)
+            self.products = src = products
+            self._offset = products.dark_offset_dn
+            self._flat = products.flat_q
+        nb, h, w = src.shape
         self.shape = (nb, h, w)
-        self._base = [np.uint16(v) for v in products.dark_base_dn]
-        self._scale = [REFLECTANCE_SCALE / g / (1 << FLAT_Q_BITS) for g in products.dn_per_reflectance]
-        self._offset = products.dark_offset_dn
-        self._flat = products.flat_q
-        bad = products.bad_pixels
+        self.version = src.version
+        self._base = [np.uint16(v) for v in src.dark_base_dn]
+        self._scale = [REFLECTANCE_SCALE / g / (1 << FLAT_Q_BITS) for g in src.dn_per_reflectance]
+        bad = src.bad_pixels
         bounds = np.searchsorted(bad, np.arange(nb + 1, dtype=np.int64) * (h * w))
         self._repairs = [self._plan_repairs(bad[bounds[b]:bounds[b + 1]].astype(np.int64) - b * h * w, w)
                          for b in range(nb)]
         n = min(self.strip_rows, h)
         self._dark_buf = np.empty((n, w), np.uint16)
         self._gain_buf = np.empty((n, w), np.uint16)
+        if self.table_file is not None:  # the table rows of one band and strip, as read
+            self._offset_u8 = np.empty((n, w), np.uint8)
+            self._flat_u8 = np.empty((n, w), np.uint8)
+
+    def close(self) -> None:
+        """Close the table file ("stream"); the calibrator is unusable afterwards."""
+        if self.table_file is not None:
+            self.table_file.close()
 
     @staticmethod
     def _plan_repairs(bad: np.ndarray, w: int):
@@ -384,11 +662,16 @@ class Calibrator:
                 g0, g1 = row0 + s0, row0 + s1
                 dark = self._dark_buf[: s1 - s0]
                 gain = self._gain_buf[: s1 - s0]
+                if self.table_file is None:
+                    offset, flat = self._offset[b, g0:g1], self._flat[b, g0:g1]
+                else:  # two contiguous positioned reads into strip-sized buffers
+                    offset = self.table_file.read_rows(0, b, g0, self._offset_u8[: s1 - s0])
+                    flat = self.table_file.read_rows(1, b, g0, self._flat_u8[: s1 - s0])
                 # uint8 -> uint16 expansion: numpy's casting add is ~4x faster here than cv2.add
                 # with dtype=CV_16U (mixed-depth path): 2 vs 7-9 ms per 2048 x 2048 x 6 frame
-                np.add(self._offset[b, g0:g1], base, out=dark)
+                np.add(offset, base, out=dark)
                 cv2.subtract(raw[b, s0:s1], dark, dst=dark)
-                np.add(self._flat[b, g0:g1], _FLAT_BIAS_U16, out=gain)
+                np.add(flat, _FLAT_BIAS_U16, out=gain)
                 cv2.multiply(dark, gain, dst=out[b, s0:s1], scale=scale, dtype=cv2.CV_16U)
             rows_b, bad_b, da, db = self._repairs[b]
             lo, hi = np.searchsorted(rows_b, (row0, row0 + n))

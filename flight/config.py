@@ -164,6 +164,9 @@ class FlightSection:
     downlink_window: int = field(default=64, metadata=rng(1, 100000))  # unacknowledged packets in flight
     retransmit_s: float = field(default=2.0, metadata=rng(0.01, 3600.0))  # wall seconds before a resend
     housekeeping_period_s: float = field(default=30.0, metadata=rng(0.1, 86400.0))  # scenario seconds
+    # "stream": calibration tables read strip by strip from a file next to the .npz (RSS flat with
+    # frame size, +0.8 ms per 2048^2 frame); "memory": held in RAM (2 bytes per pixel-band)
+    calibration_tables: str = field(default="stream", metadata=rng(choices=("stream", "memory")))
 
     def validate(self, section: str) -> None:
         if not self.cascade or self.cascade[0].model != "cloud_screen":

@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from flight.calibrate import FLAT_Q_BIAS, FLAT_Q_BITS, CalibrationProducts, Calibrator
+from flight.calibrate import FLAT_Q_BIAS, FLAT_Q_BITS, CalibrationProducts, Calibrator, TableFile
 from flight.frames import BANDS, REFLECTANCE_SCALE
 from payload_sim.scenes import synthetic_scene
 from payload_sim.sensor import Sensor, SensorConfig
@@ -319,3 +320,136 @@ print(mem('VmHWM:') - rss0, cal.products.nbytes)
     # the old format needed ~5 bytes per pixel-band here (~60 MiB); allow the products + 8 MiB
     # (strip buffers, code pages touched by the first calibration, allocator slack)
     assert growth <= nbytes + 8 * 2**20, (growth / 2**20, nbytes / 2**20)
+
+
+# -- table streaming (tables="stream"): the tables on mass memory, read strip by strip ----------
+
+
+def test_stream_mode_is_bit_identical_to_memory_mode(setup, tmp_path):
+    sensor, products = setup
+    _, raw = scene_frame(sensor, 11, cloud_cover=0.4)
+    whole = Calibrator(products, strip_rows=H)(raw)
+    npz = tmp_path / "cal.npz"
+    products.save(npz)
+    for rows in (1, 7, 128, 1000):
+        for src in (products, npz):  # products in memory (temporary table file) or the .npz
+            cal = Calibrator(src, strip_rows=rows, tables="stream")
+            assert cal.products is None and cal.version == "test-1"
+            np.testing.assert_array_equal(cal(raw), whole)
+            cal.close()
+    np.testing.assert_array_equal(Calibrator(npz)(raw), whole)  # a path works in memory mode too
+    cal = Calibrator(npz, strip_rows=32, tables="stream")
+    parts = [cal.calibrate_strip(raw[:, r:r + n], r) for r, n in ((0, 64), (64, 1), (65, 100), (165, 91))]
+    np.testing.assert_array_equal(np.concatenate(parts, axis=1), whole)
+    with pytest.raises(ValueError, match="tables="):
+        Calibrator(products, tables="flash")
+
+
+def test_stream_mode_on_an_odd_width_with_repairs():
+    h, w = 45, 333
+    sensor = Sensor(dataclasses.replace(SensorConfig(), psf_sigma_px=0.0), h, w)
+    products = sensor.calibration_products()
+    assert products.bad_pixels.size > 0
+    raw = sensor.expose(np.random.default_rng(8).uniform(0, 1.0, (NB, h, w)).astype(np.float32),
+                        np.random.default_rng(9))
+    whole = Calibrator(products, strip_rows=h)(raw)
+    for rows in (1, 5, 13):
+        np.testing.assert_array_equal(Calibrator(products, strip_rows=rows, tables="stream")(raw), whole)
+
+
+def test_table_file_is_made_next_to_the_npz_and_remade_when_stale_or_bad(setup, tmp_path):
+    sensor, products = setup
+    _, raw = scene_frame(sensor, 12, cloud_cover=0.2)
+    npz = tmp_path / "cal.npz"
+    tables = tmp_path / "cal.tables"
+    products.save(npz)
+    Calibrator(npz, tables="stream").close()
+    assert tables.exists() and tables.stat().st_size >= 2 * NB * H * W
+    mtime = tables.stat().st_mtime_ns
+    Calibrator(npz, tables="stream").close()
+    assert tables.stat().st_mtime_ns == mtime  # fresh: reused
+    # other products saved under the same name: stale by CRC, remade
+    other = dataclasses.replace(products, version="test-2", flat_q=products.flat_q[:, ::-1].copy())
+    other.save(npz)
+    cal = Calibrator(npz, tables="stream")
+    assert cal.version == "test-2" and TableFile(tables).version == "test-2"
+    np.testing.assert_array_equal(cal(raw), Calibrator(other)(raw))
+    # corrupted on mass memory: the checked .npz is the source, the table file is remade
+    data = bytearray(tables.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tables.write_bytes(bytes(data))
+    np.testing.assert_array_equal(Calibrator(npz, tables="stream")(raw), Calibrator(other)(raw))
+    # a bad .npz is refused as in memory mode, before any table file is touched
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(npz.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="calibration file .*(truncated|unreadable|not a calibration)"):
+        Calibrator(bad, tables="stream")
+    assert not (tmp_path / "bad.tables").exists()
+
+
+def test_table_file_rejects_corrupted_and_truncated_files(setup, tmp_path):
+    _, products = setup
+    good = tmp_path / "good.tables"
+    products.save_tables(good)
+    t = TableFile(good)
+    assert t.shape == products.shape and t.version == "test-1"
+    np.testing.assert_array_equal(t.bad_pixels, products.bad_pixels)
+    row = t.read_rows(1, 2, 5, np.empty((3, W), np.uint8))
+    np.testing.assert_array_equal(row, products.flat_q[2, 5:8])
+    t.close()
+    data = good.read_bytes()
+
+    def bad_file(name, content, match):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=match):
+            TableFile(path)
+
+    bad_file("truncated.tables", data[: len(data) - 100], r"calibration tables .*truncated")
+    bad_file("short.tables", data[:10], "not a calibration table file")
+    bad_file("junk.tables", b"hello, this is not a table file", "not a calibration table file")
+    bad_file("long.tables", data + b"\0", "too long")
+    flipped = bytearray(data)
+    flipped[-5000] ^= 1  # a bit flip in the tables
+    bad_file("flipped.tables", bytes(flipped), "CRC-32 mismatch, the file is corrupted")
+    head = bytearray(data)
+    head[40] ^= 1  # in the JSON header
+    bad_file("header.tables", bytes(head), "header CRC-32 mismatch")
+    newer = data.replace(b'"format_version": 1', b'"format_version": 9', 1)
+    newer = newer[:8] + newer[8:12] + zlib.crc32(newer[16:16 + int.from_bytes(newer[8:12], "little")]).to_bytes(4, "little") + newer[16:]
+    bad_file("newer.tables", newer, "format_version 9, this software reads 1")
+    with pytest.raises(ValueError, match="unreadable"):
+        TableFile(tmp_path / "missing.tables")
+
+
+def test_stream_mode_peak_memory_does_not_grow_with_the_frame(tmp_path):
+    """A fresh process at 2048 x 2048: imports, then Calibrator(npz, "stream") (which makes the
+    table file: the first start-up) and a frame strip by strip. The tables (48 MiB) never become
+    resident: peak RSS over the imports stays below 25 MiB (measured 8 MiB, 6 of them the test's
+    raw and output strips)."""
+    n = 2048
+    rng = np.random.default_rng(0)
+
+    def table():  # a row pattern that repeats every 4 rows: compresses and saves in a blink
+        return np.tile(rng.integers(0, 40, (NB, 4, n), dtype=np.uint8), (1, n // 4, 1))
+
+    bad = np.unique(rng.integers(0, NB * n * n, 18000)).astype(np.uint32)
+    path = tmp_path / "cal.npz"
+    CalibrationProducts("rss", (100,) * NB, table(), table(), bad, (3000.0,) * NB).save(path)
+    code = f"""
+import numpy as np, cv2
+from flight.calibrate import Calibrator
+def mem(key):
+    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key)) * 1024
+rss0 = mem('VmRSS:')
+raw = np.full(({NB}, 128, {n}), 1000, np.uint16); out = np.empty_like(raw)
+cal = Calibrator({str(path)!r}, strip_rows=128, tables="stream")
+for r in range(0, {n}, 128):
+    cal.calibrate_strip(raw, r, out)
+print(mem('VmHWM:') - rss0)
+"""
+    root = Path(__file__).parents[1]
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    growth = int(res.stdout)
+    assert (tmp_path / "cal.tables").stat().st_size >= 2 * NB * n * n
+    assert growth < 25 * 2**20, growth / 2**20
