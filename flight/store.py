@@ -113,10 +113,21 @@ class ProductStore:
         self.db.executemany("UPDATE products SET sent_wall = ?, sends = sends + 1 WHERE id = ?", [(now_wall, i) for i in ids])
 
     def ack(self, ids: list[int]) -> int:
-        """Remove acknowledged products; returns how many were still here (repeats are harmless)."""
+        """Remove acknowledged products; returns how many were still here (repeats are harmless).
+
+        Fast retransmission: the link delivers in order, so a product still unacknowledged that
+        was sent before the oldest one this ack covers was lost (typically sent into a contact
+        gap): it is due again now instead of when its timer runs out."""
+        marks = ",".join("?" * len(ids))
+        oldest = self.db.execute(
+            f"SELECT min(sent_wall) FROM products WHERE sent_wall > 0 AND id IN ({marks})", ids
+        ).fetchone()[0] if ids else None
         before = self.db.total_changes
         self.db.executemany("DELETE FROM products WHERE id = ?", [(i,) for i in ids])
-        return self.db.total_changes - before
+        removed = self.db.total_changes - before
+        if oldest is not None:
+            self.db.execute("UPDATE products SET sent_wall = 0 WHERE sent_wall > 0 AND sent_wall < ?", (oldest,))
+        return removed
 
     def pending(self) -> int:
         return self.db.execute("SELECT count(*) FROM products").fetchone()[0]

@@ -64,3 +64,14 @@ def test_sequence_counts_are_per_apid(tmp_path):
     for apid in (0x101, 0x102, 0x101):
         s.put(1, apid, 0.0, lambda pid, seq: seen.append(seq) or b"x")
     assert seen == [0, 0, 1]
+
+
+def test_an_ack_makes_older_unacknowledged_products_due_at_once(tmp_path):
+    s = ProductStore(tmp_path / "s.db", 10_000)
+    lost, got, in_flight = (put(s, 1)[0] for _ in range(3))
+    s.mark_sent([lost], 100.0)  # sent into a contact gap
+    s.mark_sent([got], 105.0)  # after AOS: arrives
+    s.mark_sent([in_flight], 105.5)  # not acknowledged yet, may still arrive
+    assert s.due(105.6, 10.0, 10) == []
+    s.ack([got])
+    assert [r[0] for r in s.due(105.6, 10.0, 10)] == [lost]  # before its 10 s timer
