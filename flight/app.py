@@ -707,8 +707,8 @@ class FlightApp:
             g = self.pipeline.models.get(name)
             a = self.model_store.active.get(name)
             on = g is not None and a is not None and name not in self.pipeline.disabled
-            values[f"model_{name}_version"] = version_number(a.version) if on else -1.0
-            values[f"model_{name}_sha24"] = float(int(a.sha256[:6], 16)) if on else -1.0
+            values[f"model_{name}_version"] = version_number(a.version) if on and a is not None else -1.0
+            values[f"model_{name}_sha24"] = float(int(a.sha256[:6], 16)) if on and a is not None else -1.0
         return values
 
     def housekeeping(self, force: bool = False) -> None:

@@ -64,11 +64,15 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import cv2
 import numpy as np
 
 from flight.frames import BANDS, REFLECTANCE_SCALE
+
+if TYPE_CHECKING:  # numpy's stubs give ndarray __buffer__ only for Python >= 3.12: cast("Buffer", ...) below
+    from typing_extensions import Buffer
 
 FLAT_Q_BITS = 10  # inverse response = (flat_q + FLAT_Q_BIAS) / 2**FLAT_Q_BITS
 FLAT_Q_BIAS = 896  # flat_q 0 .. 255 -> 0.875 .. 1.12402, step 2**-10
@@ -417,7 +421,7 @@ def tables_from_npz(npz: str | os.PathLike, dest: str | os.PathLike) -> None:
         with zipfile.ZipFile(npz) as z, _atomic_write(dest) as f:
             f.write(_tables_header(meta_json, crc, bad.size))
             for name in _ARRAYS[:2]:
-                with z.open(name + ".npy") as m:
+                with cast(zipfile.ZipExtFile, z.open(name + ".npy")) as m:  # mode "r": has readinto
                     version = np.lib.format.read_magic(m)
                     shape, fortran, dtype = (np.lib.format.read_array_header_1_0(m) if version == (1, 0)
                                              else np.lib.format.read_array_header_2_0(m))
@@ -428,10 +432,10 @@ def tables_from_npz(npz: str | os.PathLike, dest: str | os.PathLike) -> None:
                         k = m.readinto(buf[: min(left, _CHUNK)])
                         if not k:
                             raise EOFError(f"{name} ends {left} bytes early")
-                        c = zlib.crc32(buf[:k], c)
+                        c = zlib.crc32(cast("Buffer", buf[:k]), c)
                         f.write(buf[:k])
                         left -= k
-            c = zlib.crc32(bad.view(np.uint8), c)
+            c = zlib.crc32(cast("Buffer", bad.view(np.uint8)), c)
             f.write(bad.data)
             if c != crc:
                 raise ValueError(f"{where}: CRC-32 mismatch, the file is corrupted")
@@ -509,8 +513,8 @@ class TableFile:
         for off in range(0, 2 * self._n, _CHUNK):
             k = min(_CHUNK, 2 * self._n - off)
             self._read_into(buf[:k], self._data + off, where)
-            c = zlib.crc32(buf[:k], c)
-        if zlib.crc32(bad.view(np.uint8), c) != self.crc32:
+            c = zlib.crc32(cast("Buffer", buf[:k]), c)
+        if zlib.crc32(cast("Buffer", bad.view(np.uint8)), c) != self.crc32:
             raise ValueError(f"{where}: CRC-32 mismatch, the file is corrupted")
         self.version, self.shape = head_p.version, head_p.shape
         self.dark_base_dn, self.dn_per_reflectance = head_p.dark_base_dn, head_p.dn_per_reflectance
@@ -518,7 +522,7 @@ class TableFile:
 
     def _read_into(self, buf: np.ndarray, offset: int, where: str | None = None) -> None:
         """Fill ``buf`` (C-contiguous) from ``offset`` with positioned reads (no shared file position)."""
-        mv = memoryview(buf).cast("B")
+        mv = memoryview(cast("Buffer", buf)).cast("B")
         done = 0
         while done < len(mv):
             k = os.preadv(self._f.fileno(), [mv[done:]], offset + done)
@@ -587,6 +591,7 @@ class Calibrator:
         self.strip_rows = int(strip_rows)
         self.tables = tables
         self.table_file: TableFile | None = None
+        src: TableFile | CalibrationProducts
         if tables == "stream":
             self.products = None  # the tables stay on mass memory
             src = self.table_file = TableFile.for_products(products)

@@ -12,9 +12,10 @@ import dataclasses
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 
 class ConfigError(ValueError):
@@ -45,8 +46,9 @@ def _check_scalar(key: str, value: Any, typ: Any, meta: dict) -> Any:
 
 def _convert(key: str, value: Any, typ: Any, meta: dict) -> Any:
     origin = typing.get_origin(typ)
+    args: Sequence[Any]  # a list of union members, or a tuple's type arguments
     if dataclasses.is_dataclass(typ):
-        return build(typ, value, key)
+        return build(cast(type, typ), value, key)  # a dataclass type here: hints are classes, not instances
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value is None:

@@ -26,6 +26,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -191,7 +192,7 @@ class ModelCard:
         if precision == "fp32" and self.fp32_file is None:
             raise ModelError("card has no fp32_file", model=self.name, path=self.card_path)
         base = Path(self.card_path).parent if self.card_path else Path(".")
-        return base / (self.file if precision == "int8" else self.fp32_file)
+        return base / (self.file if precision == "int8" else cast(str, self.fp32_file))  # not None: checked above
 
 
 def model_path(name: str) -> Path:

@@ -33,6 +33,7 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, cast
 
 import numpy as np
 
@@ -87,7 +88,13 @@ def unpack_bundle(data: bytes) -> dict[int, bytes]:
     return parts
 
 
-def load_golden(path: Path) -> dict[str, np.ndarray | str]:
+class Golden(TypedDict):
+    tiles: np.ndarray
+    int8: np.ndarray
+    sha256: str
+
+
+def load_golden(path: Path) -> Golden:
     """Golden vectors (.npz: tiles, int8, sha256), with sizes checked before anything is unpacked."""
     try:
         with zipfile.ZipFile(path) as z:
@@ -458,7 +465,7 @@ def ranges(indices: list[int], limit: int = 12) -> str:
     out: list[str] = []
     start = prev = None
     for i in indices + [None]:
-        if start is not None and (i is None or i != prev + 1):
+        if start is not None and (i is None or i != cast(int, prev) + 1):  # prev is set whenever start is
             out.append(f"{start}" if start == prev else f"{start}-{prev}")
             start = None
         if i is not None and start is None:

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import cast
 
 from flight.dictionary import Mode
 
@@ -94,7 +95,7 @@ class StageWatchdog:
         self.current: tuple[str, float] | None = None
         self.fired_for: tuple[str, float] | None = None
         self.trips = 0
-        self._main = threading.main_thread().ident
+        self._main = cast(int, threading.main_thread().ident)  # the main thread is always started
         self._signum = signum
         signal.signal(signum, self._on_signal)
         self._stop = threading.Event()

@@ -20,6 +20,7 @@ import struct
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from flight.commands import (
     CRC_BYTES,
@@ -33,7 +34,7 @@ from flight.dictionary import COMMANDS, LATEST_FRAME, Reason
 
 FIGURES = Path(__file__).resolve().parents[1] / "runs" / "ops_figures"
 NOW_S = 1_000_000
-SAMPLE_ARGS = {  # one valid argument set per command
+SAMPLE_ARGS: dict[str, dict[str, Any]] = {  # one valid argument set per command
     "NOOP": {}, "SET_PARAM": {"param": 1, "value": 0.8}, "ENABLE_MODEL": {"model": "ship_detect"},
     "DISABLE_MODEL": {"model": "ship_detect"}, "SET_MODE": {"mode": 0}, "REQUEST_QUICKLOOK": {"frame_id": LATEST_FRAME},
     "REQUEST_CHIP": {"frame_id": 3, "row_px": 100, "col_px": 200, "size_px": 64}, "DUMP_TELEMETRY": {},
@@ -300,8 +301,8 @@ def ground_packet_campaign(n: int, seed: int = 1, root: Path | None = None) -> d
     st = Station(load_scenario(None), root / "archive.sqlite", False, Quiet())
     try:
         good = [encode_tm(FrameSummary(i, i, 1.0, 4, 1, 0.25, 0, 0, 0, 1.0, 0.0, 0.0), i, epoch, 1.0) for i in range(1, 6)]
-        for pk in good:
-            st.on_packet(pk)
+        for g in good:
+            st.on_packet(g)
         for i in range(n):
             pk = bytearray(rng.choice(good))
             if i % 2:

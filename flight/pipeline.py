@@ -13,16 +13,16 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 import cv2
 import numpy as np
 
-from flight.calibrate import Calibrator
 from flight.config import CascadeStep, FlightSection
 from flight.dictionary import DetectionClass
 from flight.frames import BANDS, REFLECTANCE_SCALE, FrameMeta
 from flight.geolocate import pixel_to_latlon
-from flight.inference import TileModel, heatmap_peaks, merge_peaks
+from flight.inference import ModelCard, heatmap_peaks, merge_peaks
 from flight.ingest import FrameIngest
 
 GREEN, RED, NIR = BANDS.index("green"), BANDS.index("red"), BANDS.index("nir")
@@ -102,8 +102,26 @@ def encode_chip(strip: np.ndarray, row: float, col: float, size: int, max_bytes:
     return None
 
 
-class FramePipeline:
-    def __init__(self, cfg: FlightSection, calibrator: Calibrator, models: dict[str, TileModel]):
+class StripCalibrator(Protocol):
+    """What the pipeline calls of its calibrator (calibrate.Calibrator, or a wrapper around one)."""
+
+    def calibrate_strip(self, raw: np.ndarray, row0: int) -> np.ndarray: ...
+
+
+class TilePredictor(Protocol):
+    """What the pipeline uses of a model (inference.TileModel, or a wrapper around one)."""
+
+    @property
+    def card(self) -> ModelCard: ...
+
+    def run(self, tiles: np.ndarray) -> np.ndarray: ...
+
+
+M = TypeVar("M", bound=TilePredictor)
+
+
+class FramePipeline(Generic[M]):
+    def __init__(self, cfg: FlightSection, calibrator: StripCalibrator, models: dict[str, M]):
         if "cloud_screen" not in models:
             raise ValueError("the cloud_screen model is required")
         self.cfg = cfg

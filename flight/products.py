@@ -13,7 +13,7 @@ import dataclasses
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from spacepackets.ccsds.time import CdsShortTimestamp
 from spacepackets.ecss.tc import PusTc
@@ -46,11 +46,13 @@ class _Product:
     SUBTYPE: ClassVar[int]
     LAYOUT: ClassVar[str]  # struct format of the fixed fields, in dataclass field order
     TAIL: ClassVar[str | None] = None  # name of a trailing bytes/str field, if any
+    if TYPE_CHECKING:  # set by @dataclass on every concrete product; lets type[_Product] go to dataclasses.fields
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     product_id: int
 
     def pack(self) -> bytes:
-        names = [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+        names = [f.name for f in dataclasses.fields(self)]
         fixed = [getattr(self, n) for n in names if n != self.TAIL]
         head = struct.pack(self.LAYOUT, *fixed)
         if self.TAIL is None:
@@ -65,14 +67,14 @@ class _Product:
             raise PacketError(f"{cls.__name__} payload is {len(data)} bytes, layout needs {size}", cls.APID)
         values = list(struct.unpack_from(cls.LAYOUT, data))
         if cls.TAIL is not None:
-            tail_field = next(f for f in dataclasses.fields(cls) if f.name == cls.TAIL)  # type: ignore[arg-type]
+            tail_field = next(f for f in dataclasses.fields(cls) if f.name == cls.TAIL)
             tail = bytes(data[size:])
             if tail_field.type in (str, "str"):
                 try:
                     tail = tail.decode()  # type: ignore[assignment]
                 except UnicodeDecodeError as exc:
                     raise PacketError(f"{cls.__name__} text is not UTF-8", cls.APID) from exc
-            names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+            names = [f.name for f in dataclasses.fields(cls)]
             values.insert(names.index(cls.TAIL), tail)
         return cls(*values)
 
@@ -280,7 +282,7 @@ class CommandReport(_Product):
     message: str
 
     @property
-    def SUBTYPE(self) -> int:  # noqa: N802 (the class attribute name every product uses)
+    def SUBTYPE(self) -> int:  # type: ignore[override]  # noqa: N802 (per-instance: the report kind; read-only)
         return self.report
 
 

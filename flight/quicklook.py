@@ -9,6 +9,7 @@ chip request of a recent frame is a crop of its quicklook, at the quicklook's re
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -104,7 +105,7 @@ class RecentFrames:
         self.folder, self.frames = Path(folder), frames
         self.ring: OrderedDict[int, FrameMeta] = OrderedDict()
         self.meta: FrameMeta | None = None
-        self.file = None
+        self.file: BinaryIO | None = None
         if frames:
             self.folder.mkdir(parents=True, exist_ok=True)
             for stale in self.folder.glob("*.rgb"):  # a restart does not know what they were
@@ -138,6 +139,7 @@ class RecentFrames:
         """Forget the frame in progress (rejected or aborted)."""
         if self.file is not None:
             self.file.close()
+            assert self.meta is not None  # set together with self.file in begin()
             self._path(self.meta.frame_id).unlink(missing_ok=True)
         self.meta, self.file = None, None
 

@@ -134,6 +134,7 @@ class SecureContext(zmq.Context):
         if self._auth is None:
             self._auth = ThreadAuthenticator(self)
             self._auth.start()
+            assert self._curve_dir is not None  # self.curve is True
             self._auth.configure_curve(domain="*", location=str(self._curve_dir / "authorized"))
         public, secret = self._load(self._name, secret=True)
         sock.curve_publickey, sock.curve_secretkey = public, secret

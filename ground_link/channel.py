@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol, TypedDict
 
 import zmq
 
@@ -40,6 +41,17 @@ COUNTERS = ("packets_in", "packets_out", "bytes_out", "dropped_queue_full", "los
             "bits_flipped", "dropped_outside_contact", "dropped_no_listener")
 
 
+class LossModel(Protocol):
+    """What Direction needs of a loss model (linkmodel.NoLoss, RandomLoss, GilbertElliottLoss)."""
+
+    def lost(self) -> bool: ...
+
+
+class _DirectionExtra(TypedDict, total=False):
+    contacts: ContactPlan
+    scenario_s: Callable[[float], float]
+
+
 @dataclass
 class Direction:
     """One way of the link: serialisation at rate_bps, then a fixed propagation delay, then the
@@ -49,7 +61,7 @@ class Direction:
     rate_bps: float
     delay_s: float
     queue_max: int
-    loss: object = field(default_factory=NoLoss)  # .lost() -> bool, called once per packet on air
+    loss: LossModel = field(default_factory=NoLoss)  # .lost() -> bool, called once per packet on air
     bit_errors: BitErrors | None = None
     contacts: ContactPlan = field(default_factory=lambda: ContactPlan(None))
     scenario_s: Callable[[float], float] = lambda wall: wall  # wall time -> scenario seconds
@@ -107,7 +119,7 @@ def make_link(cfg: LinkSection, contacts: ContactPlan | None = None,
     """Downlink and uplink with the configured model; each direction has its own seeded streams."""
     down_loss, down_bits, up_loss, up_bits = make_rngs(cfg.seed)
     contacts = contacts or ContactPlan(None)
-    extra = {"contacts": contacts} | ({"scenario_s": scenario_s} if scenario_s else {})
+    extra: _DirectionExtra = ({"contacts": contacts, "scenario_s": scenario_s} if scenario_s else {"contacts": contacts})
     return (Direction("down", cfg.downlink_rate_bps, cfg.delay_ms / 1e3, cfg.queue_max_packets,
                       loss=make_loss(cfg, down_loss), bit_errors=BitErrors(cfg.bit_error_rate, down_bits), **extra),
             Direction("up", cfg.uplink_rate_bps, cfg.delay_ms / 1e3, cfg.queue_max_packets,

@@ -73,7 +73,7 @@ def analyse(run_dir: Path, frames: int) -> dict:
     windows = plan(frames)
     in_contact = lambda t: any(a <= t < b for a, b in windows)  # noqa: E731
     db = sqlite3.connect(run_dir / "archive.sqlite")
-    first_good = {}
+    first_good: dict[int, tuple[str, int]] = {}
     for (raw,) in db.execute("SELECT raw FROM packets WHERE ok = 1 ORDER BY id"):
         _, product = decode_tm(raw)
         first_good.setdefault(product.product_id, (type(product).__name__, len(raw)))

@@ -60,6 +60,8 @@ def query(archive: str | Path, kind: str = "detections", since: float | None = N
     """Rows matching every filter given, oldest capture first (alerts: in the order raised)."""
     db = sqlite3.connect(f"file:{archive}?mode=ro", uri=True)  # never create or change an archive
     try:
+        where: list[str]
+        args: list[float | str | None]  # SQL parameters
         where, args = [], []
         if since is not None:
             where.append("time_s >= ?")

@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 import zmq
 
@@ -31,8 +32,14 @@ from ground_link.archive import Archive
 FEED_TOPIC = b"alert"
 
 
+class Log(Protocol):
+    """What Station needs of its service: a log line (flight.service.Service, or a quiet stand-in)."""
+
+    def log(self, msg: str, /) -> None: ...
+
+
 class Station:
-    def __init__(self, scenario: Scenario, archive: Path, as_json: bool, svc: Service,
+    def __init__(self, scenario: Scenario, archive: Path, as_json: bool, svc: Log,
                  clock: ScenarioClock | None = None, alerts_file: Path | None = None, feed: zmq.Socket | None = None):
         self.sc, self.svc, self.as_json, self.clock, self.feed = scenario, svc, as_json, clock, feed
         self.archive = Archive(archive)

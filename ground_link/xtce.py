@@ -19,7 +19,7 @@ import sys
 import xml.etree.ElementTree as ET
 
 from flight.dictionary import TIMESTAMP_LEN, Apid
-from flight.products import PRODUCT_TYPES
+from flight.products import PRODUCT_TYPES, _Product
 
 NS = "http://www.omg.org/spec/XTCE/20180204"
 XSD = "https://www.omg.org/spec/XTCE/20180204/SpaceSystem.xsd"
@@ -54,7 +54,7 @@ STRUCT_TYPES = {"B": ("u", 8), "H": ("u", 16), "I": ("u", 32), "Q": ("u", 64), "
 UNITS = {"s": "s", "ms": "ms", "deg": "deg", "px": "px", "m": "m", "km": "km", "mib": "MiB", "bps": "bit/s"}
 
 
-def parameter_name(cls: type, field: str) -> str:
+def parameter_name(cls: type[_Product], field: str) -> str:
     return f"{Apid(cls.APID).name}__{field}"
 
 
@@ -64,7 +64,7 @@ def unit_of(field: str) -> str | None:
     return UNITS.get(suffix)
 
 
-def fixed_fields(cls: type) -> list[tuple[str, str]]:
+def fixed_fields(cls: type[_Product]) -> list[tuple[str, str]]:
     """(field name, struct code) of the fixed part, in packing order."""
     names = [f.name for f in dataclasses.fields(cls) if f.name != cls.TAIL]
     codes = [c for c in cls.LAYOUT.lstrip("<>!=@") if not c.isdigit()]
