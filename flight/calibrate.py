@@ -62,9 +62,10 @@ import struct
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import cv2
 import numpy as np
@@ -281,24 +282,8 @@ class CalibrationProducts:
         (numpy decompresses each in small chunks into its final array): the peak memory of a load
         is the products themselves.
         """
-        where = f"calibration file {os.fspath(path)!r}"
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                missing = {"meta", "crc32", *_ARRAYS} - set(data.keys())
-                if missing:
-                    raise ValueError(f"{where}: missing {sorted(missing)}")
-                meta_json = str(data["meta"])
-                crc = int(data["crc32"])
-                meta = _check_meta(where, meta_json)
-                arrays = {}
-                for name in _ARRAYS:
-                    arrays[name] = data[name]
-        except ValueError as exc:
-            if str(exc).startswith(where):
-                raise
-            raise ValueError(f"{where}: not a calibration .npz ({exc})") from exc
-        except (OSError, EOFError, zipfile.BadZipFile, KeyError, zlib.error) as exc:
-            raise ValueError(f"{where}: unreadable or truncated ({type(exc).__name__}: {exc})") from exc
+        with _open_npz(path) as (where, data, meta_json, crc, meta):
+            arrays = {name: data[name] for name in _ARRAYS}
         try:
             products = CalibrationProducts(
                 version=str(meta["version"]),
@@ -373,6 +358,16 @@ def _write_tables(f, meta_json: str, crc: int, products: CalibrationProducts) ->
 def _npz_head(path: Path) -> tuple[str, int, dict, np.ndarray]:
     """Metadata JSON, CRC-32, checked metadata and bad pixels of a products .npz, without its
     tables (the members are read on demand)."""
+    with _open_npz(path) as (_, data, meta_json, crc, meta):
+        bad = data["bad_pixels"]
+    return meta_json, crc, meta, bad
+
+
+@contextlib.contextmanager
+def _open_npz(path: str | os.PathLike) -> Iterator[tuple[str, Any, str, int, dict]]:
+    """A products .npz opened with its metadata checked (members are read on demand): yields
+    (where, members, metadata JSON, CRC-32, metadata). Any problem, also while reading members
+    inside the block, comes out as a ValueError naming the file."""
     where = f"calibration file {os.fspath(path)!r}"
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -380,16 +375,13 @@ def _npz_head(path: Path) -> tuple[str, int, dict, np.ndarray]:
             if missing:
                 raise ValueError(f"{where}: missing {sorted(missing)}")
             meta_json = str(data["meta"])
-            crc = int(data["crc32"])
-            meta = _check_meta(where, meta_json)
-            bad = data["bad_pixels"]
+            yield where, data, meta_json, int(data["crc32"]), _check_meta(where, meta_json)
     except ValueError as exc:
         if str(exc).startswith(where):
             raise
         raise ValueError(f"{where}: not a calibration .npz ({exc})") from exc
     except (OSError, EOFError, zipfile.BadZipFile, KeyError, zlib.error) as exc:
         raise ValueError(f"{where}: unreadable or truncated ({type(exc).__name__}: {exc})") from exc
-    return meta_json, crc, meta, bad
 
 
 def _products_head(where: str, meta: dict, bad: np.ndarray) -> CalibrationProducts:
