@@ -209,6 +209,50 @@ def report() -> None:
     print(f"Sensor.expose 2048 x 2048 x 6: median {np.median(ts) * 1e3:.0f} ms")
 
 
+def detections_figure(out: Path, size: int = 1024) -> list[Path]:
+    """What the flight software reported on a scene against the truth: the scene through the
+    sensor model and the real flight pipeline (calibration, INT8 cascade), then drawn with the
+    truth (yellow cloud outline, cyan ship circles, red fire squares) and the flight's output
+    (magenta: tiles it called cloudy; white crosses: its detections)."""
+    import json
+
+    from flight.config import load_scenario
+    from flight.inference import TileModel, model_path
+    from flight.pipeline import FramePipeline
+
+    cfg = load_scenario(Path(__file__).parent / "scenarios" / "demo.toml").flight
+    models = {s.model: TileModel(model_path(s.model)) for s in cfg.cascade}
+    written = []
+    for name in ("coast_clouds", "land_fires_smoke", "sea_ships"):
+        kw = dict(SYNTHETIC[name])
+        scene = synthetic_scene(kw.pop("seed"), kw.pop("frame_id"), height=size, width=size, **kw)
+        sensor, raw, _ = sensor_and_calibrate(scene.reflectance, seed=2)
+        pipe = FramePipeline(cfg, Calibrator(sensor.calibration_products(version="gallery")), models)
+        pipe.begin(json.dumps({"frame_id": 0, "capture_time_s": 0.0, "height": size, "width": size}).encode())
+        for r in range(0, size, 128):
+            pipe.strip(0, r, 128, np.ascontiguousarray(raw[:, r : r + 128]).tobytes())
+        result = pipe.finish()
+        img = _panel(scene.reflectance, ("red", "green", "blue"), 0.3, PANEL_PX)
+        _overlay(img, scene)
+        k = PANEL_PX / size
+        t = cfg.tile_px * k
+        for (i, j), frac in np.ndenumerate(result.tile_cloud):
+            if frac >= 0.5:
+                cv2.rectangle(img, (int(j * t) + 1, int(i * t) + 1), (int((j + 1) * t) - 1, int((i + 1) * t) - 1),
+                              (255, 0, 255), 1)
+        for d in result.detections:
+            cv2.drawMarker(img, (int(d.col_px * k), int(d.row_px * k)), (255, 255, 255), cv2.MARKER_CROSS, 9, 1)
+        truth = {kind: sum(1 for o in scene.objects if o.kind == kind and not o.occluded) for kind in ("ship", "fire")}
+        found = {kind: sum(1 for d in result.detections if d.class_id == c) for kind, c in (("ship", 1), ("fire", 2))}
+        label = (f"{name}: cloud truth {scene.cloud_fraction:.2f} flight {result.cloud_fraction:.2f}; "
+                 f"ships {found['ship']} found / {truth['ship']} true; fires {found['fire']} / {truth['fire']}")
+        path = out / f"detections_{name}.png"
+        n = save_png(_label(img, label), path)
+        print(f"{path}  {n // 1000} kB  {label}")
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("docs/gallery"))
@@ -217,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)
     make_gallery(args.out, args.size)
+    detections_figure(args.out, args.size)
     if args.report:
         report()
 
