@@ -244,8 +244,9 @@ def detections_figure(out: Path, size: int = 1024) -> list[Path]:
             cv2.drawMarker(img, (int(d.col_px * k), int(d.row_px * k)), (255, 255, 255), cv2.MARKER_CROSS, 9, 1)
         truth = {kind: sum(1 for o in scene.objects if o.kind == kind and not o.occluded) for kind in ("ship", "fire")}
         found = {kind: sum(1 for d in result.detections if d.class_id == c) for kind, c in (("ship", 1), ("fire", 2))}
-        label = (f"{name}: cloud truth {scene.cloud_fraction:.2f} flight {result.cloud_fraction:.2f}; "
-                 f"ships {found['ship']} found / {truth['ship']} true; fires {found['fire']} / {truth['fire']}")
+        # found / true counts, and truth / flight cloud fraction
+        label = (f"{name}: cloud {scene.cloud_fraction:.2f}/{result.cloud_fraction:.2f} "
+                 f"ships {found['ship']}/{truth['ship']} fires {found['fire']}/{truth['fire']}")
         path = out / f"detections_{name}.png"
         n = save_png(_label(img, label), path)
         print(f"{path}  {n // 1000} kB  {label}")
