@@ -1,4 +1,4 @@
-"""Hours of orbit in seconds: the whole system on the scenario clock, downlinking only in the
+"""An hour and more of orbit in seconds: the whole system on the scenario clock, downlinking only in the
 contact windows computed from the orbit, store-and-forward across the gap between passes."""
 
 import json
@@ -24,14 +24,14 @@ def test_products_wait_for_the_next_pass_and_all_arrive_once(tmp_path):
     assert not left
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["frames_processed"] == summary["frames_captured"] == 23
+    assert summary["frames_processed"] == summary["frames_captured"] == 14
     launch = json.loads((run_dir / "launch.json").read_text())
     clock_start, rate = launch["clock_start"], 200.0
 
     windows = contact_windows(Orbit(*DEFAULT_TLE, parse_epoch("2026-11-28T06:00:00Z")), DEFAULT_STATIONS, 0, 12000)
     db = sqlite3.connect(run_dir / "archive.sqlite")
     rows = db.execute("SELECT frame_id, time_s, received_wall FROM products WHERE kind = 'FrameSummary'").fetchall()
-    assert sorted(r[0] for r in rows) == list(range(23))  # every frame once
+    assert sorted(r[0] for r in rows) == list(range(14))  # every frame once
     waited = 0
     for _, captured_s, received_wall in rows:
         received_s = (received_wall - clock_start) * rate
@@ -41,4 +41,4 @@ def test_products_wait_for_the_next_pass_and_all_arrive_once(tmp_path):
             nxt = min(w.aos_s for w in windows if w.los_s > captured_s)
             assert received_s >= nxt - 1  # stored until the next AOS
             waited += 1
-    assert waited >= 15
+    assert waited == 14  # all captured before the first AOS
