@@ -732,7 +732,7 @@ class FlightApp:
             self.quicklooks.clear()  # shed what is optional first
 
     def status(self, force: bool = False) -> None:
-        self.svc.write_status(dict(
+        self.svc.write_status(lambda: dict(
             self.counts, eos=self.eos, store_products=self.store.pending(),
             peak_rss_mib=self.proc.memory_info().rss / 2**20 if force else None, cores=self.cores,
             last_latency_ms=self.last_latency_ms, mode=self.modes.mode.name, last_counter=self.auth.last_counter,

@@ -682,14 +682,7 @@ class Calibrator:
         if not isinstance(raw, np.ndarray) or raw.dtype != np.uint16 or raw.shape != self.shape:
             got = f"{raw.dtype} {raw.shape}" if isinstance(raw, np.ndarray) else type(raw).__name__
             raise ValueError(f"Calibrator: raw frame must be uint16 {self.shape}, got {got}")
-        if not raw.flags.c_contiguous:
-            raw = np.ascontiguousarray(raw)
-        if out is None:
-            out = np.empty(self.shape, np.uint16)
-        elif out.dtype != np.uint16 or out.shape != self.shape or not out.flags.c_contiguous:
-            raise ValueError(f"Calibrator: out must be C-contiguous uint16 {self.shape}")
-        self._rows(raw, 0, out)
-        return out
+        return self.calibrate_strip(raw, 0, out)  # a whole frame is the strip of all its rows
 
     def calibrate_strip(self, raw: np.ndarray, row0: int, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``row0 .. row0 + n`` of a frame: uint16 (6, n, W) DN -> uint16 (6, n, W) reflectance."""

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from flight.clock import ScenarioClock, parse_epoch
@@ -37,12 +38,15 @@ class Service:
     def log(self, msg: str) -> None:
         print(f"[{self.name}] {msg}", file=sys.stderr, flush=True)
 
-    def write_status(self, status: dict, every_s: float = 0.25, force: bool = False) -> None:
-        """Atomically replace <run_dir>/<name>.status.json (rate-limited unless forced)."""
+    def write_status(self, status: dict | Callable[[], dict], every_s: float = 0.25, force: bool = False) -> None:
+        """Atomically replace <run_dir>/<name>.status.json (rate-limited unless forced). A callable
+        is only called when a write is due, so a costly status is not built on every loop turn."""
         now = time.monotonic()
         if self.run_dir is None or (not force and now - self._last_status < every_s):
             return
         self._last_status = now
+        if callable(status):
+            status = status()
         path = self.run_dir / f"{self.name}.status.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
