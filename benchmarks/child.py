@@ -113,12 +113,13 @@ class CvTileModel:
         self.batch_size = batch_size
 
     def run(self, tiles: np.ndarray) -> np.ndarray:
+        from flight.inference import quantize_tiles
+
         card = self.card
         n = tiles.shape[0]
         out = np.empty((n,) + tuple(card.output_shape[1:]), dtype=np.float32)
-        scale = np.float32(card.input_scale)
         for s in range(0, n, self.batch_size):
-            x = np.multiply(tiles[s : s + self.batch_size], scale, dtype=np.float32)
+            x = quantize_tiles(tiles[s : s + self.batch_size], card.quant_scale, card.quant_zero_point, card.input_scale)
             self.net.setInput(x)
             y = self.net.forward(card.output_name)
             out[s : s + len(x)] = np.asarray(y).reshape(out[s : s + len(x)].shape)

@@ -108,7 +108,7 @@ def load_golden(path: Path) -> Golden:
     except Exception as exc:  # zipfile, numpy and KeyError all signal a malformed file
         raise ModelUpdateError(f"golden vectors unreadable: {type(exc).__name__}: {exc}") from None
     if tiles.dtype != np.uint16 or tiles.ndim != 4 or not 0 < len(tiles) <= GOLDEN_MAX_TILES:
-        raise ModelUpdateError(f"golden tiles are {tiles.dtype} {tiles.shape}, need uint16 (1..{GOLDEN_MAX_TILES}, 6, 64, 64)")
+        raise ModelUpdateError(f"golden tiles are {tiles.dtype} {tiles.shape}, need uint16 (1..{GOLDEN_MAX_TILES}, 64, 64, 6)")
     return {"tiles": tiles, "int8": want, "sha256": sha}
 
 

@@ -72,17 +72,30 @@ class FrameResult:
         return sum(1 for d in self.detections if d.class_id == cls)
 
 
-def tiles_of(strip: np.ndarray, tile_px: int) -> np.ndarray:
-    """(bands, t, W) -> (W // t, bands, t, t), contiguous (one copy of the strip)."""
-    bands, rows, width = strip.shape
-    n = width // tile_px
-    return np.ascontiguousarray(strip.reshape(bands, rows, n, tile_px).transpose(2, 0, 1, 3))
+def tiles_of(image: np.ndarray, tile_px: int) -> np.ndarray:
+    """(bands, rows, W) strip or frame -> (tiles, t, t, bands), row-major, contiguous: the models'
+    channels-last tile layout. Rows and columns beyond whole tiles are dropped. OpenCV interleaves
+    the bands in one pass (3x faster than a numpy transpose copy)."""
+    bands, rows, width = image.shape
+    r, c = rows // tile_px, width // tile_px
+    crop = image[:, : r * tile_px, : c * tile_px]
+    bil = cv2.merge(list(crop)) if bands > 1 else crop[0][..., None]  # (rows, W, bands)
+    bil = bil.reshape(r * tile_px, c * tile_px, bands)  # cv2.merge drops a trailing axis of 1
+    return np.ascontiguousarray(bil.reshape(r, tile_px, c, tile_px, bands).transpose(0, 2, 1, 3, 4)).reshape(
+        r * c, tile_px, tile_px, bands)
 
 
-def tile_ndwi(tiles: np.ndarray) -> np.ndarray:
-    """Mean normalized difference water index per tile (green vs nir); water is > ~0.2."""
-    g = tiles[:, GREEN].mean(axis=(1, 2), dtype=np.float32)
-    n = tiles[:, NIR].mean(axis=(1, 2), dtype=np.float32)
+def tile_ndwi(image: np.ndarray, tile_px: int) -> np.ndarray:
+    """Mean normalized difference water index per tile (green vs nir) of a (bands, rows, W) strip
+    or frame, row-major like ``tiles_of``; water is > ~0.2."""
+    _, rows, width = image.shape
+    r, c = rows // tile_px, width // tile_px
+
+    def means(band: int) -> np.ndarray:
+        x = image[band, : r * tile_px, : c * tile_px].reshape(r, tile_px, c, tile_px)
+        return x.mean(axis=(1, 3), dtype=np.float32).reshape(-1)
+
+    g, n = means(GREEN), means(NIR)
     return (g - n) / np.maximum(g + n, 1.0)
 
 
@@ -213,7 +226,7 @@ class FramePipeline(Generic[M]):
         steps = [s for s in cfg.cascade[1:] if s.enabled and s.model in self.models and s.model not in self.disabled]
         if steps:
             clear = cloud < cfg.clear_tile_max_cloud
-            water = tile_ndwi(tiles) > cfg.water_ndwi_min
+            water = tile_ndwi(cal, cfg.tile_px) > cfg.water_ndwi_min
             for step in steps:
                 self._detect(step, tiles, cal, row0, clear & self._where(step, water))
         ms["detect"] += (time.perf_counter() - t2) * 1e3

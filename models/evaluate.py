@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -67,7 +68,28 @@ def evaluate_scene(path, card_path=None, precision: str = "int8", noise_seed: in
     out = {"scene": str(path), "model": model.card.name, "version": model.card.version, "precision": precision,
            "sensor_noise_seed": noise_seed, "threshold": model.card.threshold, "counts_are": "tiles"}
     out.update(cloud_metrics(pred, truth, model.card.threshold))
+    heldout = trained_half(card_path, path)
+    if heldout is not None:
+        held = ds.real_heldout(heldout, 512)
+        if len(held) == len(tiles):
+            out["trained_on_part_of_this_scene"] = True
+            out["heldout"] = {"tiles_are": f"tiles outside the {heldout} half this model was trained on",
+                              **cloud_metrics(pred[held], truth[held], model.card.threshold)}
     return out
+
+
+def trained_half(card_path, scene_path) -> str | None:
+    """The fold ('west' / 'east') of ``scene_path`` the model's training used, when the card says
+    training saw part of this scene (matched by the scene file's sha256); else None."""
+    import hashlib
+
+    card = json.loads(Path(card_path).read_text())
+    real = card.get("real_scene_metrics") or {}
+    use = real.get("training_use") or {}
+    digest = hashlib.sha256(Path(scene_path).read_bytes()).hexdigest()
+    if any(isinstance(v, dict) and v.get("sha256") == digest for v in real.values()) and use.get("fold"):
+        return str(use["fold"])
+    return None
 
 
 # ----------------------------------------------------------------------------------- detectors
@@ -124,7 +146,7 @@ def detector_frames(model_name: str, run, split: str = "test", n: int = 30, size
         tiles = ds.tiles_of(frame)
         cols = size // ds.TILE
         frac = ds.mask_tiles(scene.cloud_mask).mean(axis=(1, 2))
-        water = ds.tile_ndwi(tiles) > ds.NDWI_MIN
+        water = ds.tile_ndwi(frame) > ds.NDWI_MIN
         keep = (frac < ds.CLEAR_MAX) & (water if model_name == "ship_detect" else ~water)
         idx = np.flatnonzero(keep)
         heat = run(tiles[idx]) if idx.size else None
@@ -160,16 +182,17 @@ def detector_score(frames: list, threshold: float, stride: int, merge_px: float 
     }
 
 
-def tune_threshold(frames: list, stride: int, grid=None) -> tuple[float, dict]:
-    """Threshold with the best F1 on the (validation) frames."""
+def tune_threshold(frames: list, stride: int, grid=None, rule: str = "f1") -> tuple[float, dict]:
+    """Threshold chosen on (validation) frames: the best F1, or with rule "min_recall_precision"
+    the best of the smaller of recall and precision (for targets that ask both to reach a level)."""
     grid = grid if grid is not None else [round(0.1 + 0.05 * i, 2) for i in range(17)]
     best = None
     for thr in grid:
         m = detector_score(frames, thr, stride)
         p, r = m["precision"], m["recall"]
-        f1 = 2 * p * r / max(p + r, 1e-9)
-        if best is None or f1 > best[0] + 1e-9:
-            best = (f1, thr, m)
+        score = min(p, r) if rule == "min_recall_precision" else 2 * p * r / max(p + r, 1e-9)
+        if best is None or score > best[0] + 1e-9:
+            best = (score, thr, m)
     return best[1], best[2]
 
 

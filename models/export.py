@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-INPUT_NAME = "reflectance"
+INPUT_NAME = "reflectance"  # float NCHW input of the exported torch graph (internal after the rewrite)
+UINT8_INPUT = "tiles_u8"  # what flies: uint8 (N, 64, 64, 6), see channels_last_uint8_input
 INPUT_SCALE = 1e-4  # model input = uint16 reflectance * 1e-4
 OPSET = 17
 
@@ -78,7 +79,9 @@ class TileReader:
     def get_next(self):
         if self.i >= len(self.tiles):
             return None
-        x = self.tiles[self.i: self.i + self.batch].astype(np.float32) * np.float32(INPUT_SCALE)
+        # channels-last uint16 tiles -> the float graph's (N, 6, 64, 64) reflectance
+        x = np.ascontiguousarray(np.moveaxis(self.tiles[self.i: self.i + self.batch], -1, 1), dtype=np.float32)
+        x *= np.float32(INPUT_SCALE)
         self.i += self.batch
         return {INPUT_NAME: x}
 
@@ -121,6 +124,48 @@ def quantize(fp32_path, int8_path, calib_tiles: np.ndarray, input_range: tuple[f
     m.producer_version = ""
     onnx.save(m, str(int8_path))
     return Path(int8_path)
+
+
+# ------------------------------------------------------------------------- flight input contract
+def channels_last_uint8_input(int8_src, fp32_src, int8_dst, fp32_dst) -> tuple[float, int]:
+    """Rewrite both files to take the flight's tiles as they are: uint8 (N, 64, 64, 6).
+
+    INT8: the input QuantizeLinear is removed and the uint8 input is transposed to NCHW in its
+    place; onnxruntime's layout transformer then cancels that transpose against the one it puts
+    before its channels-last QLinearConv, so no transpose runs at all. FP32: the same uint8 input
+    is dequantized with the same scale and zero point, then transposed, so both files see
+    identical inputs and differ only in the model's arithmetic. Returns (scale, zero_point)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m8 = onnx.load(str(int8_src))
+    g = m8.graph
+    q = next(n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] == INPUT_NAME)
+    inits = {t.name: t for t in g.initializer}
+    scale = float(numpy_helper.to_array(inits[q.input[1]]))
+    zp = int(numpy_helper.to_array(inits[q.input[2]])) if len(q.input) > 2 else 0
+    g.node.remove(q)
+    g.node.insert(0, helper.make_node("Transpose", [UINT8_INPUT], [q.output[0]], perm=[0, 3, 1, 2], name="tiles_to_nchw"))
+    new_in = helper.make_tensor_value_info(UINT8_INPUT, TensorProto.UINT8, ["batch", 64, 64, 6])
+    old_in = next(i for i in g.input if i.name == INPUT_NAME)
+    g.input.remove(old_in)
+    g.input.insert(0, new_in)
+    onnx.checker.check_model(m8)
+    onnx.save(m8, str(int8_dst))
+
+    m32 = onnx.load(str(fp32_src))
+    g = m32.graph
+    old_in = next(i for i in g.input if i.name == INPUT_NAME)
+    g.input.remove(old_in)
+    g.input.insert(0, new_in)
+    g.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), "tiles_u8_scale"),
+                          numpy_helper.from_array(np.array(zp, np.uint8), "tiles_u8_zero_point")])
+    g.node.insert(0, helper.make_node("Transpose", ["tiles_f32_nhwc"], [INPUT_NAME], perm=[0, 3, 1, 2], name="tiles_to_nchw"))
+    g.node.insert(0, helper.make_node("DequantizeLinear", [UINT8_INPUT, "tiles_u8_scale", "tiles_u8_zero_point"],
+                                      ["tiles_f32_nhwc"], name="tiles_dequantize"))
+    onnx.checker.check_model(m32)
+    onnx.save(m32, str(fp32_dst))
+    return scale, zp
 
 
 # ------------------------------------------------------------------------------------------- MACs

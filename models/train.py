@@ -1,6 +1,6 @@
 """Model definitions and training (torch, CPU, build time only).
 
-All models take float32 reflectance (uint16 * 1e-4), shape (N, 6, 64, 64), with no clamp or
+In torch, models take float32 reflectance (uint16 * 1e-4), shape (N, 6, 64, 64), with no clamp or
 normalisation in the graph: the sensor saturates at reflectance 1.14-1.33, so calibrated input
 stays below ~1.5 and the INT8 input scale (MinMax over training tiles) covers it. (A Clip op on
 the full-resolution input cost as much time as the convolutions.)
@@ -15,6 +15,7 @@ fire_detect   centres (CenterNet-style Gaussian targets, sigma ~ 1 cell), (N, 64
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -31,8 +32,11 @@ def set_determinism(seed: int, threads: int = 1) -> None:
     torch.use_deterministic_algorithms(True)
 
 
-def conv_bn(cin, cout, k, stride=1, pad=0):
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride=stride, padding=pad, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+def conv_bn(cin, cout, k, stride=1, pad=0, dilation=1, act: str = "relu"):
+    """conv -> batch norm -> ReLU; act "relu6" bounds the activation at 6 (a fixed, outlier-free
+    INT8 range: MobileNet's trick for quantization)."""
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU6() if act == "relu6" else nn.ReLU())
 
 
 class CloudNet(nn.Module):
@@ -54,12 +58,17 @@ class CloudNet(nn.Module):
 
 
 class HeatNet(nn.Module):
-    def __init__(self, stride: int = 2, c: int = 16, depth: int = 2, dilations=(1, 2)):
+    def __init__(self, stride: int = 2, c: int = 16, depth: int = 2, dilations=(1, 2), stem: str = "patch",
+                 act: str = "relu"):
         super().__init__()
-        layers = [conv_bn(6, c, stride, stride=stride)]
+        if stem == "patch":  # s x s space-to-depth conv: cheapest, but a 3 px ship is a fraction of one cell
+            layers = [conv_bn(6, c, stride, stride=stride, act=act)]
+        else:  # "s2": 2x2 stride-2 conv, then a 3x3 stride-2 conv, keeps 2 px detail for small objects
+            assert stride == 4, "the s2 stem reaches stride 4"
+            layers = [conv_bn(6, c // 2, 2, stride=2, act=act), conv_bn(c // 2, c, 3, stride=2, pad=1, act=act)]
         for i in range(depth):
             d = dilations[i % len(dilations)]
-            layers.append(nn.Sequential(nn.Conv2d(c, c, 3, padding=d, dilation=d, bias=False), nn.BatchNorm2d(c), nn.ReLU()))
+            layers.append(conv_bn(c, c, 3, pad=d, dilation=d, act=act))
         self.body = nn.Sequential(*layers)
         self.head = nn.Conv2d(c, 1, 1)
         self.stride = stride
@@ -96,24 +105,35 @@ def augment_radiometry(x: torch.Tensor, rng: np.random.Generator, p_clip: float 
 
 
 def _as_float(tiles: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(tiles.astype(np.float32) * np.float32(SCALE))
+    """uint16 channels-last tiles (N, 64, 64, 6) -> float32 reflectance (N, 6, 64, 64) for torch."""
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(tiles, -1, 1), dtype=np.float32) * np.float32(SCALE))
 
 
 # ------------------------------------------------------------------------------------- cloud
 def train_cloud(data: dict, epochs: int = 12, seed: int = 1, c: int = 16, lr: float = 3e-3, batch: int = 64,
-                embed: str = "conv", ctx: int = 2, thin_weight: float = 1.0, log=print) -> CloudNet:
+                embed: str = "conv", ctx: int = 2, thin_weight: float = 1.0, real: dict | None = None,
+                real_share: float = 0.0, log=print) -> CloudNet:
+    """``real``: crops from real scenes (same keys as ``data``); they make up ``real_share`` of the
+    tiles drawn in each epoch (sampled with replacement), the synthetic tiles the rest."""
     set_determinism(seed)
     rng = np.random.default_rng(seed)
     model = CloudNet(c, embed, ctx)
+    n_syn = len(data["tiles"])
+    if real is not None and real_share > 0:
+        data = {k: np.concatenate([data[k], real[k]]) for k in ("tiles", "cells", "thin")}
     tiles, cells = data["tiles"], data["cells"]
     n = len(tiles)
+    draw = None  # sampling probabilities when real crops are mixed in
+    if n > n_syn:
+        draw = np.concatenate([np.full(n_syn, (1 - real_share) / n_syn), np.full(n - n_syn, real_share / (n - n_syn))])
+        n = n_syn  # an epoch is as long as the synthetic set
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * math.ceil(n / batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     t0 = time.time()
     for ep in range(epochs):
         model.train()
-        perm = rng.permutation(n)
+        perm = rng.permutation(n) if draw is None else rng.choice(len(tiles), size=n, p=draw)
         tot = 0.0
         for i in range(0, n, batch):
             idx = np.sort(perm[i: i + batch])
@@ -166,42 +186,127 @@ def heat_targets(objects: np.ndarray, n: int, stride: int, sigma_px: float, sigm
 def train_heat(data: dict, stride: int, epochs: int = 15, seed: int = 1, c: int = 16, depth: int = 2,
                sigma_px: float = 1.5, lr: float = 3e-3, batch: int = 64, pos_weight: float = 20.0,
                dilations=(1, 2), sigma_per_length: float = 0.25, cloudy_boost: float = 1.0, name: str = "heat",
-               log=print) -> HeatNet:
+               stem: str = "patch", act: str = "relu", qat_epochs: int = 0, log=print) -> HeatNet:
+    """Train a heatmap detector; then, if ``qat_epochs``, fine-tune it quantization-aware
+    (see ``ActivationFakeQuant``) so that the INT8 file decides like the FP32 one."""
     set_determinism(seed)
     rng = np.random.default_rng(seed)
-    model = HeatNet(stride, c, depth, dilations)
+    model = HeatNet(stride, c, depth, dilations, stem, act)
     tiles = data["tiles"]
     n = len(tiles)
     tgt, wgt = heat_targets(data["objects"], n, stride, sigma_px, sigma_per_length)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * math.ceil(n / batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     # tiles with some cloud hold the look-alikes (small bright cloudlets): sample them more often
     sw = np.where(data["cloud"] > 0, cloudy_boost, 1.0) if "cloud" in data else np.ones(n)
     sw = sw / sw.sum()
-    t0 = time.time()
-    for ep in range(epochs):
-        model.train()
+
+    def batches():
         perm = rng.permutation(n) if cloudy_boost == 1.0 else rng.choice(n, size=n, p=sw)
-        tot = 0.0
         for i in range(0, n, batch):
             idx = np.sort(perm[i: i + batch])
             x = _as_float(tiles[idx])
             y, w = torch.from_numpy(tgt[idx][:, None]), torch.from_numpy(wgt[idx][:, None])
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
             x, y, w = _d4(x, k, flip), _d4(y, k, flip), _d4(w, k, flip)
-            x = augment_radiometry(x, rng, p_clip=0.0)
-            logits = model.logits(x)
-            # soft-target BCE, positives (target mass) up-weighted: objects are rare cells
-            w = w * (1.0 + pos_weight * y)
-            loss = (nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none") * w).sum() / w.sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot += float(loss.detach()) * len(idx)
+            yield augment_radiometry(x, rng, p_clip=0.0), y, w
+
+    def step(x, y, w, opt, sched, fq=None):
+        # soft-target BCE, positives (target mass) up-weighted: objects are rare cells
+        w = w * (1.0 + pos_weight * y)
+
+        def bce():
+            return (nn.functional.binary_cross_entropy_with_logits(model.logits(x), y, reduction="none") * w).sum() / w.sum()
+
+        if fq is None:
+            loss = bce()
+        else:  # both the INT8-like and the float forward pass fit the targets, so the two files agree
+            loss = 0.5 * bce()
+            with fq.off():
+                loss = loss + 0.5 * bce()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        return float(loss.detach()) * len(x)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * math.ceil(n / batch), pct_start=0.15)
+    t0 = time.time()
+    for ep in range(epochs):
+        model.train()
+        tot = sum(step(x, y, w, opt, sched) for x, y, w in batches())
         log(f"    {name} epoch {ep + 1}/{epochs} loss {tot / n:.4f} ({time.time() - t0:.0f} s)")
+    if qat_epochs > 0:
+        fq = ActivationFakeQuant(model)
+        model.eval()
+        with torch.no_grad():  # observe activation ranges (min/max, like the INT8 calibration)
+            for j, (x, _, _) in enumerate(batches()):
+                model.logits(fq.input(x))
+                if j == 15:
+                    break
+        fq.freeze()
+        qlr = lr / 10
+        opt = torch.optim.AdamW(model.parameters(), lr=qlr, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=qat_epochs * math.ceil(n / batch))
+        for ep in range(qat_epochs):
+            model.train()
+            for m in model.modules():  # batch-norm statistics stay as trained (they fold into the convs)
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+            tot = sum(step(fq.input(x), y, w, opt, sched, fq) for x, y, w in batches())
+            log(f"    {name} quantization-aware epoch {ep + 1}/{qat_epochs} loss {tot / n:.4f} ({time.time() - t0:.0f} s)")
+        fq.remove()
     return model.eval()
+
+
+class ActivationFakeQuant:
+    """Quantization-aware fine-tuning, activations only: the input and every ReLU and head output
+    are rounded to 8 bits over the range observed on training batches (uint8 from 0 after a ReLU,
+    asymmetric for the input and the logits), as onnxruntime's static QDQ quantization will do,
+    with straight-through gradients. Weights stay float (int8 per-channel weights lose far less).
+    Each step fits both the quantized and the float forward pass (half the loss each), so the
+    fine-tuned FP32 file still decides like the INT8 one.
+    Forward hooks, removed before export, so the exported graph is the plain float model."""
+
+    def __init__(self, model: nn.Module):
+        self.lo: dict = {}
+        self.hi: dict = {}
+        self.frozen = False
+        self.active = True
+        self.handles = []
+        targets = [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.ReLU6))] + [model.head]
+        for k, m in enumerate(targets):
+            self.handles.append(m.register_forward_hook(lambda mod, inp, out, key=k: self._q(key, out)))
+
+    @contextlib.contextmanager
+    def off(self):
+        """Activations in float (the input stays quantized: the FP32 file gets the same uint8 input)."""
+        self.active = False
+        try:
+            yield
+        finally:
+            self.active = True
+
+    def _q(self, key, x):
+        if not self.active and key != "input":
+            return x
+        if not self.frozen:
+            self.lo[key] = min(self.lo.get(key, 0.0), float(x.min()))
+            self.hi[key] = max(self.hi.get(key, 0.0), float(x.max()))
+            return x
+        lo, hi = self.lo[key], self.hi[key]
+        scale = max(hi - lo, 1e-8) / 255.0
+        zp = int(round(-lo / scale))
+        return torch.fake_quantize_per_tensor_affine(x, scale, zp, 0, 255)
+
+    def input(self, x):
+        return self._q("input", x)
+
+    def freeze(self):
+        self.frozen = True
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
 
 
 def predict(model: nn.Module, tiles: np.ndarray, batch: int = 256) -> np.ndarray:

@@ -29,7 +29,7 @@ def _copy_model(tmp_path: Path, name: str = "cloud_screen") -> Path:
 
 def _tiles(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 12000, size=(n, 6, 64, 64)).astype(np.uint16)
+    return rng.integers(0, 12000, size=(n, 64, 64, 6)).astype(np.uint16)
 
 
 def test_cloud_model_is_installed():
@@ -42,7 +42,8 @@ def test_cloud_model_is_installed():
 def test_committed_cards_parse(name):
     card = ModelCard.load(model_path(name))
     assert card.name == name
-    assert card.input_shape == (None, 6, 64, 64)
+    assert card.input_shape == (None, 64, 64, 6)
+    assert 0 < card.quant_scale < 0.02 and 0 <= card.quant_zero_point <= 255
     assert card.bands == ("blue", "green", "red", "nir", "swir16", "swir22")
     assert card.input_scale == pytest.approx(1e-4)
     assert (MODELS / card.file).stat().st_size == card.size_bytes <= 256 * 1024
@@ -100,8 +101,11 @@ def _edit_card(card_path: Path, **changes) -> None:
         ("sha256", "abc"),
         ("size_bytes", -1),
         ("size_bytes", True),
-        ("input_shape", [1, 6, 64, 64]),
-        ("input_shape", [None, 6, 32, 32]),
+        ("input_shape", [1, 64, 64, 6]),
+        ("input_shape", [None, 6, 64, 64]),  # channels first: not the flight's layout
+        ("input_shape", [None, 32, 32, 6]),
+        ("input_quant", {"scale": 0.005}),
+        ("input_quant", {"scale": 0.005, "zero_point": 300}),
         ("bands", ["blue", "green"]),
         ("input_scale", 0),
         ("input_scale", float("nan")),
@@ -177,17 +181,18 @@ def test_batching_does_not_change_results(cloud):
 
 
 def test_cloud_separates_dark_land_from_bright_cloud(cloud):
-    tiles = np.empty((2, 6, 64, 64), np.uint16)
-    tiles[0] = np.array([700, 600, 500, 2500, 1500, 800], np.uint16)[:, None, None]  # vegetation
-    tiles[1] = np.array([7000, 6900, 6800, 6700, 4500, 3000], np.uint16)[:, None, None]  # thick cloud
+    tiles = np.empty((2, 64, 64, 6), np.uint16)
+    tiles[0] = np.array([700, 600, 500, 2500, 1500, 800], np.uint16)  # vegetation
+    tiles[1] = np.array([7000, 6900, 6800, 6700, 4500, 3000], np.uint16)  # thick cloud
     frac = cloud.run(tiles)
     assert frac[0] < 0.2 and frac[1] > 0.8
 
 
 @pytest.mark.parametrize("bad", [
-    np.zeros((2, 6, 64, 64), np.float32),
-    np.zeros((2, 4, 64, 64), np.uint16),
-    np.zeros((6, 64, 64), np.uint16),
+    np.zeros((2, 64, 64, 6), np.float32),
+    np.zeros((2, 64, 64, 4), np.uint16),
+    np.zeros((2, 6, 64, 64), np.uint16),  # channels first
+    np.zeros((64, 64, 6), np.uint16),
     [[1, 2, 3]],
 ])
 def test_run_rejects_wrong_input(cloud, bad):
@@ -287,3 +292,17 @@ def test_merge_peaks_keeps_the_strongest_of_a_border_pair():
     assert merge_peaks(peaks, 8.0) == [(66.0, 11.0, 0.9, "b"), (200.0, 10.0, 0.5, "c")]
     assert len(merge_peaks(peaks, 2.0)) == 3
     assert merge_peaks([], 8.0) == []
+
+
+def test_quantize_tiles_matches_onnx_quantizelinear_rounding():
+    # round half to even and saturation, as onnxruntime's QuantizeLinear on float reflectance
+    from flight.inference import quantize_tiles
+
+    rng = np.random.default_rng(5)
+    tiles = rng.integers(0, 65535, size=(3, 64, 64, 6)).astype(np.uint16)
+    scale, zp = 0.0054698, 3
+    want = np.clip(np.rint(tiles.astype(np.float64) * 1e-4 / scale) + zp, 0, 255).astype(np.uint8)
+    got = quantize_tiles(tiles, scale, zp)
+    assert got.dtype == np.uint8 and got.shape == tiles.shape
+    assert np.mean(got != want) < 1e-4 and np.abs(got.astype(int) - want).max() <= 1  # float32 vs float64 at exact halves
+    assert got.max() == 255  # saturates

@@ -42,19 +42,26 @@ def run_frame(pipe, raw, frame_id=1, strip_rows=128):
     return pipe.finish()
 
 
-def test_tiles_of_cuts_a_strip_into_tiles_in_order():
+def test_tiles_of_cuts_a_strip_into_channels_last_tiles_in_order():
     strip = np.arange(6 * 64 * 192, dtype=np.uint16).reshape(6, 64, 192)
     t = tiles_of(strip, 64)
-    assert t.shape == (3, 6, 64, 64) and t.flags.c_contiguous
-    assert np.array_equal(t[2], strip[:, :, 128:192])
+    assert t.shape == (3, 64, 64, 6) and t.flags.c_contiguous
+    assert np.array_equal(t[2], np.moveaxis(strip[:, :, 128:192], 0, -1))
+
+
+def test_tiles_of_a_frame_is_row_major():
+    frame = np.random.default_rng(1).integers(0, 4000, (6, 128, 192), dtype=np.uint16)
+    t = tiles_of(frame, 64)
+    assert t.shape == (6, 64, 64, 6)
+    assert np.array_equal(t[4], np.moveaxis(frame[:, 64:128, 64:128], 0, -1))  # row 1, column 1
 
 
 def test_ndwi_separates_water_from_land():
-    tiles = np.zeros((2, 6, 64, 64), np.uint16)
-    tiles[0, BANDS.index("green")], tiles[0, BANDS.index("nir")] = 600, 100  # water: green > nir
-    tiles[1, BANDS.index("green")], tiles[1, BANDS.index("nir")] = 800, 3000  # vegetation
-    ndwi = tile_ndwi(tiles)
-    assert ndwi[0] > 0.5 and ndwi[1] < -0.3
+    strip = np.zeros((6, 64, 128), np.uint16)
+    strip[BANDS.index("green"), :, :64], strip[BANDS.index("nir"), :, :64] = 600, 100  # water: green > nir
+    strip[BANDS.index("green"), :, 64:], strip[BANDS.index("nir"), :, 64:] = 800, 3000  # vegetation
+    ndwi = tile_ndwi(strip, 64)
+    assert ndwi.shape == (2,) and ndwi[0] > 0.5 and ndwi[1] < -0.3
 
 
 def test_chips_fit_their_byte_cap_and_decode():
