@@ -102,10 +102,10 @@ PLAN = {
                         train=120, val=24, test=40, size=512, epochs=14, width=16, depth=2, dilations=(1, 2),
                         sigma_px=2.0, sigma_per_length=0.5, pos_weight=20.0, cloudy_boost=1.0),
     "ship_detect": dict(kind="heatmap", stride=4, output="ship_heatmap",
-                        train=400, val=24, test=40, size=512, epochs=48, width=32, depth=3, dilations=(1, 2, 4),
+                        train=400, val=60, test=40, size=512, epochs=48, width=32, depth=3, dilations=(1, 2, 4),
                         stem="s2", sigma_px=2.0, sigma_per_length=0.15, pos_weight=10.0, cloudy_boost=3.0,
                         qat_epochs=6, calibrate="MinMax", calib_tiles=256, threshold_rule="min_recall_precision",
-                        version="2.0.0"),
+                        hard_weight=4.0, version="2.1.0"),
 }
 BUILD_ORDER = ("cloud_screen", "fire_detect", "ship_detect")
 CALIB_TILES = 512
@@ -342,7 +342,8 @@ def build_one(name: str, log=_log) -> dict:
                               depth=plan["depth"], dilations=plan["dilations"], sigma_px=plan["sigma_px"],
                               sigma_per_length=plan["sigma_per_length"], pos_weight=plan["pos_weight"],
                               cloudy_boost=plan["cloudy_boost"], stem=plan.get("stem", "patch"), act=plan.get("act", "relu"),
-                              qat_epochs=plan.get("qat_epochs", 0), name=name, log=log)
+                              qat_epochs=plan.get("qat_epochs", 0), hard_weight=plan.get("hard_weight", 0.0),
+                              name=name, log=log)
     log(f"  trained ({time.time() - t0:.0f} s)")
 
     fp32 = MODELS_DIR / f"{name}.fp32.onnx"

@@ -186,7 +186,8 @@ def heat_targets(objects: np.ndarray, n: int, stride: int, sigma_px: float, sigm
 def train_heat(data: dict, stride: int, epochs: int = 15, seed: int = 1, c: int = 16, depth: int = 2,
                sigma_px: float = 1.5, lr: float = 3e-3, batch: int = 64, pos_weight: float = 20.0,
                dilations=(1, 2), sigma_per_length: float = 0.25, cloudy_boost: float = 1.0, name: str = "heat",
-               stem: str = "patch", act: str = "relu", qat_epochs: int = 0, log=print) -> HeatNet:
+               stem: str = "patch", act: str = "relu", qat_epochs: int = 0, hard_weight: float = 0.0,
+               log=print) -> HeatNet:
     """Train a heatmap detector; then, if ``qat_epochs``, fine-tune it quantization-aware
     (see ``ActivationFakeQuant``) so that the INT8 file decides like the FP32 one."""
     set_determinism(seed)
@@ -195,6 +196,9 @@ def train_heat(data: dict, stride: int, epochs: int = 15, seed: int = 1, c: int 
     tiles = data["tiles"]
     n = len(tiles)
     tgt, wgt = heat_targets(data["objects"], n, stride, sigma_px, sigma_per_length)
+    if hard_weight > 0:  # cells full of look-alikes (cloud, shadow, coast) count more as negatives
+        hard = data["hard"].astype(np.float32) / CELL_PIX
+        wgt = wgt * (1.0 + hard_weight * hard * (tgt < 0.1))
     # tiles with some cloud hold the look-alikes (small bright cloudlets): sample them more often
     sw = np.where(data["cloud"] > 0, cloudy_boost, 1.0) if "cloud" in data else np.ones(n)
     sw = sw / sw.sum()
