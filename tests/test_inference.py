@@ -306,3 +306,22 @@ def test_quantize_tiles_matches_onnx_quantizelinear_rounding():
     assert got.dtype == np.uint8 and got.shape == tiles.shape
     assert np.mean(got != want) < 1e-4 and np.abs(got.astype(int) - want).max() <= 1  # float32 vs float64 at exact halves
     assert got.max() == 255  # saturates
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_int8_graph_runs_no_transpose_or_input_quantization(name, tmp_path):
+    # the uint8 channels-last input exists so that onnxruntime's layout optimizer removes every
+    # input transpose and no QuantizeLinear runs on the input (models/README.md, runtime contract)
+    import onnx
+    import onnxruntime as ort
+
+    card = ModelCard.load(model_path(name))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(MODELS / card.file), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert "QLinearConv" in ops
+    assert "QuantizeLinear" not in ops
+    first = [n for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node if card.input_name in n.input]
+    assert first and all(n.op_type != "Transpose" for n in first), [n.op_type for n in first]
