@@ -326,11 +326,6 @@ def quantize_tiles(tiles: np.ndarray, scale: float, zero_point: int, input_scale
     return cv2.convertScaleAbs(flat, alpha=input_scale / scale, beta=float(zero_point)).reshape(tiles.shape)
 
 
-def to_channels_last(tiles: np.ndarray) -> np.ndarray:
-    """(N, bands, rows, cols) -> (N, rows, cols, bands), contiguous: the models' tile layout."""
-    return np.ascontiguousarray(np.moveaxis(tiles, 1, -1))
-
-
 def heatmap_peaks(heatmaps: np.ndarray, threshold: float, stride: int,
                   min_distance_cells: int = 1) -> list[tuple[int, float, float, float]]:
     """Local maxima of per-tile heatmaps -> [(tile_index, row_px_in_tile, col_px_in_tile, score)].

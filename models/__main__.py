@@ -145,6 +145,15 @@ LIMITS = {
 }
 
 
+def _limits(name: str, plan: dict) -> list[str]:
+    if not plan.get("real_share"):
+        return LIMITS[name]
+    # cloud_screen trained on half of each real scene (--real-share): the first line says so
+    return [f"Trained on simulated scenes plus crops from one half ({plan['real_fold']}) of each of the two real "
+            "Landsat scenes; its real-scene accuracy is measured on the other half only (card: real_scene_metrics); "
+            "the halves share a scene and its labelling conventions."] + LIMITS[name][1:]
+
+
 def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
@@ -166,7 +175,7 @@ def _card_dict(name, plan, int8, fp32, threshold, macs, quant, extra) -> dict:
         "output_name": plan["output"], "output": OUTPUT_MEANING[plan["kind"]],
         "stride": plan["stride"], "threshold": float(threshold), "macs_per_tile": int(macs),
         "description": DESCRIPTION[name],
-        "limitations": LIMITS[name],
+        "limitations": _limits(name, plan),
     }
     d.update(extra)
     return d
@@ -375,10 +384,6 @@ def build_one(name: str, log=_log) -> dict:
         met32.update(ev.frame_fraction_errors(p32, truth, test["frame"]))
         agree = float(np.mean((p8 >= threshold) == (p32 >= threshold)))
         real = _real_scene_metrics(plan, m8, m32, threshold, train, log)
-        if plan.get("real_share"):  # the limitations then describe the real-data training
-            LIMITS[name][0] = (f"Trained on simulated scenes plus crops from one half ({plan['real_fold']}) of each of the "
-                               "two real Landsat scenes; its real-scene accuracy is measured on the other half only "
-                               "(card: real_scene_metrics); the halves share a scene and its labelling conventions.")
         extra["real_scene_metrics"] = real
         golden_tiles = test["tiles"][_golden_pick(name, test["tiles"], truth, rng)]
         bench_tiles = test["tiles"][:1024]

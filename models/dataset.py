@@ -303,7 +303,5 @@ def real_crops(fold: str, per_scene: int, seed: int = 1) -> dict:
             tiles.append(frame[:, r: r + TILE, c: c + TILE])
             m = scene.cloud_mask[r: r + TILE, c: c + TILE]
             cells.append(m.reshape(TILE // CELL, CELL, TILE // CELL, CELL).sum(axis=(1, 3)).astype(np.uint8))
-    from flight.inference import to_channels_last
-
-    t = to_channels_last(np.stack(tiles))
+    t = np.ascontiguousarray(np.moveaxis(np.stack(tiles), 1, -1))  # channels last, as tiles_of
     return {"tiles": t, "cells": np.stack(cells), "thin": np.zeros((len(t), TILE // CELL, TILE // CELL), np.uint8)}

@@ -141,37 +141,35 @@ def test_load_rejects_corrupted_and_mismatched_files(setup, tmp_path):
     with pytest.raises(ValueError, match="version"):
         CalibrationProducts.load(good, expected_version="flight-7")
 
+    def edited(name: str, edit) -> Path:
+        """A copy of the good file with its arrays changed by ``edit(parts)``."""
+        with np.load(good) as z:
+            parts = {k: z[k] for k in z.files}
+        edit(parts)
+        path = tmp_path / name
+        np.savez(path, **parts)
+        return path
+
+    def bump_one_dark_value(parts):
+        parts["dark_offset_dn"] = parts["dark_offset_dn"].copy()
+        parts["dark_offset_dn"][0, 0, 0] += 1
+
+    def meta_replace(old: str, new: str):
+        return lambda parts: parts.update(meta=np.array(str(parts["meta"]).replace(old, new)))
+
     # a valid zip whose array content was altered: the CRC catches it
-    with np.load(good) as z:
-        parts = {k: z[k] for k in z.files}
-    parts["dark_offset_dn"] = parts["dark_offset_dn"].copy()
-    parts["dark_offset_dn"][0, 0, 0] += 1
-    tampered = tmp_path / "tampered.npz"
-    np.savez(tampered, **parts)
     with pytest.raises(ValueError, match="CRC"):
-        CalibrationProducts.load(tampered)
+        CalibrationProducts.load(edited("tampered.npz", bump_one_dark_value))
+    def cut_dark_table(parts):
+        bump_one_dark_value(parts)
+        parts["dark_offset_dn"] = parts["dark_offset_dn"][:, :10]
 
-    parts["dark_offset_dn"] = parts["dark_offset_dn"][:, :10]
-    wrong_shape = tmp_path / "shape.npz"
-    np.savez(wrong_shape, **parts)
     with pytest.raises(ValueError, match="shapes differ"):
-        CalibrationProducts.load(wrong_shape)
-
-    with np.load(good) as z:
-        parts = {k: z[k] for k in z.files}
-    parts["meta"] = np.array(str(parts["meta"]).replace('"swir22"', '"tir"'))
-    bands = tmp_path / "bands.npz"
-    np.savez(bands, **parts)
+        CalibrationProducts.load(edited("shape.npz", cut_dark_table))
     with pytest.raises(ValueError, match="bands"):
-        CalibrationProducts.load(bands)
-
-    with np.load(good) as z:
-        parts = {k: z[k] for k in z.files}
-    parts["meta"] = np.array(str(parts["meta"]).replace('"format_version": 2', '"format_version": 1'))
-    old = tmp_path / "old.npz"
-    np.savez(old, **parts)
+        CalibrationProducts.load(edited("bands.npz", meta_replace('"swir22"', '"tir"')))
     with pytest.raises(ValueError, match="format_version 1"):
-        CalibrationProducts.load(old)
+        CalibrationProducts.load(edited("old.npz", meta_replace('"format_version": 2', '"format_version": 1')))
 
 
 def test_calibrator_rejects_wrong_frames(setup):
