@@ -254,6 +254,47 @@ def detections_figure(out: Path, size: int = 1024) -> list[Path]:
     return written
 
 
+def real_tiles_figure(out: Path) -> list[Path]:
+    """The flight's cloud screening on the real Landsat scenes, tile by tile: the scene through the
+    sensor model and calibration (noise seed 0, as ``python -m models evaluate``), the reference
+    mask outline in yellow, each tile's reference / predicted cloud fraction, and a red box where
+    the tile decision (cloudy at >= 0.5) differs from the reference."""
+    from flight.inference import TileModel, model_path
+    from models.dataset import load_real
+
+    if not REAL_DIR.is_dir():
+        print(f"real tile figure skipped: {REAL_DIR} is absent")
+        return []
+    model = TileModel(model_path("cloud_screen"))
+    written = []
+    for name in ("landsat7", "landsat5"):
+        scene = real_scene(REAL_DIR / f"{name}.npz")
+        tiles, truth = load_real(REAL_DIR / f"{name}.npz", noise_seed=0)
+        pred = model.run(tiles)
+        _, _, cal = sensor_and_calibrate(scene.reflectance, seed=0)
+        size = 2 * PANEL_PX
+        img = _panel(cal, ("red", "green", "blue"), 0.3, size)
+        _overlay(img, dataclasses.replace(scene, objects=[]))
+        cols = scene.width // 64
+        t = size / cols
+        for k, (f_true, f_pred) in enumerate(zip(truth, pred, strict=True)):
+            i, j = divmod(k, cols)
+            x0, y0 = int(j * t), int(i * t)
+            if (f_pred >= model.card.threshold) != (f_true >= 0.5):
+                cv2.rectangle(img, (x0 + 2, y0 + 2), (int(x0 + t) - 2, int(y0 + t) - 2), (255, 0, 0), 3)
+            for dy, text, colour in ((16, f"ref {f_true:.2f}", (255, 230, 0)), (32, f"ai  {f_pred:.2f}", (0, 255, 255))):
+                cv2.putText(img, text, (x0 + 4, y0 + dy), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 3, cv2.LINE_AA)
+                cv2.putText(img, text, (x0 + 4, y0 + dy), cv2.FONT_HERSHEY_SIMPLEX, 0.42, colour, 1, cv2.LINE_AA)
+        wrong = int(np.sum((pred >= model.card.threshold) != (truth >= 0.5)))
+        label = (f"{name}: cloud_screen {model.card.version} INT8, {len(tiles) - wrong}/{len(tiles)} tiles right "
+                 "(red: decision differs from the reference mask)")
+        path = out / f"real_tiles_{name}.png"
+        n = save_png(_label(img, label), path)
+        print(f"{path}  {n // 1000} kB  {label}")
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("docs/gallery"))
@@ -263,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     cv2.setNumThreads(1)
     make_gallery(args.out, args.size)
     detections_figure(args.out, args.size)
+    real_tiles_figure(args.out)
     if args.report:
         report()
 

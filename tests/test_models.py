@@ -154,3 +154,43 @@ def test_evaluate_reports_heldout_tiles_when_the_card_trained_on_the_scene(tmp_p
     other.write_bytes(b"another scene")
     assert trained_half(tmp_path / "c.card.json", other) is None
     assert trained_half(MODELS / "cloud_screen.card.json", scene) is None  # the shipped model never trained on real tiles
+
+
+def test_real_tiles_figure_marks_the_tiles_evaluate_counts_wrong(real_results, tmp_path):
+    # the gallery's real-scene figure must tell a reader the same as `python -m models evaluate`
+    import numpy as np
+    from PIL import Image
+
+    from payload_sim.gallery import real_tiles_figure
+
+    paths = real_tiles_figure(tmp_path)
+    assert [p.name for p in paths] == [f"real_tiles_{s.removesuffix('.npz')}.png" for s in REAL_SCENES]
+    for path, scene in zip(paths, REAL_SCENES, strict=True):
+        r = real_results[scene]
+        img = np.asarray(Image.open(path).convert("RGB"))
+        tile = (img.shape[1]) // 8
+        body = img[img.shape[0] - img.shape[1]:]  # below the label bar
+        # a red box edge three pixels wide is drawn 2 px inside each wrong tile (the PNG may be
+        # palette-reduced, so "red" is a range)
+        def is_red(px):
+            return px[0] > 200 and px[1] < 60 and px[2] < 60
+
+        red = [is_red(body[i * tile + 3, j * tile + tile // 2].astype(int)) for i in range(8) for j in range(8)]
+        assert sum(red) == r["clear_as_cloudy"] + r["cloudy_as_clear"], (scene, sum(red))
+
+
+def test_committed_real_experiments_cover_every_run_and_match_the_card():
+    # models/results/cloud_real_experiments.json is what models/README.md quotes: every run of
+    # models.real_experiments is in it, and its "shipped" row agrees with the card's count
+    from models.real_experiments import OUT, RUNS, table
+
+    rows = json.loads(OUT.read_text())
+    assert [r["tag"] for r in rows] == list(RUNS)
+    assert sum(1 for fold, _v in RUNS.values() if fold == "west") == 1  # one look at the shipping fold
+    card = json.loads((MODELS / "cloud_screen.card.json").read_text())
+    real = card["real_scene_metrics"]
+    right = sum(real[s]["heldout_int8"]["tiles"] - real[s]["heldout_int8"]["clear_as_cloudy"]
+                - real[s]["heldout_int8"]["cloudy_as_clear"] for s in ("landsat7", "landsat5"))
+    shipped = next(r for r in rows if r["tag"] == "shipped")
+    assert shipped["real_heldout"] == f"{right}/128"
+    assert table(rows).count("\n") == len(rows) + 1
