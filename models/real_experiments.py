@@ -5,7 +5,8 @@
 Each run trains one cloud_screen variant on the cached synthetic training set (seed 1, as
 ``make models``), optionally with crops of one half of each real Landsat scene
 (``models.dataset.real_crops``), and measures it in FP32 (torch) on the synthetic validation
-scenes and on the real tiles its training did not see. Nothing under models/ is replaced.
+scenes and on the real tiles its training did not see. Nothing under models/ is replaced. Two rows run DLR's
+ukis-csmask (the optional ``ukis`` extra) on the same tiles as a reference.
 
 The protocol, fixed before the runs (session 3):
 1. variants are compared on the cross-check fold only (trained on the east halves, measured on
@@ -49,10 +50,31 @@ RUNS: dict[str, tuple[str, dict]] = {
     "H": ("east", dict(real_share=0.4, ctx=2, width=32)),
     "D-ship": ("west", dict(real_share=0.3, ctx=2, width=32)),  # the chosen variant, shipping fold
     "S32": ("none", dict(real_share=0.0, ctx=2, width=32)),  # synthetic only, with context
+    # DLR ukis-csmask (the issue's reference, 40 MB U-Net, the optional `ukis` extra) on the same
+    # tiles: it knows the real labelling convention, not the simulated world
+    "ukis-4b": ("none", dict(reference="ukis-csmask model_4b_l1c")),
+    "ukis-6b": ("none", dict(reference="ukis-csmask model_6b_l1c")),
 }
 
 
-def run_one(tag: str, fold: str, variant: dict, train: dict, val: dict) -> dict:
+def ukis_predict(bands: int):
+    """uint16 tiles of whole 512 x 512 scenes (64 per scene, row-major) -> ukis-csmask cloud fraction per tile."""
+    from ukis_csmask.mask import CSmask
+
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        out = []
+        for k in range(0, len(tiles), 64):
+            frame = tiles[k: k + 64, ..., :bands].reshape(8, 8, 64, 64, bands).transpose(0, 2, 1, 3, 4)
+            img = frame.reshape(512, 512, bands).astype(np.float32) * np.float32(1e-4)
+            csm = CSmask(img, band_order=["blue", "green", "red", "nir", "swir16", "swir22"][:bands], product_level="l1c",
+                         intra_op_num_threads=1, inter_op_num_threads=1, providers=["CPUExecutionProvider"])
+            out.append(ds.mask_tiles(np.squeeze(csm.csm) == 1).mean(axis=(1, 2)))  # class 1 = cloud
+        return np.concatenate(out)
+
+    return predict
+
+
+def torch_predict(fold: str, variant: dict, train: dict):
     import torch
 
     from models import train as tr
@@ -63,16 +85,23 @@ def run_one(tag: str, fold: str, variant: dict, train: dict, val: dict) -> dict:
     model = tr.train_cloud(train, epochs=variant.get("epochs", 12), seed=SEED, c=variant.get("width", 16),
                            embed="conv", ctx=variant.get("ctx", 0), thin_weight=0.5, real=crops, real_share=share,
                            log=lambda _m: None)
-    train_s = time.time() - t0
 
     def predict(tiles: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return np.concatenate([model(tr._as_float(tiles[i: i + 256])).numpy() for i in range(0, len(tiles), 256)])
 
+    return predict, round(time.time() - t0)
+
+
+def run_one(tag: str, fold: str, variant: dict, train: dict, val: dict) -> dict:
+    if "reference" in variant:
+        predict, train_s = ukis_predict(4 if "4b" in variant["reference"] else 6), 0
+    else:
+        predict, train_s = torch_predict(fold, variant, train)
     truth = val["cells"].reshape(len(val["cells"]), -1).mean(axis=1) / 16.0
-    out = {"tag": tag, "fold": fold, "variant": variant, "train_s": round(train_s),
+    out = {"tag": tag, "fold": fold, "variant": variant, "train_s": train_s,
            "validation_fp32": ev.cloud_metrics(predict(val["tiles"]), truth)}
-    held = ds.real_heldout(fold, 512) if share > 0 else np.ones(64, bool)
+    held = ds.real_heldout(fold, 512) if fold != "none" else np.ones(64, bool)
     right = total = 0
     for name in ds.REAL_SCENES:
         tiles, frac = ds.load_real(ds.real_dir() / f"{name}.npz")
@@ -92,6 +121,8 @@ def table(rows: list[dict]) -> str:
         v = r["validation_fp32"]
         where = {"none": "no", "west": "west halves (east tiles held out)",
                  "east": "east halves (west tiles held out)"}[r["fold"]]
+        if "reference" in r["variant"]:
+            where = "its own real training data (DLR)"
         var = ", ".join(f"{k} {val}" for k, val in r["variant"].items())
         lines.append(f"| {r['tag']} | {where} | {var} | {v['tile_accuracy']:.2%} | {v['clear_as_cloudy_rate']:.2%} "
                      f"| {r['real_heldout']} = {r['real_heldout_accuracy']:.1%} |")
