@@ -4,7 +4,7 @@
 
 Each run trains one cloud_screen variant on the cached synthetic training set (seed 1, as
 ``make models``), optionally with crops of one half of each real Landsat scene
-(``models.dataset.real_crops``), and measures it in FP32 (torch) on the synthetic validation
+(``models.dataset.real_crops``), and measures it (FP32, in torch) on the synthetic validation
 scenes and on the real tiles its training did not see. Nothing under models/ is replaced. Two rows run DLR's
 ukis-csmask (the optional ``ukis`` extra) on the same tiles as a reference.
 
@@ -100,13 +100,13 @@ def run_one(tag: str, fold: str, variant: dict, train: dict, val: dict) -> dict:
         predict, train_s = torch_predict(fold, variant, train)
     truth = val["cells"].reshape(len(val["cells"]), -1).mean(axis=1) / 16.0
     out = {"tag": tag, "fold": fold, "variant": variant, "train_s": train_s,
-           "validation_fp32": ev.cloud_metrics(predict(val["tiles"]), truth)}
+           "validation": ev.cloud_metrics(predict(val["tiles"]), truth)}
     held = ds.real_heldout(fold, 512) if fold != "none" else np.ones(64, bool)
     right = total = 0
     for name in ds.REAL_SCENES:
         tiles, frac = ds.load_real(ds.real_dir() / f"{name}.npz")
         m = ev.cloud_metrics(predict(tiles)[held], frac[held])
-        out[f"{name}_heldout_fp32"] = m
+        out[f"{name}_heldout"] = m
         right += m["tiles"] - m["clear_as_cloudy"] - m["cloudy_as_clear"]
         total += m["tiles"]
     out["real_heldout"] = f"{right}/{total}"
@@ -118,7 +118,7 @@ def table(rows: list[dict]) -> str:
     lines = ["| run | trained on real | variant | synthetic val accuracy | val clear->cloudy | real held-out |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        v = r["validation_fp32"]
+        v = r["validation"]
         where = {"none": "no", "west": "west halves (east tiles held out)",
                  "east": "east halves (west tiles held out)"}[r["fold"]]
         if "reference" in r["variant"]:
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     for tag in args.only or list(RUNS):
         fold, variant = RUNS[tag]
         old[tag] = run_one(tag, fold, variant, train, val)
-        print(f"{tag}: synthetic val {old[tag]['validation_fp32']['tile_accuracy']:.4f}, "
+        print(f"{tag}: synthetic val {old[tag]['validation']['tile_accuracy']:.4f}, "
               f"real held-out {old[tag]['real_heldout']}", flush=True)
     rows = [old[t] for t in RUNS if t in old]
     OUT.parent.mkdir(exist_ok=True)
