@@ -255,8 +255,8 @@ def detections_figure(out: Path, size: int = 1024) -> list[Path]:
 
 
 def real_tiles_figure(out: Path) -> list[Path]:
-    """The flight's cloud screening on the real Landsat scenes, tile by tile: the scene through the
-    sensor model and calibration (noise seed 0, as ``python -m models evaluate``), the reference
+    """The flight's cloud screening on the real Landsat scenes, tile by tile: the calibrated tiles the
+    model saw (sensor model noise seed 0, as ``python -m models evaluate``), the reference
     mask outline in yellow, each tile's reference / predicted cloud fraction, and a red box where
     the tile decision (cloudy at >= 0.5) differs from the reference."""
     from flight.inference import TileModel, model_path
@@ -271,11 +271,12 @@ def real_tiles_figure(out: Path) -> list[Path]:
         scene = real_scene(REAL_DIR / f"{name}.npz")
         tiles, truth = load_real(REAL_DIR / f"{name}.npz", noise_seed=0)
         pred = model.run(tiles)
-        _, _, cal = sensor_and_calibrate(scene.reflectance, seed=0)
+        # shown: the very tiles the model saw, put back together
+        rows, cols = scene.height // 64, scene.width // 64
+        seen = tiles.reshape(rows, cols, 64, 64, -1).transpose(4, 0, 2, 1, 3).reshape(tiles.shape[-1], rows * 64, cols * 64)
         size = 2 * PANEL_PX
-        img = _panel(cal, ("red", "green", "blue"), 0.3, size)
+        img = _panel(seen.astype(np.float32) / np.float32(REFLECTANCE_SCALE), ("red", "green", "blue"), 0.3, size)
         _overlay(img, dataclasses.replace(scene, objects=[]))
-        cols = scene.width // 64
         t = size / cols
         for k, (f_true, f_pred) in enumerate(zip(truth, pred, strict=True)):
             i, j = divmod(k, cols)
