@@ -132,8 +132,9 @@ def scene_specs(model: str, split: str, n: int, size: int) -> list[SceneSpec]:
             # half natural draws (clear / partly / overcast as the simulator draws them), half
             # forced partly cloudy (the borderline tiles are where accuracy is decided); a quarter
             # of training scenes at 30 m GSD, like the real Landsat scenes (test stays at 10 m).
+            # Scenes past the 100th (models.real_experiments run "W" only) are all at 30 m.
             cover = None if (i % 2 == 0 or split == "test") else float(rng.uniform(0.1, 0.8))
-            gsd = 30.0 if (split == "train" and i % 4 == 3) else 10.0
+            gsd = 30.0 if (split == "train" and (i % 4 == 3 or i >= 100)) else 10.0
             specs.append(SceneSpec(seed, size, gsd, cloud_cover=cover))
         elif model == "ship_detect":
             specs.append(SceneSpec(seed, size, 10.0, cloud_cover=float(rng.uniform(0.0, 0.35)),

@@ -50,6 +50,9 @@ RUNS: dict[str, tuple[str, dict]] = {
     "H": ("east", dict(real_share=0.4, ctx=2, width=32)),
     "D-ship": ("west", dict(real_share=0.3, ctx=2, width=32)),  # the chosen variant, shipping fold
     "S32": ("none", dict(real_share=0.0, ctx=2, width=32)),  # synthetic only, with context
+    # the shipped recipe with 50 more training scenes, all at 30 m GSD like the real scenes (the
+    # shipped recipe scores 97.1 % on the validation scenes made at 30 m, 98.5 % at 10 m)
+    "W": ("none", dict(real_share=0.0, epochs=8, train_scenes=150)),
     # DLR ukis-csmask (the reference, 40 MB U-Net, the optional `ukis` extra) on the same
     # tiles: it knows the real labelling convention, not the simulated world
     "ukis-4b": ("none", dict(reference="ukis-csmask model_4b_l1c")),
@@ -79,6 +82,8 @@ def torch_predict(fold: str, variant: dict, train: dict):
 
     from models import train as tr
 
+    if variant.get("train_scenes", 100) != 100:
+        train = ds.build("cloud_screen", "train", variant["train_scenes"], 512)
     share = variant.get("real_share", 0.0)
     crops = ds.real_crops(fold, 1000, seed=SEED) if share > 0 else None
     t0 = time.time()
