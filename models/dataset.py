@@ -91,6 +91,13 @@ def tiles_of(frame: np.ndarray) -> np.ndarray:
     return flight_tiles(frame, TILE)
 
 
+def frame_of(tiles: np.ndarray, cols: int) -> np.ndarray:
+    """The inverse of ``tiles_of``: (rows*cols, 64, 64, bands) -> (rows*64, cols*64, bands)."""
+    n, t, _, bands = tiles.shape
+    rows = n // cols
+    return tiles.reshape(rows, cols, t, t, bands).transpose(0, 2, 1, 3, 4).reshape(rows * t, cols * t, bands)
+
+
 def mask_tiles(mask: np.ndarray) -> np.ndarray:
     h, w = mask.shape
     r, c = h // TILE, w // TILE

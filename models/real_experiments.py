@@ -70,8 +70,7 @@ def ukis_predict(bands: int):
     def predict(tiles: np.ndarray) -> np.ndarray:
         out = []
         for k in range(0, len(tiles), 64):
-            frame = tiles[k: k + 64, ..., :bands].reshape(8, 8, 64, 64, bands).transpose(0, 2, 1, 3, 4)
-            img = frame.reshape(512, 512, bands).astype(np.float32) * np.float32(1e-4)
+            img = ds.frame_of(tiles[k: k + 64, ..., :bands], 8).astype(np.float32) * np.float32(1e-4)
             csm = CSmask(img, band_order=["blue", "green", "red", "nir", "swir16", "swir22"][:bands], product_level="l1c",
                          intra_op_num_threads=1, inter_op_num_threads=1, providers=["CPUExecutionProvider"])
             out.append(ds.mask_tiles(np.squeeze(csm.csm) == 1).mean(axis=(1, 2)))  # class 1 = cloud
@@ -84,14 +83,17 @@ def torch_predict(fold: str, variant: dict, train: dict):
     import torch
 
     from models import train as tr
+    from models.__main__ import PLAN
 
-    if variant.get("train_scenes", 100) != 100:
-        train = ds.build("cloud_screen", "train", variant["train_scenes"], 512)
+    plan = PLAN["cloud_screen"]
+    if variant.get("train_scenes", plan["train"]) != plan["train"]:
+        train = ds.build("cloud_screen", "train", variant["train_scenes"], plan["size"])
     share = variant.get("real_share", 0.0)
-    crops = ds.real_crops(fold, 1000, seed=SEED) if share > 0 else None
+    crops = ds.real_crops(fold, plan["real_crops"], seed=SEED) if share > 0 else None
     t0 = time.time()
     model = tr.train_cloud(train, epochs=variant.get("epochs", 12), seed=variant.get("seed", SEED), c=variant.get("width", 16),
-                           embed="conv", ctx=variant.get("ctx", 0), thin_weight=0.5, real=crops, real_share=share,
+                           embed=plan["embed"], ctx=variant.get("ctx", 0), thin_weight=plan["thin_weight"], real=crops,
+                           real_share=share,
                            log=lambda _m: None)
 
     def predict(tiles: np.ndarray) -> np.ndarray:
@@ -145,9 +147,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not all((ds.real_dir() / f"{n}.npz").exists() for n in ds.REAL_SCENES):
         raise SystemExit(f"the real scenes are not in {ds.real_dir()}")
+    from models.__main__ import PLAN
+
     torch.set_num_threads(1)
-    train = ds.build("cloud_screen", "train", 100, 512)
-    val = ds.build("cloud_screen", "val", 20, 512)
+    plan = PLAN["cloud_screen"]
+    train = ds.build("cloud_screen", "train", plan["train"], plan["size"])
+    val = ds.build("cloud_screen", "val", plan["val"], plan["size"])
     old = {r["tag"]: r for r in json.loads(OUT.read_text())} if OUT.exists() else {}
     for tag in args.only or list(RUNS):
         fold, variant = RUNS[tag]

@@ -260,7 +260,7 @@ def real_tiles_figure(out: Path) -> list[Path]:
     mask outline in yellow, each tile's reference / predicted cloud fraction, and a red box where
     the tile decision (cloudy at >= 0.5) differs from the reference."""
     from flight.inference import TileModel, model_path
-    from models.dataset import load_real
+    from models.dataset import frame_of, load_real
 
     if not REAL_DIR.is_dir():
         print(f"real tile figure skipped: {REAL_DIR} is absent")
@@ -272,10 +272,10 @@ def real_tiles_figure(out: Path) -> list[Path]:
         tiles, truth = load_real(REAL_DIR / f"{name}.npz", noise_seed=0)
         pred = model.run(tiles)
         # shown: the very tiles the model saw, put back together
-        rows, cols = scene.height // 64, scene.width // 64
-        seen = tiles.reshape(rows, cols, 64, 64, -1).transpose(4, 0, 2, 1, 3).reshape(tiles.shape[-1], rows * 64, cols * 64)
+        cols = scene.width // 64
+        seen = np.moveaxis(frame_of(tiles, cols), -1, 0).astype(np.float32) / np.float32(REFLECTANCE_SCALE)
         size = 2 * PANEL_PX
-        img = _panel(seen.astype(np.float32) / np.float32(REFLECTANCE_SCALE), ("red", "green", "blue"), 0.3, size)
+        img = _panel(seen, ("red", "green", "blue"), 0.3, size)
         _overlay(img, dataclasses.replace(scene, objects=[]))
         t = size / cols
         for k, (f_true, f_pred) in enumerate(zip(truth, pred, strict=True)):
