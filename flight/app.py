@@ -680,7 +680,7 @@ class FlightApp:
     def pump_downlink(self, sock: zmq.Socket) -> None:
         now = time.time()
         sent = []
-        for pid, packet, sends in self.store.due(now, self.cfg.retransmit_s, self.cfg.downlink_window):
+        for pid, packet, sends, _ in self.store.due(now, self.cfg.retransmit_s, self.cfg.downlink_window):
             try:
                 sock.send(packet, zmq.NOBLOCK)
             except zmq.Again:

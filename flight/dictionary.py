@@ -111,6 +111,14 @@ EVENTS: dict[str, EventDef] = {
         EventDef(27, "UPLOAD_PROGRESS", Severity.INFO, "upload {upload_id:08x} {model}: {received}/{chunks} chunks {state}"),
         EventDef(28, "STORE_CLEARED", Severity.MEDIUM, "store: {detail}"),
         EventDef(29, "MODEL_RUN_FAILED", Severity.HIGH, "model {model} {version} failed at run time on frame {frame_id}: {reason}"),
+        # appended (issue #12): robustness
+        EventDef(30, "SOFTWARE_FAULT", Severity.HIGH, "unexpected error in {handler}: {reason} (kept running)"),
+        EventDef(31, "STORE_QUARANTINED", Severity.HIGH, "store unreadable ({reason}): kept as {moved}, fresh store epoch {epoch}"),
+        EventDef(32, "STORE_DEGRADED", Severity.HIGH, "store cannot write ({reason}): products held in RAM (at most {limit_bytes} bytes)"),
+        EventDef(33, "STORE_RECOVERED", Severity.INFO, "store writable again: {moved} products moved from RAM to the store"),
+        EventDef(34, "ACK_REJECTED", Severity.HIGH, "acknowledgement refused ({kind}): {reason}"),
+        EventDef(35, "MODE_RESTORED", Severity.INFO, "restarted in mode {mode} ({errors} errors in the budget window)"),
+        EventDef(36, "INPUT_REJECTED", Severity.LOW, "{source} input rejected: {reason}"),
     )
 }
 EVENTS_BY_ID = {e.id: e for e in EVENTS.values()}
@@ -170,6 +178,16 @@ TELEMETRY: tuple[Channel, ...] = (
     Channel(40, "quicklooks_held", "recent frames held as quicklooks"),
     Channel(41, "products_evicted", "products evicted from the full store"),
     Channel(42, "products_refused", "products refused by the full store"),
+    # appended (issue #12)
+    Channel(43, "input_rejected", "hostile or malformed input rejected (frame messages, uplink packets): never a fault"),
+    Channel(44, "software_faults", "unexpected exceptions caught by the last-resort handler"),
+    Channel(45, "store_state", "product store: 0 on disk, 1 disk failing (new products held in RAM), 2 RAM only"),
+    Channel(46, "store_ram_products", "products held in RAM while the store cannot write"),
+    Channel(47, "products_lost", "products that could be kept neither on disk nor in RAM"),
+    Channel(48, "acks_rejected", "acknowledgements refused: bad MAC, replayed or out of the time window"),
+    Channel(49, "rto_s", "current retransmission timeout (wall seconds, adaptive)"),
+    Channel(50, "store_epoch", "store epoch: the high 32 bits of every product id"),
+    Channel(51, "products_created", "products put into the store (or RAM buffer)"),
 )
 TELEMETRY_BY_ID = {c.id: c for c in TELEMETRY}
 TELEMETRY_BY_NAME = {c.name: c for c in TELEMETRY}
@@ -247,6 +265,9 @@ class CommandDef:
 
 
 MODEL_NAME = Arg("model", "16s")
+# Frame ids travel as u32 (summaries, detections, chips, command arguments) and as i32 in events
+# (-1 = no frame): every frame id the flight accepts fits both, and 0xFFFFFFFF means "latest".
+FRAME_ID_MAX = 2**31 - 1
 LATEST_FRAME = 0xFFFFFFFF  # frame_id argument: the most recent frame
 MAX_CHUNK_BYTES = 1024
 

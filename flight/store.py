@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS products (
     created_s REAL NOT NULL,
     packet BLOB NOT NULL,
     sent_wall REAL NOT NULL DEFAULT 0,
-    sends INTEGER NOT NULL DEFAULT 0
+    sends INTEGER NOT NULL DEFAULT 0,
+    left_wall REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS by_order ON products (priority, id);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -50,8 +51,11 @@ class ProductStore:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
         self.db.execute("PRAGMA integrity_check").fetchone()  # fail fast on a corrupt store
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(products)")}
+        if "left_wall" not in columns:  # a store written before adaptive retransmission
+            self.db.execute("ALTER TABLE products ADD COLUMN left_wall REAL NOT NULL DEFAULT 0")
         # sent_wall is this process's wall clock: after a restart everything is due again
-        self.db.execute("UPDATE products SET sent_wall = 0")
+        self.db.execute("UPDATE products SET sent_wall = 0, left_wall = 0")
 
     def counter(self, name: str) -> int:
         row = self.db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
@@ -95,39 +99,56 @@ class ProductStore:
             used -= row[2]
         return evicted
 
-    def due(self, now_wall: float, retransmit_s: float, window: int) -> list[tuple[int, bytes, int]]:
-        """Packets to send now: never sent or unacknowledged for retransmit_s, most important
-        first, keeping at most `window` packets unacknowledged in flight."""
+    def due(self, now_wall: float, rto_s: float, window: int) -> list[tuple[int, bytes, int, float]]:
+        """Packets to send now as (id, packet, sends, sent_wall): never sent, or unacknowledged
+        `rto_s` after they left the radio (`left_wall`, given by mark_sent: a packet still queued
+        in the transmitter is not timed out), most important first, keeping at most `window`
+        packets unacknowledged in flight. sent_wall > 0 on a row means its timer ran out; 0 means
+        never sent, or made due at once by an acknowledgement (see ack)."""
         in_flight = self.db.execute(
-            "SELECT count(*) FROM products WHERE sent_wall > 0 AND sent_wall > ?", (now_wall - retransmit_s,)
+            "SELECT count(*) FROM products WHERE sent_wall > 0 AND left_wall + ? > ?", (rto_s, now_wall)
         ).fetchone()[0]
         room = window - in_flight
         if room <= 0:
             return []
         return self.db.execute(
-            "SELECT id, packet, sends FROM products WHERE sent_wall = 0 OR sent_wall <= ? ORDER BY priority, id LIMIT ?",
-            (now_wall - retransmit_s, room),
+            "SELECT id, packet, sends, sent_wall FROM products WHERE sent_wall = 0 OR left_wall + ? <= ? "
+            "ORDER BY priority, id LIMIT ?",
+            (rto_s, now_wall, room),
         ).fetchall()
 
-    def mark_sent(self, ids: list[int], now_wall: float) -> None:
-        self.db.executemany("UPDATE products SET sent_wall = ?, sends = sends + 1 WHERE id = ?", [(now_wall, i) for i in ids])
+    def mark_sent(self, ids: list[int], now_wall: float, left_wall: list[float] | None = None) -> None:
+        """Record a send; `left_wall[i]`: when packet i is expected to have left the radio (default now)."""
+        lefts = left_wall if left_wall is not None else [now_wall] * len(ids)
+        self.db.executemany("UPDATE products SET sent_wall = ?, left_wall = ?, sends = sends + 1 WHERE id = ?",
+                            [(now_wall, lw, i) for i, lw in zip(ids, lefts, strict=True)])
 
     def ack(self, ids: list[int]) -> int:
-        """Remove acknowledged products; returns how many were still here (repeats are harmless).
+        """Remove acknowledged products; returns how many were still here (repeats are harmless)."""
+        return self.ack_with_samples(ids, 0.0)[0]
+
+    def ack_with_samples(self, ids: list[int], now_wall: float) -> tuple[int, list[float]]:
+        """Remove acknowledged products. Returns how many were still here (repeats are harmless)
+        and round-trip samples `now_wall - left_wall` of the products sent exactly once (Karn's
+        rule: an ack of a re-sent packet does not say which send it answers).
 
         Fast retransmission: the link delivers in order, so a product still unacknowledged that
         was sent before the oldest one this ack covers was lost (typically sent into a contact
         gap): it is due again now instead of when its timer runs out."""
+        if not ids:
+            return 0, []
         marks = ",".join("?" * len(ids))
-        oldest = self.db.execute(
-            f"SELECT min(sent_wall) FROM products WHERE sent_wall > 0 AND id IN ({marks})", ids
-        ).fetchone()[0] if ids else None
+        rows = self.db.execute(
+            f"SELECT sent_wall, left_wall, sends FROM products WHERE sent_wall > 0 AND id IN ({marks})", ids
+        ).fetchall()
+        oldest = min((r[0] for r in rows), default=None)
+        samples = [now_wall - r[1] for r in rows if r[2] == 1]
         before = self.db.total_changes
         self.db.executemany("DELETE FROM products WHERE id = ?", [(i,) for i in ids])
         removed = self.db.total_changes - before
         if oldest is not None:
             self.db.execute("UPDATE products SET sent_wall = 0 WHERE sent_wall > 0 AND sent_wall < ?", (oldest,))
-        return removed
+        return removed, samples
 
     def pending(self) -> int:
         return self.db.execute("SELECT count(*) FROM products").fetchone()[0]
