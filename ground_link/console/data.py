@@ -1,0 +1,544 @@
+"""The console's view of the ground archive: every product as the console shows it, already cut
+down to what one partner may see (ground_link.partners.Partner.allows). The web routes, the live
+feed and the partner exports all read through `ArchiveView`, so no route can see more than its
+rule. Nothing here imports the web framework (the query CLI uses it for `--partner` exports).
+
+Archive times are scenario seconds (capture) and wall seconds (`received_wall`, when the ground
+archived a product); records carry both and their UTC text. The live feed follows the archive
+with a cursor `(last alert id, last product received_wall)`: the station archives one product at
+a time, so received_wall grows with the order products become visible, and a partner's delay
+(`received_wall <= now - delay_s`) releases products in that same order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flight.config import Scenario
+from flight.dictionary import EVENTS_BY_ID, TELEMETRY_BY_ID, DetectionClass, Mode, Severity
+from flight.products import product_label
+from ground_link.export import CHIP_CLASS, RunContext, wall_text
+from ground_link.partners import DEMO_FILE, Partner, load_partners
+
+CHIP_MATCH_PX = 32.0  # a chip belongs to the detection of its class nearest its centre, within this
+STATUS_FRESH_S = 3.0  # a status file older than this: the process is not running (the run ended)
+LIMIT = 5000  # newest rows per kind in a snapshot
+
+
+def partners_for(path: str | Path | None, scenario: Scenario | None) -> dict[str, Partner]:
+    """The partners file given, else the scenario's ground.partners_file, else the demo's."""
+    chosen = path or (scenario.ground.partners_file if scenario is not None and scenario.ground.partners_file else None)
+    return load_partners(chosen or DEMO_FILE)
+
+
+def class_of(class_id: int | None) -> str | None:
+    try:
+        return DetectionClass(class_id).name.lower() if class_id is not None else None
+    except ValueError:
+        return None
+
+
+def _num(v) -> float | None:
+    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+
+
+# --- housekeeping display ------------------------------------------------------------------------
+
+UNITS = (("_ms_last", "ms"), ("_ms", "ms"), ("_mib", "MiB"), ("_percent", "%"), ("_bytes", "B"), ("_age_s", "s"),
+         ("_s", "s"))
+ENUMS = {"mode": {m.value: m.name for m in Mode},
+         "store_state": {0: "ON DISK", 1: "DISK FAILING", 2: "RAM ONLY"}}
+
+
+def channel_unit(name: str) -> str:
+    return next((u for suffix, u in UNITS if name.endswith(suffix)), "")
+
+
+def channel_text(name: str, value: float) -> str:
+    if name in ENUMS:
+        return ENUMS[name].get(int(value), str(int(value)))
+    if name.endswith("_version"):
+        v = int(value)
+        return "none" if v < 0 else f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+    if name.endswith("_sha24"):
+        return f"{int(value) & 0xFFFFFF:06x}"
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.2f}"
+
+
+def channel_state(cid: int, value: float) -> str:
+    """ok, warn or alarm from the dictionary's limits (flight.dictionary.Channel.warn/alarm)."""
+    ch = TELEMETRY_BY_ID.get(cid)
+    if ch is None:
+        return "ok"
+
+    def outside(lim) -> bool:
+        if lim is None:
+            return False
+        lo, hi = lim
+        return (lo is not None and value < lo) or (hi is not None and value > hi)
+
+    return "alarm" if outside(ch.alarm) else "warn" if outside(ch.warn) else "ok"
+
+
+# --- the feed's cursor -------------------------------------------------------------------------
+
+
+@dataclass
+class Cursor:
+    alert_id: int = 0
+    wall: float = 0.0
+    seen: set[int] = field(default_factory=set)  # products at exactly `wall` already sent
+
+    def text(self) -> str:
+        return f"{self.alert_id}:{self.wall!r}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> Cursor | None:
+        try:
+            a, w = (text or "").split(":")
+            return cls(int(a), float(w))
+        except ValueError:
+            return None
+
+    def advance(self, rows: list[tuple[int, float]]) -> None:
+        """rows: (product_id, received_wall) read since the cursor, in received_wall order."""
+        for pid, wall in rows:
+            if wall > self.wall:
+                self.wall, self.seen = wall, set()
+            self.seen.add(pid)
+
+
+class ArchiveView:
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self._passes: list | None = None
+        self._passes_lock = threading.Lock()
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if not self.ctx.archive.exists():
+            return None
+        db = sqlite3.connect(f"file:{self.ctx.archive}?mode=ro", uri=True, timeout=2.0)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _read(self, fn, default):
+        """fn(db) on a fresh read-only connection; `default` while there is no archive or its
+        tables are being created."""
+        try:
+            db = self._connect()
+        except sqlite3.Error:
+            return default
+        if db is None:
+            return default
+        try:
+            return fn(db)
+        except sqlite3.Error:
+            return default
+        finally:
+            db.close()
+
+    # --- records -------------------------------------------------------------------------------
+
+    def received_utc(self, wall: float | None) -> str | None:
+        """When the ground archived it, in mission time (UTC of the scenario clock) when the run's
+        clock is known, else the wall clock's UTC."""
+        if wall is None:
+            return None
+        now_s = self.ctx.now_s(wall)
+        return self.ctx.utc(now_s) if now_s is not None else wall_text(wall)
+
+    def alert_record(self, row) -> dict:
+        pid = row["product_id"]
+        return {"id": row["id"], "product_id": pid, "product": product_label(pid), "severity": row["severity"],
+                "class": row["class"], "confidence": row["confidence"], "lat": _num(row["lat_deg"]),
+                "lon": _num(row["lon_deg"]), "frame_id": row["frame_id"], "capture_time_s": row["time_s"],
+                "capture_utc": self.ctx.utc(row["time_s"]), "received_wall": row["received_wall"],
+                "received_utc": (self.ctx.utc(row["received_s"]) if row["received_s"] is not None
+                                 else self.received_utc(row["received_wall"])), "latency_s": row["latency_s"],
+                "area_px": row["area_px"], "rule": row["rule"], "throttled": bool(row["throttled"]),
+                "message": row["message"]}
+
+    def product_record(self, row) -> dict | None:
+        """A products row (kind, product_id, frame_id, time_s, received_wall, fields) as shown."""
+        f = json.loads(row["fields"])
+        pid, wall = row["product_id"], row["received_wall"]
+        base = {"product_id": pid, "product": product_label(pid), "received_wall": wall,
+                "received_utc": self.received_utc(wall)}
+        kind = row["kind"]
+        if kind == "Detection":
+            return base | {"kind": "detection", "frame_id": f["frame_id"], "class": class_of(f["class_id"]),
+                           "confidence": round(f["confidence_q"] / 255.0, 3), "lat": _num(f["lat_deg"]),
+                           "lon": _num(f["lon_deg"]), "row_px": f["row_px"], "col_px": f["col_px"],
+                           "area_px": f["area_px"], "capture_time_s": f["capture_time_s"],
+                           "capture_utc": self.ctx.utc(f["capture_time_s"])}
+        if kind == "FrameSummary":
+            return base | {"kind": "frame", "frame_id": f["frame_id"], "cloud_fraction": f["cloud_fraction"],
+                           "discarded": bool(f["discarded"]), "ships": f["ships"], "fires": f["fires"],
+                           "tiles": f["tiles"], "cloudy_tiles": f["cloudy_tiles"],
+                           "processing_ms": f["processing_ms"], "lat": _num(f["center_lat_deg"]),
+                           "lon": _num(f["center_lon_deg"]), "capture_time_s": f["capture_time_s"],
+                           "capture_utc": self.ctx.utc(f["capture_time_s"])}
+        if kind == "ImageChip":
+            label = CHIP_CLASS.get(f["class_id"], "chip")
+            return base | {"kind": "quicklook" if label == "quicklook" else "chip", "frame_id": f["frame_id"],
+                           "class_id": f["class_id"], "class": class_of(f["class_id"]), "label": label,
+                           "row_px": f["row_px"], "col_px": f["col_px"], "height_px": f["height_px"],
+                           "width_px": f["width_px"], "capture_time_s": f["capture_time_s"],
+                           "capture_utc": self.ctx.utc(f["capture_time_s"]), "url": f"/api/chips/{pid}.png",
+                           "detection_id": None, "lat": None, "lon": None}
+        if kind == "Housekeeping":
+            return base | {"kind": "housekeeping", "time_s": f["time_s"], "time_utc": self.ctx.utc(f["time_s"])}
+        if kind == "Event":
+            ev = EVENTS_BY_ID.get(f["event_id"])
+            try:
+                sev = Severity(f["severity"]).name
+            except ValueError:
+                sev = str(f["severity"])
+            return base | {"kind": "event", "time_s": f["time_s"], "time_utc": self.ctx.utc(f["time_s"]),
+                           "event_id": f["event_id"], "name": ev.name if ev else f"EVENT_{f['event_id']}",
+                           "severity": sev, "frame_id": f["frame_id"], "message": f["message"]}
+        return None
+
+    def _resolve_chips(self, db, chips: list[dict]) -> list[dict]:
+        """Give each chip the position (and detection) it is judged by: the detection of its class
+        nearest its centre in the same frame, else (quicklooks, requested chips) the frame's
+        centre. Mutates and returns the records."""
+        frames = sorted({c["frame_id"] for c in chips})
+        if not frames:
+            return chips
+        dets: dict[int, list[dict]] = {}
+        centres: dict[int, dict] = {}
+        for i in range(0, len(frames), 500):
+            part = frames[i:i + 500]
+            sql = ("SELECT kind, product_id, frame_id, time_s, received_wall, fields FROM products "
+                   f"WHERE kind IN ('Detection', 'FrameSummary') AND frame_id IN ({', '.join('?' * len(part))})")
+            for row in db.execute(sql, part):
+                rec = self.product_record(row)
+                if rec is None:
+                    continue
+                if rec["kind"] == "detection":
+                    dets.setdefault(rec["frame_id"], []).append(rec)
+                else:
+                    centres[rec["frame_id"]] = rec
+        for c in chips:
+            best = None
+            if c["class"] is not None:
+                cands = [(math.hypot(d["row_px"] - c["row_px"], d["col_px"] - c["col_px"]), d)
+                         for d in dets.get(c["frame_id"], []) if d["class"] == c["class"]]
+                cands = [x for x in cands if x[0] <= CHIP_MATCH_PX]
+                if cands:
+                    best = min(cands, key=lambda x: x[0])[1]
+            if best is not None:
+                c.update(detection_id=best["product_id"], lat=best["lat"], lon=best["lon"],
+                         judged_wall=max(c["received_wall"], best["received_wall"]))
+            elif c["frame_id"] in centres:
+                fr = centres[c["frame_id"]]
+                c.update(lat=fr["lat"], lon=fr["lon"], judged_wall=max(c["received_wall"], fr["received_wall"]))
+            else:
+                c["judged_wall"] = c["received_wall"]
+        return chips
+
+    # --- the one filter -------------------------------------------------------------------------
+
+    @staticmethod
+    def allows(p: Partner, rec: dict, now: float) -> bool:
+        kind = rec.get("kind", "alert")
+        if kind == "alert":
+            return p.allows("alert", rec["class"], rec["lat"], rec["lon"], rec["received_wall"], now)
+        if kind in ("chip", "quicklook"):
+            # a chip of a detection is judged as that detection; a quicklook or requested chip by
+            # the frame's centre (class None)
+            return p.allows(kind, rec["class"], rec["lat"], rec["lon"], rec.get("judged_wall", rec["received_wall"]),
+                            now)
+        return p.allows(kind, rec.get("class"), rec.get("lat"), rec.get("lon"), rec["received_wall"], now)
+
+    @staticmethod
+    def redact(p: Partner, rec: dict) -> dict:
+        """What a partner sees of a visible record: a frame's counts only for its classes."""
+        if p.operator or rec.get("kind") != "frame":
+            return rec
+        out = dict(rec)
+        for cls, key in (("ship", "ships"), ("fire", "fires")):
+            if cls not in p.classes:
+                out[key] = None
+        return out
+
+    def _visible(self, p: Partner, recs: list[dict], now: float) -> list[dict]:
+        return [self.redact(p, r) for r in recs if self.allows(p, r, now)]
+
+    # --- what routes ask ------------------------------------------------------------------------
+
+    def horizon(self, p: Partner, now: float) -> float:
+        return math.inf if p.operator or p.delay_s <= 0 else now - p.delay_s
+
+    def alerts(self, p: Partner, now: float | None = None, limit: int = LIMIT) -> list[dict]:
+        now = time.time() if now is None else now
+
+        def read(db):
+            rows = db.execute("SELECT * FROM alerts WHERE throttled = 0 AND received_wall <= ? ORDER BY id DESC LIMIT ?",
+                              (self.horizon(p, now), limit)).fetchall()
+            return [self.alert_record(r) for r in reversed(rows)]
+
+        return self._visible(p, self._read(read, []), now)
+
+    def alert(self, p: Partner, alert_id: int, now: float | None = None) -> dict | None:
+        now = time.time() if now is None else now
+        row = self._read(lambda db: db.execute("SELECT * FROM alerts WHERE id = ? AND throttled = 0",
+                                               (alert_id,)).fetchone(), None)
+        if row is None:
+            return None
+        rec = self.alert_record(row)
+        return rec if self.allows(p, rec, now) else None
+
+    def products(self, p: Partner, kinds: tuple[str, ...], now: float | None = None, limit: int = LIMIT) -> list[dict]:
+        """Visible products of these archive kinds (Detection, FrameSummary, ImageChip, Event,
+        Housekeeping), oldest first."""
+        now = time.time() if now is None else now
+
+        def read(db):
+            sql = (f"SELECT kind, product_id, frame_id, time_s, received_wall, fields FROM products WHERE kind IN "
+                   f"({', '.join('?' * len(kinds))}) AND received_wall <= ? ORDER BY time_s DESC, product_id DESC LIMIT ?")
+            recs = [r for r in (self.product_record(row) for row in db.execute(sql, (*kinds, self.horizon(p, now), limit)))
+                    if r is not None]
+            recs.reverse()
+            chips = [r for r in recs if r["kind"] in ("chip", "quicklook")]
+            self._resolve_chips(db, chips)
+            return recs
+
+        return self._visible(p, self._read(read, []), now)
+
+    def chip(self, p: Partner, product_id: int, now: float | None = None) -> tuple[dict, bytes] | None:
+        """(record, PNG) of a chip or quicklook this partner may see; None for anything else,
+        whether it exists or not (a guessed id tells nothing)."""
+        now = time.time() if now is None else now
+
+        def read(db):
+            row = db.execute("SELECT kind, product_id, frame_id, time_s, received_wall, fields FROM products "
+                             "WHERE product_id = ? AND kind = 'ImageChip'", (product_id,)).fetchone()
+            png = db.execute("SELECT png FROM chips WHERE product_id = ?", (product_id,)).fetchone()
+            if row is None or png is None:
+                return None
+            rec = self.product_record(row)
+            self._resolve_chips(db, [rec])
+            return rec, bytes(png[0])
+
+        got = self._read(read, None)
+        if got is None or not self.allows(p, got[0], now):
+            return None
+        return got
+
+    def housekeeping(self, p: Partner, now: float | None = None) -> list[dict] | None:
+        """The latest value of every channel, with name, unit, text and limit state; None when the
+        partner may not see housekeeping."""
+        now = time.time() if now is None else now
+        if not p.allows("housekeeping", None, None, None, 0.0, math.inf):  # the flag; delay applies below
+            return None
+
+        def read(db):
+            rows = db.execute(
+                "SELECT t.channel, t.value, t.time_s, p.received_wall FROM telemetry t JOIN products p "
+                "ON p.product_id = t.product_id WHERE p.received_wall <= ? ORDER BY t.time_s, p.received_wall",
+                (self.horizon(p, now),)).fetchall()
+            latest: dict[int, sqlite3.Row] = {}
+            for r in rows:
+                latest[r["channel"]] = r
+            return latest
+
+        out = []
+        for cid, r in sorted(self._read(read, {}).items()):
+            ch = TELEMETRY_BY_ID.get(cid)
+            name = ch.name if ch else f"channel_{cid}"
+            out.append({"id": cid, "name": name, "description": ch.description if ch else "",
+                        "unit": channel_unit(name), "value": r["value"], "text": channel_text(name, r["value"]),
+                        "state": channel_state(cid, r["value"]), "time_s": r["time_s"],
+                        "time_utc": self.ctx.utc(r["time_s"]),
+                        "warn": list(ch.warn) if ch and ch.warn else None,
+                        "alarm": list(ch.alarm) if ch and ch.alarm else None})
+        return out
+
+    def snapshot(self, p: Partner, now: float | None = None) -> dict:
+        """Everything the console page starts from, and the feed cursor to follow it with."""
+        now = time.time() if now is None else now
+        cursor = self._read(lambda db: self._start_cursor(db, p, now), Cursor())
+        prods = self.products(p, ("Detection", "FrameSummary", "ImageChip", "Event"), now)
+        return {
+            "me": p.public(),
+            "epoch": self.ctx.utc(0.0),
+            "sensor": None if self.ctx.scenario is None else {
+                "height_px": self.ctx.scenario.sensor.height, "width_px": self.ctx.scenario.sensor.width,
+                "gsd_m": self.ctx.scenario.sensor.gsd_m},
+            "alerts": self.alerts(p, now),
+            "detections": [r for r in prods if r["kind"] == "detection"],
+            "frames": [r for r in prods if r["kind"] == "frame"],
+            "chips": [r for r in prods if r["kind"] in ("chip", "quicklook")],
+            "events": [r for r in prods if r["kind"] == "event"][-200:],
+            "housekeeping": self.housekeeping(p, now),
+            "cursor": cursor.text(),
+        }
+
+    def _start_cursor(self, db, p: Partner, now: float) -> Cursor:
+        """Read before the snapshot's rows: whatever the snapshot misses after it, the feed sends
+        (the client drops what it already has)."""
+        h = self.horizon(p, now)
+        a = db.execute("SELECT max(id) FROM alerts WHERE received_wall <= ?", (h,)).fetchone()[0] or 0
+        rows = db.execute("SELECT product_id, received_wall FROM products WHERE received_wall = "
+                          "(SELECT max(received_wall) FROM products WHERE received_wall <= ?)", (h,)).fetchall()
+        c = Cursor(a, 0.0)
+        c.advance([(r[0], r[1]) for r in rows])
+        return c
+
+    def poll(self, p: Partner, cursor: Cursor, now: float | None = None) -> list[tuple[str, dict]]:
+        """What was archived (and released to this partner) since the cursor, as (event, record)
+        pairs; advances the cursor. Chips whose detection or frame arrives now are sent again
+        (their position is known only then); the client keeps one copy of each."""
+        now = time.time() if now is None else now
+        h = self.horizon(p, now)
+
+        def read(db):
+            out: list[tuple[str, dict]] = []
+            rows = db.execute("SELECT * FROM alerts WHERE id > ? AND received_wall <= ? ORDER BY id",
+                              (cursor.alert_id, h)).fetchall()
+            for r in rows:
+                cursor.alert_id = max(cursor.alert_id, r["id"])
+                if not r["throttled"]:
+                    out.append(("alert", self.alert_record(r)))
+            prows = db.execute("SELECT kind, product_id, frame_id, time_s, received_wall, fields FROM products "
+                               "WHERE received_wall >= ? AND received_wall <= ? ORDER BY received_wall, product_id",
+                               (cursor.wall, h)).fetchall()
+            prows = [r for r in prows if not (r["received_wall"] == cursor.wall and r["product_id"] in cursor.seen)]
+            cursor.advance([(r["product_id"], r["received_wall"]) for r in prows])
+            recs = [rec for rec in (self.product_record(r) for r in prows) if rec is not None]
+            touched = {r["frame_id"] for r in recs if r["kind"] in ("detection", "frame", "chip", "quicklook")}
+            chips: dict[int, dict] = {}
+            if touched:
+                part = sorted(touched)[:500]
+                sql = ("SELECT kind, product_id, frame_id, time_s, received_wall, fields FROM products WHERE "
+                       f"kind = 'ImageChip' AND received_wall <= ? AND frame_id IN ({', '.join('?' * len(part))})")
+                for r in db.execute(sql, (h, *part)):
+                    chips[r["product_id"]] = self.product_record(r)
+                self._resolve_chips(db, list(chips.values()))
+            for rec in recs:
+                if rec["kind"] in ("chip", "quicklook", "housekeeping"):
+                    continue
+                out.append((rec["kind"], rec))
+            out += [(c["kind"], c) for c in sorted(chips.values(), key=lambda c: c["received_wall"])]
+            if p.allows("housekeeping", None, None, None, 0.0, math.inf) and any(r["kind"] == "housekeeping" for r in recs):
+                out.append(("housekeeping", {"kind": "housekeeping", "channels": None, "received_wall": now}))
+            return out
+
+        events = self._read(read, [])
+        visible = []
+        for name, rec in events:
+            if name == "housekeeping" and rec.get("channels") is None:
+                visible.append((name, {"kind": "housekeeping", "channels": self.housekeeping(p, now)}))
+            elif self.allows(p, rec, now):
+                visible.append((name, self.redact(p, rec)))
+        return visible
+
+    # --- link state -------------------------------------------------------------------------------
+
+    def next_passes(self, now_s: float | None) -> list[dict]:
+        """The next contact window per station (the scenario's contact plan; with an always-up link
+        model, the orbit's passes over the scenario's ground stations, for information)."""
+        sc = self.ctx.scenario
+        if sc is None or now_s is None:
+            return []
+        with self._passes_lock:
+            if self._passes is None:
+                try:
+                    from ground_link.linkmodel import (
+                        make_contacts,
+                        orbit_windows,
+                        scenario_horizon_s,
+                    )
+
+                    plan = make_contacts(sc)
+                    self._passes = plan.windows if plan.windows is not None else orbit_windows(sc, scenario_horizon_s(sc))
+                except Exception as exc:  # noqa: BLE001 - a bad orbit table must not stop the console
+                    self._passes = []
+                    print(f"console: no contact plan: {exc}", flush=True)
+        nxt: dict[str, Any] = {}
+        for w in self._passes:
+            if w.los_s > now_s and w.station not in nxt:
+                nxt[w.station] = w
+        return [{"station": w.station, "aos_s": w.aos_s, "los_s": w.los_s, "aos_utc": self.ctx.utc(w.aos_s),
+                 "los_utc": self.ctx.utc(w.los_s), "in_progress": w.aos_s <= now_s}
+                for w in sorted(nxt.values(), key=lambda w: w.aos_s)]
+
+    def _status(self, name: str) -> tuple[dict, float | None]:
+        path = self.ctx.run_dir / f"{name}.status.json"
+        try:
+            return json.loads(path.read_text()), time.time() - os.path.getmtime(path)
+        except (OSError, ValueError):
+            return {}, None
+
+    def link(self, p: Partner, now: float | None = None) -> dict:
+        now = time.time() if now is None else now
+        chan, chan_age = self._status("channel")
+        station, _ = self._status("station")
+        active = chan_age is not None and chan_age < STATUS_FRESH_S
+        now_s = self.ctx.now_s(now)
+        if now_s is None and chan.get("scenario_s") is not None:
+            now_s = chan["scenario_s"] + (chan_age or 0.0) * self.ctx.rate
+        contacts = self.ctx.scenario.link.contacts if self.ctx.scenario else None
+        out = {"run_active": active, "status_age_s": None if chan_age is None else round(chan_age, 1),
+               "scenario_s": None if now_s is None else round(now_s, 1), "scenario_utc": self.ctx.utc(now_s),
+               "contacts": contacts, "link_up": chan.get("link_up") if active else None,
+               "station": chan.get("station") if active else None,
+               "los_utc": self.ctx.utc(chan.get("los_s")) if active else None,
+               "next_aos_utc": self.ctx.utc(chan.get("next_aos_s")) if active else None,
+               "next_station": chan.get("next_station") if active else None,
+               "passes": self.next_passes(now_s), "queue": None}
+        if p.operator:
+            out["counts"] = {k: chan.get(k) for k in ("down_packets_out", "down_lost", "down_corrupted",
+                                                       "down_dropped_outside_contact", "up_packets_out")} | {
+                k: station.get(k) for k in ("products_archived", "duplicates", "packets_bad", "alerts")}
+        hk = self.housekeeping(p, now)
+        if hk is not None:  # the onboard queue as the flight last reported it (housekeeping)
+            q = next((c for c in hk if c["name"] == "store_products"), None)
+            if q is not None:
+                out["queue"] = {"products": int(q["value"]), "time_utc": q["time_utc"]}
+        return out
+
+    # --- the query CLI's --partner ------------------------------------------------------------------
+
+    def keep_for(self, p: Partner, kind: str, rows: list[dict], now: float | None = None) -> list[dict]:
+        """Rows of ground_link.query.query() that this partner may see (exports for a partner)."""
+        now = time.time() if now is None else now
+        if p.operator:
+            return rows
+        kept = []
+        if kind == "alerts":
+            for r in rows:
+                rec = {"kind": "alert", "class": r.get("class"), "lat": _num(r.get("lat_deg")),
+                       "lon": _num(r.get("lon_deg")), "received_wall": r.get("received_wall")}
+                if self.allows(p, rec, now):
+                    kept.append(r)
+            return kept
+        pids = {r["product_id"] for r in rows if isinstance(r.get("product_id"), int)}
+
+        def read(db):
+            ok = set()
+            for i in range(0, len(pids), 500):
+                part = sorted(pids)[i:i + 500]
+                sql = ("SELECT kind, product_id, frame_id, time_s, received_wall, fields FROM products "
+                       f"WHERE product_id IN ({', '.join('?' * len(part))})")
+                recs = [self.product_record(r) for r in db.execute(sql, part)]
+                self._resolve_chips(db, [r for r in recs if r and r["kind"] in ("chip", "quicklook")])
+                ok |= {r["product_id"] for r in recs if r is not None and self.allows(p, r, now)}
+            return ok
+
+        ok = self._read(read, set())
+        return [r for r in rows if r.get("product_id") in ok]

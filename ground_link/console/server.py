@@ -1,0 +1,361 @@
+"""The operator console's web server (Starlette on uvicorn): pages, a JSON API, a live feed by
+server-sent events and partner exports, all behind a login.
+
+Every route that returns archive data goes through `ArchiveView` with the logged-in partner, so a
+partner never gets a product its rule does not allow, whatever it asks: a product it may not see
+answers 404 exactly like one that does not exist. Static files (the page, its script, Leaflet and
+the base map) are served from the package: nothing is fetched from the internet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ground_link.console.data import ArchiveView, Cursor
+from ground_link.export import (
+    RunContext,
+    alerts_cap_feed,
+    alerts_csv,
+    alerts_geojson,
+    alerts_kml,
+    cap_document,
+)
+from ground_link.partners import Partner, Sessions
+
+STATIC = Path(__file__).resolve().parent / "static"
+COOKIE = "console_session"
+POLL_S = 0.25  # the feed looks at the archive this often
+LINK_EVERY_S = 1.0  # link state on the feed
+KEEPALIVE_S = 5.0
+EXPORT_TYPES = {"geojson": "application/geo+json", "kml": "application/vnd.google-earth.kml+xml",
+                "csv": "text/csv; charset=utf-8", "cap": "application/atom+xml"}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                "img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; "
+                                "base-uri 'none'; form-action 'self'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+class NotAllowed(Exception):
+    pass
+
+
+class SecurityHeaders:
+    """ASGI middleware: SECURITY_HEADERS on every response (streams included)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()
+                         if k.lower().encode() not in have]
+                message = dict(message, headers=list(message.get("headers", [])) + extra)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _json(data, status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _parse_time(text: str | None, ctx: RunContext) -> float | None:
+    """A filter time: scenario seconds, or UTC ISO 8601 (converted with the scenario epoch)."""
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        raise ValueError(f"{text!r}: give a timezone (Z for UTC)")
+    return (dt - ctx.epoch).total_seconds()
+
+
+def alert_filter(params, ctx: RunContext):
+    """The console's filters as a predicate over alert records: class, severity (comma lists),
+    since/until (scenario seconds or UTC ISO 8601), region lat0,lon0,lat1,lon1."""
+    from ground_link.alerts import in_region
+
+    classes = set(filter(None, params.get("class", "").split(",")))
+    severities = set(filter(None, params.get("severity", "").split(",")))
+    since, until = _parse_time(params.get("since"), ctx), _parse_time(params.get("until"), ctx)
+    region = None
+    if params.get("region"):
+        region = tuple(float(v) for v in params["region"].split(","))
+        if len(region) != 4:
+            raise ValueError("region: lat0,lon0,lat1,lon1")
+
+    def keep(r: dict) -> bool:
+        if classes and r["class"] not in classes:
+            return False
+        if severities and r["severity"] not in severities:
+            return False
+        t = r["capture_time_s"]
+        if since is not None and (t is None or t < since):
+            return False
+        if until is not None and (t is None or t > until):
+            return False
+        if region is not None and (r["lat"] is None or not in_region(region, r["lat"], r["lon"])):
+            return False
+        return True
+
+    return keep
+
+
+def export_row(rec: dict) -> dict:
+    """An alert record in the shape ground_link.export takes (the archive's column names)."""
+    return dict(rec, lat_deg=rec["lat"], lon_deg=rec["lon"])
+
+
+def create_app(ctx: RunContext, partners: dict[str, Partner], stopping: list[bool] | None = None) -> Starlette:
+    """`stopping`: a one-element flag the server sets when it shuts down, to end open feeds."""
+    view = ArchiveView(ctx)
+    sessions = Sessions(partners)
+    stopping = stopping if stopping is not None else [False]
+    gsd = ctx.scenario.sensor.gsd_m if ctx.scenario else 10.0
+
+    def token_of(request: Request) -> str | None:
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip()
+        return request.cookies.get(COOKIE)
+
+    def who(request: Request) -> Partner:
+        p = sessions.partner(token_of(request))
+        if p is None:
+            raise NotAllowed()
+        return p
+
+    async def page(request: Request):
+        if sessions.partner(token_of(request)) is None:
+            return RedirectResponse("/login", status_code=303)
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    async def login_page(request: Request):
+        return FileResponse(STATIC / "login.html")
+
+    async def login(request: Request):
+        try:
+            body = await request.json()
+            name, password = str(body["name"]), str(body["password"])
+        except (ValueError, KeyError, TypeError):
+            return _json({"error": "send JSON {name, password}"}, 400)
+        token = await run_in_threadpool(sessions.login, name, password)
+        if token is None:
+            return _json({"error": "unknown name or wrong password"}, 401)
+        p = sessions.partner(token)
+        resp = _json({"token": token, "me": p.public() if p else None})
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+        return resp
+
+    async def logout(request: Request):
+        sessions.logout(token_of(request))
+        resp = _json({"ok": True})
+        resp.delete_cookie(COOKIE, path="/")
+        return resp
+
+    async def me(request: Request):
+        return _json(who(request).public())
+
+    async def snapshot(request: Request):
+        p = who(request)
+        return _json(await run_in_threadpool(view.snapshot, p))
+
+    async def alerts(request: Request):
+        p = who(request)
+        keep = alert_filter(request.query_params, ctx)
+        return _json([a for a in await run_in_threadpool(view.alerts, p) if keep(a)])
+
+    async def alert(request: Request):
+        p = who(request)
+        rec = await run_in_threadpool(view.alert, p, request.path_params["alert_id"])
+        return _json(rec) if rec is not None else _json({"error": "not found"}, 404)
+
+    def product_list(kinds: tuple[str, ...], only: tuple[str, ...]):
+        async def handler(request: Request):
+            p = who(request)
+            recs = await run_in_threadpool(view.products, p, kinds)
+            return _json([r for r in recs if r["kind"] in only])
+        return handler
+
+    async def housekeeping(request: Request):
+        p = who(request)
+        hk = await run_in_threadpool(view.housekeeping, p)
+        return _json(hk) if hk is not None else _json({"error": "not found"}, 404)
+
+    async def link(request: Request):
+        p = who(request)
+        return _json(await run_in_threadpool(view.link, p))
+
+    async def chip(request: Request):
+        p = who(request)
+        got = await run_in_threadpool(view.chip, p, request.path_params["product_id"])
+        if got is None:
+            return _json({"error": "not found"}, 404)
+        rec, png = got
+        name = f"{rec['label']}_{rec['product'].replace(':', '-')}_frame{rec['frame_id']}.png"
+        return Response(png, media_type="image/png",
+                        headers={"Cache-Control": "private, no-store", "Content-Disposition": f'inline; filename="{name}"'})
+
+    async def export(request: Request):
+        p = who(request)
+        fmt = request.path_params["fmt"]
+        if fmt not in EXPORT_TYPES:
+            return _json({"error": f"format {fmt!r}: one of {sorted(EXPORT_TYPES)}"}, 404)
+        try:
+            keep = alert_filter(request.query_params, ctx)
+        except ValueError as exc:
+            return _json({"error": str(exc)}, 400)
+        rows = [export_row(a) for a in await run_in_threadpool(view.alerts, p) if keep(a)]
+        scope = {} if p.operator else {"scope": "Restricted", "restriction": f"shared with partner {p.name} only"}
+        if fmt == "geojson":
+            body = json.dumps(alerts_geojson(rows, ctx.epoch))
+        elif fmt == "kml":
+            body = alerts_kml(rows, ctx.epoch, name=f"Alerts for {p.title or p.name}")
+        elif fmt == "csv":
+            body = alerts_csv(rows, ctx.epoch)
+        else:
+            body = alerts_cap_feed(rows, ctx.epoch, gsd_m=gsd, **scope)
+        ext = "xml" if fmt == "cap" else fmt
+        return Response(body, media_type=EXPORT_TYPES[fmt], headers={
+            "Cache-Control": "no-store", "Content-Disposition": f'attachment; filename="alerts-{p.name}.{ext}"'})
+
+    async def cap_one(request: Request):
+        p = who(request)
+        rec = await run_in_threadpool(view.alert, p, request.path_params["alert_id"])
+        if rec is None:
+            return _json({"error": "not found"}, 404)
+        scope = {} if p.operator else {"scope": "Restricted", "restriction": f"shared with partner {p.name} only"}
+        return Response(cap_document(export_row(rec), ctx.epoch, gsd_m=gsd, **scope),
+                        media_type="application/cap+xml", headers={"Cache-Control": "no-store"})
+
+    async def stream(request: Request):
+        p = who(request)
+        token = token_of(request)
+        cursor = Cursor.parse(request.headers.get("last-event-id") or request.query_params.get("cursor"))
+        if cursor is None:
+            snap_now = time.time()
+            cursor = await run_in_threadpool(lambda: view._read(lambda db: view._start_cursor(db, p, snap_now), Cursor()))
+
+        async def events():
+            yield "retry: 1000\n\n"
+            last_link = last_sent = 0.0
+            while not stopping[0]:
+                if sessions.partner(token) is None:  # logged out (or expired): the feed ends
+                    yield "event: logout\ndata: {}\n\n"
+                    return
+                out = []
+                for name, rec in await run_in_threadpool(view.poll, p, cursor):
+                    out.append(f"event: {name}\nid: {cursor.text()}\ndata: {json.dumps(rec)}\n\n")
+                if time.monotonic() - last_link >= LINK_EVERY_S:
+                    out.append(f"event: link\ndata: {json.dumps(await run_in_threadpool(view.link, p))}\n\n")
+                    last_link = time.monotonic()
+                if not out and time.monotonic() - last_sent >= KEEPALIVE_S:
+                    out.append(": keepalive\n\n")
+                if out:
+                    yield "".join(out)
+                    last_sent = time.monotonic()
+                await asyncio.sleep(POLL_S)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    routes = [
+        Route("/", page),
+        Route("/login", login_page),
+        Route("/api/login", login, methods=["POST"]),
+        Route("/api/logout", logout, methods=["POST"]),
+        Route("/api/me", me),
+        Route("/api/snapshot", snapshot),
+        Route("/api/alerts", alerts),
+        Route("/api/alerts/{alert_id:int}", alert),
+        Route("/api/detections", product_list(("Detection",), ("detection",))),
+        Route("/api/frames", product_list(("FrameSummary",), ("frame",))),
+        Route("/api/chips", product_list(("ImageChip",), ("chip", "quicklook"))),
+        Route("/api/events", product_list(("Event",), ("event",))),
+        Route("/api/housekeeping", housekeeping),
+        Route("/api/link", link),
+        Route("/api/chips/{product_id:int}.png", chip),
+        Route("/api/export/alerts.{fmt:str}", export),
+        Route("/api/cap/{alert_id:int}.xml", cap_one),
+        Route("/api/stream", stream),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+
+    async def not_allowed(request: Request, exc: Exception):
+        return _json({"error": "log in first"}, 401)
+
+    async def bad_request(request: Request, exc: Exception):
+        return _json({"error": str(exc)}, 400)
+
+    app = Starlette(routes=routes, exception_handlers={NotAllowed: not_allowed, ValueError: bad_request},
+                    middleware=[Middleware(SecurityHeaders)])
+    app.state.view, app.state.sessions = view, sessions
+    return app
+
+
+def serve(ctx: RunContext, partners: dict[str, Partner], host: str, port: int, exit_with_parent: bool = False,
+          on_ready=None) -> None:
+    """Run until SIGINT/SIGTERM (or the launcher that started it exits, with exit_with_parent)."""
+    import uvicorn
+
+    stopping = [False]
+    app = create_app(ctx, partners, stopping)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=1, lifespan="off")
+    server = uvicorn.Server(config)
+    parent = os.getppid()
+
+    async def run():
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if server.started and on_ready is not None:
+            on_ready(server)
+        while not task.done():
+            if server.should_exit:
+                stopping[0] = True
+            if exit_with_parent and os.getppid() != parent:
+                server.should_exit = stopping[0] = True
+            await asyncio.sleep(0.2)
+        await task
+
+    asyncio.run(run())
+
+
+def bound_port(server) -> int | None:
+    for s in getattr(server, "servers", []):
+        for sock in s.sockets:
+            return sock.getsockname()[1]
+    return None
+
