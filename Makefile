@@ -9,7 +9,7 @@ SCENARIO ?= payload_sim/scenarios/demo.toml
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[ground]'
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
@@ -20,8 +20,9 @@ $(VENV)/.train: $(VENV)/.dev
 	$(PY) -m pip install --quiet -e '.[train]'
 	touch $@
 
-run: $(VENV)/.runtime  ## the end-to-end demo: camera -> flight -> link -> ground
-	$(PY) -m payload_sim.hil $(SCENARIO)
+RUN_ARGS ?=
+run: $(VENV)/.runtime  ## the end-to-end demo with the operator console (RUN_ARGS=--console-stay keeps it up after)
+	$(PY) -m payload_sim.hil $(SCENARIO) --console $(RUN_ARGS)
 
 test: $(VENV)/.dev  ## every test: unit, property, integration, end-to-end
 	$(PY) -m models verify

@@ -19,12 +19,14 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 import psutil
 import zmq
 
+from flight.acks import AckAuth, AckError
 from flight.calibrate import Calibrator
 from flight.clock import ScenarioClock
 from flight.commands import Command, CommandAuth, CommandError, command_name, parse_command
@@ -32,6 +34,7 @@ from flight.config import Scenario
 from flight.dictionary import (
     APID_PRIORITY,
     EVENTS,
+    FRAME_ID_MAX,
     LATEST_FRAME,
     PARAMS,
     TELEMETRY_BY_NAME,
@@ -42,21 +45,21 @@ from flight.dictionary import (
     ReportKind,
 )
 from flight.faults import InjectedFaults
+from flight.frames import MAX_HEADER_BYTES, parse_json_object
 from flight.ingest import FrameRejected
 from flight.model_update import ModelStore, ModelUpdateError, Uploads, ranges, version_number
-from flight.modes import ModeManager, StageStuck, StageWatchdog
+from flight.modes import EventLimiter, ModeManager, StageStuck, StageWatchdog
 from flight.packaging import discard_event_args, frame_products
 from flight.pipeline import STAGES, FramePipeline, FrameResult
 from flight.products import (
     CommandReport,
     Event,
     ImageChip,
-    PacketError,
-    decode_ack,
     encode_tm,
     housekeeping,
 )
 from flight.quicklook import QuicklookRing, RecentFrames, crop, png
+from flight.retransmit import LinkTimer
 from flight.security import SecureContext, load_mission_key, resolve
 from flight.service import Service, common_args, setup
 from flight.store import ProductStore, StoreFull
@@ -88,26 +91,47 @@ class OpsState:
 
     def __init__(self, path: Path):
         self.path = path
-        d = {}
-        if path.exists():  # unreadable: refuse to start rather than forget the counter (replays)
+        self.prev = path.with_name(path.name + ".prev")  # the copy before the last save
+        self.restored: str | None = None  # why the previous copy had to be used
+        self._load({})
+        if path.exists() or self.prev.exists():  # unreadable both: refuse to start rather than forget the counter
             try:
-                d = json.loads(path.read_text())
-                int(d.get("last_counter", 0))
-            except (OSError, ValueError, TypeError, AttributeError) as exc:
-                raise ValueError(f"{path} unreadable ({exc}): repair it or restore the last counter") from None
+                self._load(json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+                try:
+                    self._load(json.loads(self.prev.read_text()))
+                except (OSError, ValueError, TypeError, AttributeError, KeyError):
+                    raise ValueError(f"{path} and its previous copy unreadable ({exc}): repair it or restore "
+                                     "the last counter") from None
+                self.restored = f"{exc}"[:100]
+
+    def _load(self, d: dict) -> None:
         self.last_counter = int(d.get("last_counter", 0))
         self.params: dict = dict(d.get("params", {}))
         self.disabled: list = list(d.get("disabled", []))
         self.thresholds: dict = dict(d.get("thresholds", {}))
         self.priorities: dict = {int(k): int(v) for k, v in d.get("priorities", {}).items()}
+        self.ack_counters: dict[int, int] = {int(k): int(v) for k, v in d.get("ack_counters", {}).items()}  # per ack source id
+        # the mode and the error budget's window survive a restart (a reset must not clear SAFE)
+        self.mode = Mode(int(d.get("mode", 0)))
+        self.error_times: list[float] = [float(t) for t in d.get("error_times", [])]
 
     def save(self) -> None:
+        """Write, fsync, keep the current file as the previous copy (a hard link: no moment
+        without one), then rename the new one into place."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w") as f:
             json.dump({"last_counter": self.last_counter, "params": self.params, "disabled": sorted(self.disabled),
-                       "thresholds": self.thresholds, "priorities": {str(k): v for k, v in self.priorities.items()}}, f)
+                       "thresholds": self.thresholds, "priorities": {str(k): v for k, v in self.priorities.items()},
+                       "mode": int(self.mode), "error_times": self.error_times[-1000:],
+                       "ack_counters": {str(k): v for k, v in self.ack_counters.items()}}, f)
             f.flush()
             os.fsync(f.fileno())
+        if self.path.exists():
+            link = self.prev.with_name(self.prev.name + ".tmp")
+            link.unlink(missing_ok=True)
+            os.link(self.path, link)
+            os.replace(link, self.prev)
         os.replace(tmp, self.path)
 
 
@@ -178,22 +202,34 @@ class FlightApp:
                            packets_retransmitted=0, products_acked=0, errors=0, uplink_rejected=0,
                            products_evicted=0, products_refused=0, commands_accepted=0, commands_rejected=0,
                            commands_forged=0, commands_replayed=0, commands_out_of_window=0, commands_failed=0,
-                           watchdog_trips=0, models_rolled_back=0)
-        self.store = ProductStore(run_dir / "flight_store.sqlite", scenario.flight.store_max_bytes)
+                           watchdog_trips=0, models_rolled_back=0, input_rejected=0, software_faults=0,
+                           events_suppressed=0, strips_dropped=0, products_lost=0, products_created=0)
+        # the epoch file lives with the flight state, outside the store: it survives the store's loss
+        self.store = ProductStore(resolve(ops.store_dir, run_dir) / "flight_store.sqlite", scenario.flight.store_max_bytes,
+                                  epoch_path=self.state_dir / "store_epoch", ram_max_bytes=ops.store_ram_max_bytes,
+                                  log=self.svc.log)
         self.store_full = False
         self._reporting_evictions = False
         self.cores = apply_obc_profile(scenario, self.svc.log)
         # start-up fails fast: no key, bad faults table, no usable cloud screen
         self.ops_state = OpsState(self.state_dir / "ops_state.json")
-        self.auth = CommandAuth(load_mission_key(sec, run_dir), self.ops_state.last_counter, sec.counter_window,
-                                sec.command_time_window_s)
+        mission_key = load_mission_key(sec, run_dir)
+        self.auth = CommandAuth(mission_key, self.ops_state.last_counter, sec.counter_window, sec.command_time_window_s)
+        self.ack_auth = AckAuth(mission_key, self.ops_state.ack_counters, sec.command_time_window_s)  # flight.acks
+        self.counts["acks_rejected"] = 0
         self.faults = InjectedFaults.from_extra(scenario.extra)
         self.priority = {int(k): int(v) for k, v in APID_PRIORITY.items()} | self.ops_state.priorities
-        self.modes = ModeManager(ops.error_budget, ops.error_window_s, self.emit)
+        self.event_limiter = EventLimiter(ops.event_burst, ops.event_window_s)
+        self.modes = ModeManager(ops.error_budget, ops.error_window_s, self.emit, self.save_mode)
         self.watchdog = StageWatchdog(ops.watchdog_limit_s)
         self.quicklooks = QuicklookRing(ops.quicklook_frames, ops.quicklook_factor)
         self.recent = RecentFrames(self.state_dir / "recent_frames", ops.recent_frames_full_res)
         self.emit("STARTED", profile=scenario.obc.profile)
+        if self.ops_state.restored:
+            self.emit("STATE_RESTORED", file=self.ops_state.path.name, reason=self.ops_state.restored)
+        self.modes.restore(self.ops_state.mode, self.ops_state.error_times, clock.now_s())
+        if self.modes.mode != Mode.NOMINAL or self.modes.errors:
+            self.emit("MODE_RESTORED", mode=self.modes.mode.name, errors=len(self.modes.errors))
         self.model_store = ModelStore(self.state_dir / "models", scenario.obc.threads, scenario.flight.batch_tiles)
         if self.model_store.corrupt_index:
             self.emit("MODEL_CORRUPTED", model="*", version="-", reason=self.model_store.corrupt_index)
@@ -214,10 +250,37 @@ class FlightApp:
         self.next_hk_s = clock.now_s()
         self.next_scrub_s = clock.now_s() + ops.model_scrub_period_s
         self.next_memory_check = 0.0
+        self.link_timer = LinkTimer.from_config(cfg, scenario.link)  # adaptive retransmission (issue #12)
+        from flight.filetransfer import FileService  # issue #13: file transfers (CFDP)
+        self.files = FileService(self)
 
     @property
     def cfg(self):
         return self.pipeline.cfg
+
+    def guarded(self, handler: str, call) -> None:
+        """The last-resort handler around each main-loop step: an exception that escaped the
+        step's own handling is a software fault. It is logged with its traceback, counted against
+        the error budget and reported; the process goes on with the next step."""
+        try:
+            self.faults.handler_call(handler)
+            call()
+        except Exception as exc:  # noqa: BLE001 (nothing may stop the main loop)
+            self.counts["software_faults"] += 1
+            self.counts["errors"] += 1
+            self.svc.log(f"software fault in {handler}: {traceback.format_exc()}")
+            try:
+                self.emit("SOFTWARE_FAULT", handler=handler, reason=repr(exc)[:150])
+                self.modes.fault(self.clock.now_s(), f"software fault in {handler}")
+            except Exception as again:  # noqa: BLE001 (reporting itself failed: the log has it)
+                self.svc.log(f"could not report the fault: {again!r}")
+
+    def save_mode(self, mode: Mode, error_times: list[float]) -> None:
+        self.ops_state.mode, self.ops_state.error_times = mode, error_times
+        try:
+            self.ops_state.save()
+        except OSError as exc:  # read-only or full storage: the mode holds in memory, said in the log
+            self.svc.log(f"mode not persisted: {exc}")
 
     def frame_id(self) -> int:
         m = self.pipeline.meta
@@ -345,13 +408,15 @@ class FlightApp:
         try:
             _, evicted = self.store.put(self.priority.get(int(apid), 4), apid, time_s, build)
         except StoreFull as exc:
-            self.counts["products_refused"] += 1
-            self.svc.log(f"product refused: {exc}")
+            # lost: the disk could not write and the RAM buffer was full too; refused: the full store's policy
+            self.counts["products_lost" if exc.lost else "products_refused"] += 1
+            self.svc.log(f"product {'lost' if exc.lost else 'refused'}: {exc}")
             if not self.store_full:  # once per episode; the event may itself find no room
                 self.store_full = True
                 self.modes.fault(self.clock.now_s(), "store full", count=False)
                 self.emit("STORE_FULL", reason=str(exc)[:150])
             return
+        self.counts["products_created"] += 1
         self.counts["products_evicted"] += len(evicted)
         # One event per eviction, but an eviction event that itself evicts is only counted (else each
         # event evicts the next one: an endless cascade), and once the store is full the STORE_FULL
@@ -364,11 +429,40 @@ class FlightApp:
             finally:
                 self._reporting_evictions = False
 
+    def store_maintenance(self) -> None:
+        """Let the store retry a failing disk (it limits its own rate) and report what it found:
+        its events, and DEGRADED when the store was quarantined or cannot write."""
+        self.store.maintain(time.time())
+        for _ in range(3):  # emitting may itself find the disk failing: one more round says so
+            events = self.store.take_events()
+            if not events:
+                return
+            for name, kw in events:
+                if name == "STORE_EVICTED":  # moving RAM products to a full disk: as in _store
+                    self.counts["products_evicted"] += 1
+                    if self._reporting_evictions or self.store_full:
+                        continue
+                    self._reporting_evictions = True
+                    try:
+                        self.emit(name, **kw)
+                    finally:
+                        self._reporting_evictions = False
+                    continue
+                if name in ("STORE_QUARANTINED", "STORE_DEGRADED"):
+                    self.modes.fault(self.clock.now_s(), name.lower().replace("_", " "), count=False)
+                self.emit(name, **kw)
+
     def emit(self, event: str, frame_id: int = -1, **kw) -> None:
         d = EVENTS[event]
+        if not (isinstance(frame_id, int) and -1 <= frame_id <= FRAME_ID_MAX):  # must fit the event's i32 field
+            kw["reason"] = f"{kw.get('reason', '')} (frame id {str(frame_id)[:24]} out of range)"
+            frame_id = -1
         msg = d.fmt.format(frame_id=frame_id, **kw)
-        self.svc.log(f"EVENT {d.severity.name} {event}: {msg}")
         t = self.clock.now_s()
+        if not self.event_limiter.allow(event, t):
+            self.counts["events_suppressed"] += 1
+            return
+        self.svc.log(f"EVENT {d.severity.name} {event}: {msg}")
         self._store(Apid.EVENT, t, lambda pid: Event(pid, t, d.id, int(d.severity), frame_id, msg[:200]))
 
     def report(self, counter: int, opcode: int, kind: ReportKind, code: Reason = Reason.OK, message: str = "") -> None:
@@ -387,60 +481,72 @@ class FlightApp:
     # -- frames ------------------------------------------------------------------------------------
 
     def on_frame_message(self, parts: list) -> None:
-        kind = bytes(parts[0])
+        """One message from the camera. Everything about the message itself is checked by ingest
+        against the range it will be packed into (FrameRejected: input rejected, never a fault);
+        an exception from a stage after ingest accepted the data is the software's own fault."""
         p = self.pipeline
         try:
+            kind = bytes(parts[0])[:16] if parts else b""
             if kind == b"frame":
                 if p.meta is not None:  # the previous frame never finished
                     self.reject(p.meta.frame_id, "next frame began before the last strip")
                 self.counts["frames_captured"] += 1
                 self.apply_pending_models()
+                if len(parts) != 2:
+                    raise FrameRejected(None, f"frame message has {len(parts)} parts, expected 2")
                 if self.modes.mode == Mode.SAFE:
-                    fid = _peek_frame_id(bytes(parts[1]))
-                    self.reject(fid, "SAFE mode: processing is off")
+                    self.reject(_peek_frame_id(bytes(parts[1])), "SAFE mode: processing is off", hostile=False)
                     return
                 meta = p.begin(bytes(parts[1]))
                 self.quicklooks.begin(meta)
                 self.recent.begin(meta)
             elif kind == b"strip":
-                hdr = json.loads(bytes(parts[1]))
+                if len(parts) != 3:
+                    raise FrameRejected(p.meta.frame_id if p.meta else None, f"strip message has {len(parts)} parts, expected 3")
+                frame_id, row0, rows = p.ingest.strip_header(parts[1])
                 if p.meta is None:
-                    return  # strips of a frame already rejected: dropped silently, counted once
-                p.strip(int(hdr["frame_id"]), int(hdr["row0"]), int(hdr["rows"]), memoryview(parts[2]))
+                    self.counts["strips_dropped"] += 1  # strips of a frame already rejected (or of none)
+                    return
+                p.strip(frame_id, row0, rows, memoryview(parts[2]))
                 if p.ingest.complete:
-                    t0 = time.perf_counter()
-                    with self.watchdog.stage("localize"):
-                        result = p.finish()
-                    self.quicklooks.commit()
-                    self.recent.commit()
-                    self.package(result)
-                    self.last_latency_ms = result.processing_ms + (time.perf_counter() - t0) * 1e3
-                    self.last_stage_ms = dict(result.stage_ms)
-                    self.counts["frames_processed"] += 1
-                    for g in p.models.values():
-                        g.probation = max(0, g.probation - 1)
-                    self.apply_pending_models()
+                    self.finish_frame()
             elif kind == b"eos":
                 self.eos = True
             else:
-                raise FrameRejected(None, f"unknown message kind {kind[:16]!r}")
+                raise FrameRejected(None, f"unknown message kind {kind!r}")
         except FrameRejected as exc:
-            self.reject(exc.frame_id, exc.reason)
+            self.reject(exc.frame_id, exc.reason, hostile=True)
         except StageStuck as exc:
             fid = self.frame_id()
             self.stage_stuck(exc)
             self.reject(fid, f"stage {exc.stage} aborted by the watchdog")
-        except (ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:  # malformed input, not a fault
-            self.reject(p.meta.frame_id if p.meta else None, f"malformed message: {exc!r}")
-        except Exception as exc:  # a stage failed: count it against the error budget, go on
+        except Exception as exc:  # a stage failed on accepted data: count it against the error budget, go on
             self.counts["errors"] += 1
             fid = self.frame_id()
             self.emit("STAGE_ERROR", frame_id=fid, stage="pipeline", reason=repr(exc)[:150])
             self.modes.fault(self.clock.now_s(), "stage error")
             self.reject(fid, f"stage error: {exc!r}")
 
-    def reject(self, frame_id: int | None, reason: str) -> None:
+    def finish_frame(self) -> None:
+        p = self.pipeline
+        t0 = time.perf_counter()
+        with self.watchdog.stage("localize"):
+            result = p.finish()
+        self.quicklooks.commit()
+        self.recent.commit()
+        self.package(result)
+        self.last_latency_ms = result.processing_ms + (time.perf_counter() - t0) * 1e3
+        self.last_stage_ms = dict(result.stage_ms)
+        self.counts["frames_processed"] += 1
+        for g in p.models.values():
+            g.probation = max(0, g.probation - 1)
+        self.apply_pending_models()
+
+    def reject(self, frame_id: int | None, reason: str, hostile: bool = False) -> None:
+        """Drop the frame in progress. `hostile`: the input itself was bad (counted as rejected
+        input, never against the error budget)."""
         self.counts["frames_rejected"] += 1
+        self.counts["input_rejected"] += hostile
         self.pipeline.meta = None
         self.pipeline.ingest.meta = None
         self.quicklooks.drop()
@@ -454,14 +560,28 @@ class FlightApp:
         if apid == Apid.COMMAND:
             self.on_command(packet)
             return
-        try:
-            ids = decode_ack(packet)
-        except PacketError as exc:
-            self.counts["uplink_rejected"] += 1
-            self.emit("BAD_UPLINK_PACKET", reason=str(exc)[:160])
+        if apid == Apid.FILE_DATA:  # CFDP PDUs (flight.filetransfer): never acks, never commands
+            self.files.on_packet(packet)
             return
+        try:
+            ids = self.ack_auth.accept(packet, self.clock.now_s())
+        except AckError as exc:  # nothing deleted, no counter moved
+            if exc.parsed:  # an ack refused for its MAC, ranges, counter or issue time
+                self.counts["acks_rejected"] += 1
+                self.emit("ACK_REJECTED", kind=exc.kind, reason=exc.reason[:160])
+            else:  # not an ack at all (bit errors, junk)
+                self.counts["uplink_rejected"] += 1
+                self.emit("BAD_UPLINK_PACKET", reason=str(exc)[:160])
+            return
+        if self.ack_auth.persist_due():  # at most once a second (docs/operations.md: why that is enough)
+            try:
+                self.ops_state.save()
+            except OSError as exc:  # kept in memory; the next save writes it
+                self.svc.log(f"ack counters not persisted: {exc}")
         self.last_uplink = time.time()
-        self.counts["products_acked"] += self.store.ack(ids)
+        removed, rtts_s = self.store.ack_with_samples(ids, time.time())  # round trips of once-sent packets (Karn)
+        self.link_timer.on_samples(rtts_s)
+        self.counts["products_acked"] += removed
 
     def on_command(self, packet: bytes) -> None:
         now = self.clock.now_s()
@@ -651,6 +771,36 @@ class FlightApp:
                   previous=before.version if before else "none")
         return f"{m.model} {active.version} active (sha256 {active.sha256[:8]})"
 
+    def cmd_upload_activate_file(self, cmd: Command) -> str:
+        """A bundle received by file transfer (CFDP, flight.filetransfer), named by its SHA-256:
+        re-hashed, then the same staging, verification and atomic activation as UPLOAD_ACTIVATE.
+        The file is deleted either way (a bad bundle is sent again, not retried)."""
+        import hashlib
+
+        name = self._cascade_model(cmd.args["model"])
+        sha = bytes(cmd.args["sha256"]).hex()
+        uid = int(sha[:8], 16)
+        path = self.files.received_file(sha)
+        if path is None:
+            raise CommandFailed(f"no received file with sha256 {sha[:16]} (transfer not finished, or already used)")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha:
+            self.files.consume(sha)
+            raise CommandFailed(f"received file {sha[:16]} changed on board (sha256 differs): deleted")
+        current = self.pipeline.models.get(name)
+        before = self.model_store.active.get(name)
+        try:
+            active, model = self.model_store.install_bundle(name, data, current.model.card.kind if current else None)
+        except ModelUpdateError as exc:
+            self.files.consume(sha)
+            self.emit("MODEL_UPDATE_FAILED", model=name, upload_id=uid, reason=exc.reason[:140])
+            raise
+        self.files.consume(sha)
+        self.swap_model(name, model, probation=self.sc.ops.model_probation_frames)
+        self.emit("MODEL_ACTIVATED", model=name, version=active.version, sha8=active.sha256[:8],
+                  previous=before.version if before else "none")
+        return f"{name} {active.version} active (sha256 {active.sha256[:8]}; bundle {sha[:8]})"
+
     def cmd_upload_abort(self, cmd: Command) -> str:
         self.uploads.meta(cmd.args["upload_id"])
         self.uploads.abort(cmd.args["upload_id"])
@@ -678,18 +828,30 @@ class FlightApp:
     # -- outputs -------------------------------------------------------------------------------------
 
     def pump_downlink(self, sock: zmq.Socket) -> None:
+        """Hand due packets to the radio while its queue holds less than radio_queue_max_s of
+        airtime (the rest waits in the store, most important first); each packet's timer runs
+        from when the queue model says it has left the radio."""
         now = time.time()
-        sent = []
-        for pid, packet, sends, _ in self.store.due(now, self.cfg.retransmit_s, self.cfg.downlink_window):
+        timer = self.link_timer
+        if not timer.has_room(now):
+            return
+        sent, left_wall, timed_out = [], [], False
+        for pid, packet, sends, sent_wall in self.store.due(now, timer.rto_s, self.cfg.downlink_window):
+            if not timer.has_room(now):
+                break
             try:
                 sock.send(packet, zmq.NOBLOCK)
             except zmq.Again:
                 break
             sent.append(pid)
+            left_wall.append(timer.enqueue(len(packet), now))
+            timed_out |= sent_wall > 0  # 0: never sent, or released at once by an ack (fast retransmission)
             self.counts["packets_sent"] += 1
             self.counts["packets_retransmitted"] += sends > 0
         if sent:
-            self.store.mark_sent(sent, now)
+            self.store.mark_sent(sent, now, left_wall=left_wall)
+        if timed_out:
+            timer.on_timeout(now)
 
     def telemetry(self) -> dict[str, float]:
         t = self.clock.now_s()
@@ -700,7 +862,9 @@ class FlightApp:
                       errors_in_window=self.modes.errors_in_window(t), models_disabled=len(self.pipeline.disabled),
                       uplink_age_s=time.time() - self.last_uplink if self.last_uplink else -1.0,
                       upload_chunks_received=sum(self.uploads.received(u) for u in self.uploads.open_ids()),
-                      quicklooks_held=len(self.quicklooks.ring))
+                      quicklooks_held=len(self.quicklooks.ring), rto_s=self.link_timer.rto_s,
+                      store_state=self.store.state, store_ram_products=self.store.ram_products,
+                      store_epoch=self.store.epoch)
         for s in STAGES:
             values[f"stage_{s}_ms_last"] = self.last_stage_ms.get(s, 0.0)
         for name in KNOWN_MODELS:
@@ -762,15 +926,16 @@ class FlightApp:
             while self.svc.running:
                 events = dict(poller.poll(50))
                 if frames in events:
-                    self.on_frame_message(frames.recv_multipart(copy=False))
+                    self.guarded("on_frame_message", lambda: self.on_frame_message(frames.recv_multipart(copy=False)))
                 while up.poll(0):
-                    self.on_uplink(up.recv())
-                self.apply_pending_models()
-                self.pump_downlink(down)
-                self.housekeeping()
-                self.check_memory()
-                self.scrub_models()
-                self.status()
+                    self.guarded("on_uplink", lambda: self.on_uplink(up.recv()))
+                self.guarded("apply_pending_models", self.apply_pending_models)
+                self.guarded("pump_downlink", lambda: self.pump_downlink(down))
+                self.guarded("housekeeping", self.housekeeping)
+                self.guarded("check_memory", self.check_memory)
+                self.guarded("scrub_models", self.scrub_models)
+                self.guarded("store_maintenance", self.store_maintenance)
+                self.guarded("status", self.status)
             self.emit("STOPPING", reason=self.svc.stop_reason)
             self.status(force=True)
         finally:
@@ -783,11 +948,12 @@ class FlightApp:
 
 
 def _peek_frame_id(header: bytes) -> int | None:
+    """The frame id of a header not processed (SAFE mode), when it is a valid one; else None."""
     try:
-        fid = json.loads(header).get("frame_id")
-        return fid if isinstance(fid, int) else None
-    except (ValueError, AttributeError):
+        fid = parse_json_object(header[:MAX_HEADER_BYTES + 1], "header").get("frame_id") if len(header) <= MAX_HEADER_BYTES else None
+    except ValueError:
         return None
+    return fid if isinstance(fid, int) and not isinstance(fid, bool) and 0 <= fid <= FRAME_ID_MAX else None
 
 
 def main(argv: list[str] | None = None) -> int:

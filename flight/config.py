@@ -112,9 +112,12 @@ class ScenarioSection:
         from flight.clock import parse_epoch
 
         try:
-            parse_epoch(self.epoch)
+            epoch = parse_epoch(self.epoch)
         except ValueError as exc:
             raise ConfigError(f"{section}.epoch", self.epoch, str(exc)) from None
+        # every scenario time up to 2**31 s must fit a CCSDS CDS short time code (days since 1958, u16)
+        if not 1958 <= epoch.year <= 2068:
+            raise ConfigError(f"{section}.epoch", self.epoch, "must be in 1958..2068 (CCSDS CDS time codes end in 2137)")
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,15 @@ class FlightSection:
     merge_px: float = field(default=8.0, metadata=rng(0.0, 512.0))  # same-class peaks closer than this are one object
     store_max_bytes: int = field(default=64 * 1024 * 1024, metadata=rng(4096, 2**40))
     downlink_window: int = field(default=64, metadata=rng(1, 100000))  # unacknowledged packets in flight
-    retransmit_s: float = field(default=2.0, metadata=rng(0.01, 3600.0))  # wall seconds before a resend
+    # Adaptive retransmission (flight/retransmit.py, docs/link.md): the timeout is learned from
+    # round trips (RFC 6298, Karn's rule) and runs from when a packet has left the radio.
+    retransmit_s: float = field(default=2.0, metadata=rng(0.01, 3600.0))  # initial timeout, wall s, before any round trip
+    rto_min_s: float = field(default=1.0, metadata=rng(0.01, 3600.0))  # RFC 6298's floor: covers the ground's ack period
+    rto_max_s: float = field(default=60.0, metadata=rng(0.01, 86400.0))  # back-off ceiling (RFC 6298: >= 60 s; > ground.ack_period_s)
+    radio_rate_bps: float = field(default=0.0, metadata=rng(0.0, 1e10))  # transmitter bit rate; 0 = link.downlink_rate_bps
+    # airtime queued in the radio at once: > the loop's longest stall (a 2048^2 frame, p99 0.2 s) so
+    # the radio never idles; small so an alert waits little (4 kbit/s: 0.7 s median vs 4.2 s at 2 s)
+    radio_queue_max_s: float = field(default=0.5, metadata=rng(0.01, 3600.0))
     housekeeping_period_s: float = field(default=30.0, metadata=rng(0.1, 86400.0))  # scenario seconds
     # "stream": calibration tables read strip by strip from a file next to the .npz (RSS flat with
     # frame size, +0.8 ms per 2048^2 frame); "memory": held in RAM (2 bytes per pixel-band)
@@ -173,6 +184,8 @@ class FlightSection:
     def validate(self, section: str) -> None:
         if not self.cascade or self.cascade[0].model != "cloud_screen":
             raise ConfigError(f"{section}.cascade", self.cascade, "must start with the cloud_screen model")
+        if self.rto_min_s > self.rto_max_s:
+            raise ConfigError(f"{section}.rto_min_s", self.rto_min_s, f"must be <= rto_max_s ({self.rto_max_s})")
 
 
 @dataclass(frozen=True)
@@ -194,6 +207,9 @@ class LinkSection:
     contacts: str = field(default="always", metadata=rng(choices=("always", "orbit", "schedule")))
     schedule: tuple[tuple[float, ...], ...] = ()
     seed: int = field(default=7, metadata=rng(0, 2**31 - 1))  # loss and bit errors are reproducible
+    # appended (issue #13, uplink flow control and file transfer; docs/link.md, docs/operations.md)
+    uplink_loss_rate: float | None = field(default=None, metadata=rng(0.0, 1.0))  # random loss on the uplink only; None: as the downlink
+    uplink_bulk_queue_s: float = field(default=1.5, metadata=rng(0.05, 600.0))  # airtime of bulk data (file PDUs) the ground keeps queued at most
 
     def validate(self, section: str) -> None:
         for i, pair in enumerate(self.schedule):
@@ -240,6 +256,10 @@ class GroundSection:
     )
     ack_period_s: float = field(default=0.2, metadata=rng(0.001, 60.0))  # wall seconds between acks
     alerts_file: str = ""  # also append alerts as JSON lines here (relative: to the run folder); "" = off
+    # Operator console (issue #14, ground_link/console, docs/console.md): the launcher starts it on
+    # this loopback port; 0 = a free port, -1 = off (`python -m payload_sim.hil --console` = 0)
+    console_port: int = field(default=-1, metadata=rng(-1, 65535))
+    partners_file: str = ""  # partner logins and access rules (ground_link/partners.py); "" = the demo's
 
 
 @dataclass(frozen=True)
@@ -272,6 +292,17 @@ class OpsSection:
     model_scrub_period_s: float = field(default=60.0, metadata=rng(0.0, 1e7))  # re-hash model files; 0 = off
     model_probation_frames: int = field(default=10, metadata=rng(0, 100000))  # run-time failure: roll back
     upload_max_bytes: int = field(default=16 * 1024 * 1024, metadata=rng(1024, 2**31 - 1))
+    # input-driven events (rejected frames, bad uplink packets, refused commands and acks): at most
+    # this many of one type per window; the rest are counted in telemetry (events_suppressed)
+    event_burst: int = field(default=100, metadata=rng(1, 1_000_000))
+    event_window_s: float = field(default=60.0, metadata=rng(1.0, 1e7))  # scenario seconds
+    # appended (issue #13): file transfers (CFDP, flight/filetransfer.py)
+    file_inactivity_s: float = field(default=7200.0, metadata=rng(1.0, 1e8))  # scenario s without a PDU before an open transfer is given up
+    files_kept: int = field(default=4, metadata=rng(1, 64))  # received files kept on board (oldest deleted first)
+    # product store folder; "" = the run folder, relative: to the run folder. Not created: a missing
+    # mount runs the store RAM-only (issue #12) until the folder appears
+    store_dir: str = ""
+    store_ram_max_bytes: int = field(default=4 * 1024 * 1024, metadata=rng(4096, 2**31 - 1))  # RAM buffer while the store cannot write
 
     def validate(self, section: str) -> None:
         if self.memory_degraded_fraction > self.memory_safe_fraction:
@@ -287,8 +318,9 @@ class SecuritySection:
     command_key_file: str = ""  # hex mission key (HMAC-SHA256); relative paths: to the run folder
     counter_window: int = field(default=1000, metadata=rng(1, 2**32))  # accepted: last < counter <= last + window
     command_time_window_s: float = field(default=600.0, metadata=rng(0.0, 1e7))  # |now - issued|; 0 = off
-    curve: bool = False  # CURVE encryption and authentication on every ZeroMQ link
+    curve: bool = True  # CURVE encryption and authentication on every ZeroMQ link; off only in a lab scenario
     curve_dir: str = ""  # per-run certificates; "" = RUN_DIR/curve
+    ack_source_id: int = field(default=1, metadata=rng(1, 2**16 - 1))  # the station's PUS source id in its acks (flight.acks)
 
 
 @dataclass(frozen=True)
@@ -306,7 +338,7 @@ class Scenario:
 
 
 KNOWN_SECTIONS = {f.name for f in dataclasses.fields(Scenario)} - {"extra"}
-SIM_SECTIONS = {"orbit", "ground_stations", "faults"}
+SIM_SECTIONS = {"orbit", "ground_stations", "faults", "expect"}
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -342,4 +374,15 @@ def load_scenario(path: str | Path | None, overrides: list[str] | None = None) -
         raise ConfigError(name, data[name], f"unknown section; known: {sorted(KNOWN_SECTIONS | SIM_SECTIONS)}")
     kwargs = {name: build(typing.get_type_hints(Scenario)[name], data.get(name), name) for name in KNOWN_SECTIONS}
     extra = {k: v for k, v in data.items() if k in SIM_SECTIONS}
-    return Scenario(**kwargs, extra=extra)
+    sc = Scenario(**kwargs, extra=extra)
+    check_packable(sc)
+    return sc
+
+
+def check_packable(sc: Scenario) -> None:
+    """Cross-section limits from the packet fields values end up in: fail at start-up, never at
+    packing time. A frame summary counts its tiles in a u16."""
+    tiles = (sc.sensor.height // sc.flight.tile_px) * (sc.sensor.width // sc.flight.tile_px)
+    if tiles > 0xFFFF:
+        raise ConfigError("sensor.height", sc.sensor.height, f"with sensor.width {sc.sensor.width} and flight.tile_px "
+                          f"{sc.flight.tile_px} a frame has {tiles} tiles; the frame summary holds at most 65535")

@@ -25,6 +25,10 @@ class Apid(IntEnum):
     # appended (issue #7, flight operations)
     COMMAND_REPORT = 0x106  # TM: PUS service 1 verification reports of telecommands
     COMMAND = 0x182  # TC: authenticated telecommands (flight.commands)
+    # appended (issue #13, file transfer: flight.filetransfer). CFDP PDUs in space packets without
+    # secondary header; not products (no store, no product acks: CFDP recovers its own losses)
+    FILE_DATA = 0x183  # TC: CFDP PDUs ground -> flight (Metadata, File Data, EOF, ACK of Finished); bulk on the uplink
+    FILE_REPLY = 0x107  # TM: CFDP PDUs flight -> ground (ACK of EOF, NAK, Finished)
 
 
 PRODUCT_SERVICE = 200  # mission-specific PUS service for payload products
@@ -119,6 +123,10 @@ EVENTS: dict[str, EventDef] = {
         EventDef(34, "ACK_REJECTED", Severity.HIGH, "acknowledgement refused ({kind}): {reason}"),
         EventDef(35, "MODE_RESTORED", Severity.INFO, "restarted in mode {mode} ({errors} errors in the budget window)"),
         EventDef(36, "INPUT_REJECTED", Severity.LOW, "{source} input rejected: {reason}"),
+        EventDef(37, "STATE_RESTORED", Severity.HIGH, "{file} unreadable ({reason}): restored from its previous copy"),
+        # appended (issue #13): file transfers (CFDP)
+        EventDef(38, "FILE_RECEIVED", Severity.INFO, "file {name} received: {size} bytes, sha256 {sha8}, transaction {seq} in {took_s:.0f} s"),
+        EventDef(39, "FILE_TRANSFER_FAILED", Severity.MEDIUM, "file transfer {seq} failed: {reason}"),
     )
 }
 EVENTS_BY_ID = {e.id: e for e in EVENTS.values()}
@@ -132,34 +140,39 @@ class Channel:
     id: int
     name: str  # units live in the name
     description: str
+    # appended (issue #13): limits for ground displays, exported as XTCE alarm ranges. (lo, hi),
+    # inclusive, None for an open end: a value outside `warn` is a warning (yellow), outside `alarm`
+    # critical (red). None: no limit.
+    warn: tuple[float | None, float | None] | None = None
+    alarm: tuple[float | None, float | None] | None = None
 
 
 TELEMETRY: tuple[Channel, ...] = (
     Channel(1, "frames_captured", "frames announced by the camera"),
     Channel(2, "frames_processed", "frames that went through the whole pipeline"),
-    Channel(3, "frames_rejected", "frames rejected at ingest or by a stage"),
+    Channel(3, "frames_rejected", "frames rejected at ingest or by a stage", warn=(None, 0)),
     Channel(4, "frame_latency_ms_last", "ingest-to-packets wall time of the last frame"),
-    Channel(5, "rss_mib", "resident memory of the flight process"),
+    Channel(5, "rss_mib", "resident memory of the flight process", warn=(None, 435.2), alarm=(None, 486.4)),  # 85 % / 95 % of the default obc.memory_mib 512: DEGRADED / SAFE
     Channel(6, "cpu_percent", "CPU use of the flight process since the last report"),
     Channel(7, "store_products", "products waiting for a ground acknowledgement"),
     Channel(8, "store_bytes", "bytes of products waiting in the store"),
     Channel(9, "packets_sent", "packets handed to the radio, retransmissions included"),
     Channel(10, "packets_retransmitted", "packets sent again after no acknowledgement"),
     Channel(11, "products_acked", "products acknowledged by the ground"),
-    Channel(12, "errors", "stage errors counted against the error budget"),
-    Channel(13, "uplink_rejected", "uplink packets dropped as malformed"),
+    Channel(12, "errors", "stage errors counted against the error budget", warn=(None, 0)),
+    Channel(13, "uplink_rejected", "uplink packets dropped as malformed", warn=(None, 0)),
     # appended (issue #7)
-    Channel(14, "mode", "operating mode: 0 NOMINAL, 1 DEGRADED, 2 SAFE"),
+    Channel(14, "mode", "operating mode: 0 NOMINAL, 1 DEGRADED, 2 SAFE", warn=(0, 0), alarm=(0, 1)),
     Channel(15, "commands_accepted", "telecommands that passed authentication and argument checks"),
-    Channel(16, "commands_rejected", "telecommands rejected, every reason"),
-    Channel(17, "commands_forged", "telecommands with a bad MAC (forged or altered)"),
-    Channel(18, "commands_replayed", "telecommands with a counter already used"),
-    Channel(19, "commands_out_of_window", "telecommands outside the counter or time window"),
-    Channel(20, "commands_failed", "accepted telecommands whose execution failed"),
-    Channel(21, "watchdog_trips", "stage calls aborted by the watchdog"),
-    Channel(22, "errors_in_window", "errors counted in the error-budget window"),
-    Channel(23, "models_rolled_back", "automatic or commanded model rollbacks"),
-    Channel(24, "models_disabled", "models switched off (by command or after a fault)"),
+    Channel(16, "commands_rejected", "telecommands rejected, every reason", warn=(None, 0)),
+    Channel(17, "commands_forged", "telecommands with a bad MAC (forged or altered)", alarm=(None, 0)),
+    Channel(18, "commands_replayed", "telecommands with a counter already used", warn=(None, 0)),
+    Channel(19, "commands_out_of_window", "telecommands outside the counter or time window", warn=(None, 0)),
+    Channel(20, "commands_failed", "accepted telecommands whose execution failed", warn=(None, 0)),
+    Channel(21, "watchdog_trips", "stage calls aborted by the watchdog", warn=(None, 0)),
+    Channel(22, "errors_in_window", "errors counted in the error-budget window", warn=(None, 0), alarm=(None, 2)),  # at the default ops.error_budget 3, one more gives SAFE
+    Channel(23, "models_rolled_back", "automatic or commanded model rollbacks", warn=(None, 0)),
+    Channel(24, "models_disabled", "models switched off (by command or after a fault)", warn=(None, 0)),
     Channel(25, "stage_ingest_ms_last", "ingest time of the last frame"),
     Channel(26, "stage_calibrate_ms_last", "calibration time of the last frame"),
     Channel(27, "stage_tile_ms_last", "tiling time of the last frame"),
@@ -167,27 +180,28 @@ TELEMETRY: tuple[Channel, ...] = (
     Channel(29, "stage_detect_ms_last", "detector time of the last frame"),
     Channel(30, "stage_localize_ms_last", "localization time of the last frame"),
     Channel(31, "stage_package_ms_last", "packaging time of the last frame"),
-    Channel(32, "model_cloud_screen_version", "active cloud_screen version (major*10000+minor*100+patch; -1 none)"),
+    Channel(32, "model_cloud_screen_version", "active cloud_screen version (major*10000+minor*100+patch; -1 none)", alarm=(0, None)),
     Channel(33, "model_cloud_screen_sha24", "first 24 bits of the active cloud_screen sha256"),
-    Channel(34, "model_ship_detect_version", "active ship_detect version (major*10000+minor*100+patch; -1 none)"),
+    Channel(34, "model_ship_detect_version", "active ship_detect version (major*10000+minor*100+patch; -1 none)", warn=(0, None)),
     Channel(35, "model_ship_detect_sha24", "first 24 bits of the active ship_detect sha256"),
-    Channel(36, "model_fire_detect_version", "active fire_detect version (major*10000+minor*100+patch; -1 none)"),
+    Channel(36, "model_fire_detect_version", "active fire_detect version (major*10000+minor*100+patch; -1 none)", warn=(0, None)),
     Channel(37, "model_fire_detect_sha24", "first 24 bits of the active fire_detect sha256"),
     Channel(38, "uplink_age_s", "wall seconds since the last good uplink packet (-1 never)"),
     Channel(39, "upload_chunks_received", "chunks received of the upload in progress"),
     Channel(40, "quicklooks_held", "recent frames held as quicklooks"),
-    Channel(41, "products_evicted", "products evicted from the full store"),
-    Channel(42, "products_refused", "products refused by the full store"),
+    Channel(41, "products_evicted", "products evicted from the full store", warn=(None, 0)),
+    Channel(42, "products_refused", "products refused by the full store", alarm=(None, 0)),
     # appended (issue #12)
-    Channel(43, "input_rejected", "hostile or malformed input rejected (frame messages, uplink packets): never a fault"),
-    Channel(44, "software_faults", "unexpected exceptions caught by the last-resort handler"),
-    Channel(45, "store_state", "product store: 0 on disk, 1 disk failing (new products held in RAM), 2 RAM only"),
-    Channel(46, "store_ram_products", "products held in RAM while the store cannot write"),
-    Channel(47, "products_lost", "products that could be kept neither on disk nor in RAM"),
-    Channel(48, "acks_rejected", "acknowledgements refused: bad MAC, replayed or out of the time window"),
+    Channel(43, "input_rejected", "hostile or malformed input rejected (frame messages, uplink packets): never a fault", warn=(None, 0)),
+    Channel(44, "software_faults", "unexpected exceptions caught by the last-resort handler", alarm=(None, 0)),
+    Channel(45, "store_state", "product store: 0 on disk, 1 disk failing (new products held in RAM), 2 RAM only", warn=(0, 0), alarm=(0, 1)),
+    Channel(46, "store_ram_products", "products held in RAM while the store cannot write", warn=(None, 0)),
+    Channel(47, "products_lost", "products that could be kept neither on disk nor in RAM", alarm=(None, 0)),
+    Channel(48, "acks_rejected", "acknowledgements refused: bad MAC, replayed or out of the time window", warn=(None, 0)),
     Channel(49, "rto_s", "current retransmission timeout (wall seconds, adaptive)"),
     Channel(50, "store_epoch", "store epoch: the high 32 bits of every product id"),
     Channel(51, "products_created", "products put into the store (or RAM buffer)"),
+    Channel(52, "events_suppressed", "input-driven events not sent because their type exceeded ops.event_burst in ops.event_window_s"),
 )
 TELEMETRY_BY_ID = {c.id: c for c in TELEMETRY}
 TELEMETRY_BY_NAME = {c.name: c for c in TELEMETRY}
@@ -302,6 +316,9 @@ COMMANDS: dict[str, CommandDef] = {
         CommandDef(16, "SET_MODEL_THRESHOLD", (MODEL_NAME, Arg("threshold", "d", 0.001, 0.999)),
                    "override a detector's decision threshold"),
         CommandDef(17, "UPLOAD_ABORT", (Arg("upload_id", "I"),), "forget an upload and its chunks"),
+        # appended (issue #13): activation of a bundle received by file transfer (CFDP, flight.filetransfer)
+        CommandDef(18, "UPLOAD_ACTIVATE_FILE", (MODEL_NAME, Arg("sha256", "32s")),
+                   "verify (hash, card, golden vectors) and activate atomically the model bundle received by file transfer with this SHA-256"),
     )
 }
 COMMANDS_BY_OPCODE = {c.opcode: c for c in COMMANDS.values()}

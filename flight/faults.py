@@ -7,6 +7,8 @@ one small place, off unless the scenario names them:
     slow_model_s = 3.0            # wall seconds added to each call
     slow_frames = [1]             # only on these frame ids (absent: every frame)
     fail_model = "cloud_screen:1.0.1"   # this model (optionally only this version) raises at run time
+    raise_in = ["housekeeping"]   # these main-loop steps raise once each (a software bug), for the
+                                  # last-resort handler; names as in FlightApp.run
 
 Other `[faults]` keys belong to other processes (the camera, the launcher) and are ignored here.
 """
@@ -25,6 +27,10 @@ class InjectedFaults:
     slow_model_s: float = 0.0
     slow_frames: tuple[int, ...] = ()
     fail_model: str = ""
+    raise_in: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_raised", set())
 
     @staticmethod
     def from_extra(extra: dict) -> InjectedFaults:
@@ -44,7 +50,17 @@ class InjectedFaults:
         seconds = get("slow_model_s", float, 0.0)
         if not 0.0 <= seconds <= 3600.0:
             raise ConfigError("faults.slow_model_s", seconds, "must be in [0, 3600]")
-        return InjectedFaults(get("slow_model", str, ""), seconds, tuple(frames), get("fail_model", str, ""))
+        raise_in = f.get("raise_in", [])
+        if not isinstance(raise_in, list) or not all(isinstance(h, str) for h in raise_in):
+            raise ConfigError("faults.raise_in", raise_in, "must be a list of main-loop step names")
+        return InjectedFaults(get("slow_model", str, ""), seconds, tuple(frames), get("fail_model", str, ""),
+                              tuple(raise_in))
+
+    def handler_call(self, handler: str) -> None:
+        """Called before each main-loop step: raises once for each step named in raise_in."""
+        if handler in self.raise_in and handler not in self._raised:  # type: ignore[attr-defined]
+            self._raised.add(handler)  # type: ignore[attr-defined]
+            raise RuntimeError(f"injected fault: a bug in {handler}")
 
     def model_call(self, name: str, version: str, frame_id: int) -> None:
         """Called before each model call: sleeps or raises as the scenario asks."""

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from flight.frames import BANDS, DN_MAX, FrameMeta
+from flight.dictionary import FRAME_ID_MAX
+from flight.frames import BANDS, DN_MAX, FrameMeta, json_int, parse_json_object
+
+# Capture times are packed as CCSDS CDS short time codes (16-bit day count from 1958, so up to
+# 2137) counted from the scenario epoch; config limits the epoch so that this many seconds fit.
+MAX_CAPTURE_TIME_S = 2**31 - 1
+MAX_GSD_M = 100_000.0
+MAX_STRIP_HEADER_BYTES = 256
 
 
 class FrameRejected(Exception):
@@ -25,6 +32,8 @@ class FrameIngest:
     def __init__(self, tile_px: int, max_height: int = 16384, max_width: int = 16384):
         self.tile_px = tile_px
         self.max_height, self.max_width = max_height, max_width
+        # (height, width) the calibration products are for: other frames cannot be calibrated
+        self.frame_shape: tuple[int, int] | None = None
         self.meta: FrameMeta | None = None
         self.next_row = 0
 
@@ -35,6 +44,8 @@ class FrameIngest:
             meta = FrameMeta.from_json(header)
         except ValueError as exc:
             raise FrameRejected(None, str(exc)) from None
+        if not 0 <= meta.frame_id <= FRAME_ID_MAX:  # the id itself is hostile: no event may carry it
+            raise FrameRejected(None, f"frame_id {meta.frame_id} outside 0..{FRAME_ID_MAX}")
         fid = meta.frame_id
         if meta.bands != BANDS:
             raise FrameRejected(fid, f"bands {list(meta.bands)} differ from the sensor's {list(BANDS)}")
@@ -42,9 +53,12 @@ class FrameIngest:
             raise FrameRejected(fid, f"dtype {meta.dtype} is not uint16")
         if not (0 < meta.height <= self.max_height and 0 < meta.width <= self.max_width):
             raise FrameRejected(fid, f"size {meta.height}x{meta.width} outside 1..{self.max_height}x{self.max_width}")
+        if self.frame_shape is not None and (meta.height, meta.width) != tuple(self.frame_shape):
+            raise FrameRejected(fid, f"size {meta.height}x{meta.width} differs from the calibrated sensor's "
+                                     f"{self.frame_shape[0]}x{self.frame_shape[1]}")
         if meta.height % self.tile_px or meta.width % self.tile_px:
             raise FrameRejected(fid, f"size {meta.height}x{meta.width} is not a multiple of the {self.tile_px}-pixel tile")
-        if not (meta.gsd_m > 0 and np.isfinite(meta.capture_time_s) and meta.capture_time_s >= 0):
+        if not (0 < meta.gsd_m <= MAX_GSD_M and np.isfinite(meta.capture_time_s) and 0 <= meta.capture_time_s <= MAX_CAPTURE_TIME_S):
             raise FrameRejected(fid, f"contradictory metadata: gsd_m {meta.gsd_m}, capture_time_s {meta.capture_time_s}")
         fp = meta.footprint
         if fp is not None and not all(
@@ -53,6 +67,21 @@ class FrameIngest:
             raise FrameRejected(fid, f"footprint out of range: {fp}")
         self.meta = meta
         return meta
+
+    def strip_header(self, data: bytes | memoryview) -> tuple[int, int, int]:
+        """(frame_id, row0, rows) of a strip message header, each checked against its range."""
+        meta = self.meta
+        fid = meta.frame_id if meta is not None else None
+        if len(data) > MAX_STRIP_HEADER_BYTES:
+            raise FrameRejected(fid, f"strip header is {len(data)} bytes, at most {MAX_STRIP_HEADER_BYTES}")
+        try:
+            hdr = parse_json_object(data, "strip header")
+            frame_id, row0, rows = (json_int(hdr[k], k) for k in ("frame_id", "row0", "rows"))
+        except (KeyError, ValueError) as exc:
+            raise FrameRejected(fid, f"strip header malformed: {exc}") from None
+        if not (0 <= frame_id <= FRAME_ID_MAX and 0 <= row0 <= self.max_height and 0 <= rows <= self.max_height):
+            raise FrameRejected(fid, f"strip header out of range: frame {frame_id} rows {row0}+{rows}")
+        return frame_id, row0, rows
 
     def strip(self, frame_id: int, row0: int, rows: int, data: bytes | memoryview) -> np.ndarray:
         """Check one strip and return it as a (bands, rows, width) uint16 view of `data`."""

@@ -23,10 +23,20 @@ from flight.dictionary import Mode
 
 
 class ModeManager:
-    def __init__(self, error_budget: int, error_window_s: float, emit: Callable[..., None]):
+    """The mode and the error window. `persist(mode, error_times)` is called on every change, so
+    a restarted flight comes back in the mode it left, with the errors it had counted."""
+
+    def __init__(self, error_budget: int, error_window_s: float, emit: Callable[..., None],
+                 persist: Callable[[Mode, list[float]], None] | None = None):
         self.mode = Mode.NOMINAL
         self.budget, self.window_s, self.emit = error_budget, error_window_s, emit
         self.errors: deque[float] = deque()  # scenario times of errors in the window
+        self.persist = persist or (lambda mode, errors: None)
+
+    def restore(self, mode: Mode, error_times: list[float], now_s: float) -> None:
+        """Mode and errors as saved before a restart (no events: the caller reports the restore)."""
+        self.mode = Mode(mode)
+        self.errors = deque(sorted(t for t in error_times if t >= now_s - self.window_s))
 
     def errors_in_window(self, now_s: float) -> int:
         while self.errors and self.errors[0] < now_s - self.window_s:
@@ -37,6 +47,7 @@ class ModeManager:
         if mode == self.mode:
             return False
         old, self.mode = self.mode, Mode(mode)
+        self.persist(self.mode, list(self.errors))
         self.emit("MODE_CHANGED", old=old.name, new=self.mode.name, reason=reason[:120])
         return True
 
@@ -45,6 +56,7 @@ class ModeManager:
         if count:
             self.errors.append(now_s)
             n = self.errors_in_window(now_s)
+            self.persist(self.mode, list(self.errors))
             if n > self.budget and self.mode != Mode.SAFE:
                 self.emit("ERROR_BUDGET_EXCEEDED", errors=n, window_s=self.window_s, budget=self.budget)
                 self.set(Mode.SAFE, f"error budget exceeded after: {reason}")
@@ -56,7 +68,8 @@ class ModeManager:
         """Commanded change; going back to NOMINAL or DEGRADED clears the error window (recovery)."""
         if mode != Mode.SAFE:
             self.errors.clear()
-        self.set(mode, "commanded")
+        if not self.set(mode, "commanded"):
+            self.persist(self.mode, list(self.errors))
 
     def memory(self, rss_mib: float, degraded_mib: float, safe_mib: float) -> str | None:
         """Memory pressure: the level reached ('safe', 'degraded') or None."""
@@ -71,6 +84,30 @@ class ModeManager:
                 self.set(Mode.DEGRADED, f"memory {rss_mib:.0f} MiB")
             return "degraded"
         return None
+
+
+class EventLimiter:
+    """At most `burst` events of one input-driven type per `window_s` (scenario seconds): a
+    stream of hostile input must not turn into a stream of event packets that fills the store
+    and the downlink. Suppressed events are counted by the caller; other event types pass."""
+
+    LIMITED = frozenset({"FRAME_REJECTED", "INPUT_REJECTED", "BAD_UPLINK_PACKET", "ACK_REJECTED",
+                         "COMMAND_AUTH_FAILED", "COMMAND_REJECTED"})
+
+    def __init__(self, burst: int, window_s: float):
+        self.burst, self.window_s = burst, window_s
+        self.sent: dict[str, deque[float]] = {}
+
+    def allow(self, event: str, now_s: float) -> bool:
+        if event not in self.LIMITED:
+            return True
+        q = self.sent.setdefault(event, deque())
+        while q and q[0] <= now_s - self.window_s:
+            q.popleft()
+        if len(q) >= self.burst:
+            return False
+        q.append(now_s)
+        return True
 
 
 class StageStuck(Exception):

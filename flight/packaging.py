@@ -29,7 +29,7 @@ def frame_products(r: FrameResult) -> list[tuple[Apid, float, Maker]]:
     out: list[tuple[Apid, float, Maker]] = []
     for d in r.detections:
         out.append((Apid.DETECTION, t, partial(
-            Detection, frame_id=m.frame_id, capture_time_s=t, class_id=d.class_id, confidence_q=round(d.confidence * 255),
+            Detection, frame_id=m.frame_id, capture_time_s=t, class_id=d.class_id, confidence_q=_confidence_q(d.confidence),
             row_px=d.row_px, col_px=d.col_px, lat_deg=d.lat_deg, lon_deg=d.lon_deg, area_px=min(d.area_px, 65535))))
     for c in r.chips:
         out.append((Apid.IMAGE_CHIP, t, partial(
@@ -41,6 +41,11 @@ def frame_products(r: FrameResult) -> list[tuple[Apid, float, Maker]]:
         fires=r.count(DetectionClass.FIRE), processing_ms=r.processing_ms, center_lat_deg=center[0],
         center_lon_deg=center[1])))
     return out
+
+
+def _confidence_q(confidence: float) -> int:
+    """Confidence in [0, 1] as the packet's u8 (a NaN from a broken model packs as 0, never raises)."""
+    return int(min(255, max(0, round(confidence * 255)))) if confidence == confidence else 0
 
 
 def discard_event_args(r: FrameResult, discard_fraction: float) -> dict | None:

@@ -4,7 +4,11 @@ Every product is a small immutable dataclass with `pack()` / `unpack()` of its p
 fixed layout declared once in `LAYOUT`, an optional variable-length tail last). `encode_tm` wraps
 a payload in an ECSS PUS-C TM space packet (spacepackets: CDS short time code, CRC-16) on the
 product's APID; `decode_tm` checks the CRC and gives the product back. Uplink acknowledgements are
-PUS TC packets (`encode_ack` / `decode_ack`).
+signed PUS TC packets: `flight.acks`.
+
+Every product starts with its `product_id`, a u64 (struct 'Q'): the flight store makes it
+`(store_epoch << 32) | n`, unique across store losses, at most PRODUCT_ID_MAX (63 bits, what a
+SQLite INTEGER holds). Operator tools show it as `epoch:n` (`product_label`).
 """
 
 from __future__ import annotations
@@ -16,11 +20,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from spacepackets.ccsds.time import CdsShortTimestamp
-from spacepackets.ecss.tc import PusTc
 from spacepackets.ecss.tm import PusTm
 
 from flight.dictionary import (
-    ACK_SERVICE,
     EVENT_SERVICE,
     HOUSEKEEPING_SERVICE,
     HOUSEKEEPING_SUBTYPE,
@@ -30,6 +32,13 @@ from flight.dictionary import (
 )
 
 CCSDS_EPOCH = datetime(1958, 1, 1, tzinfo=UTC)
+PRODUCT_ID_MAX = 2**63 - 1  # ids are u64 on the wire; above this no store or archive (SQLite INTEGER) holds them
+EPOCH_SHIFT = 32  # product_id = (store epoch << 32) | n
+
+
+def product_label(product_id: int) -> str:
+    """A product id as operators read it: `epoch:n` (store epoch, then the count within it)."""
+    return f"{product_id >> EPOCH_SHIFT}:{product_id & (2**EPOCH_SHIFT - 1)}"
 
 
 class PacketError(ValueError):
@@ -76,6 +85,8 @@ class _Product:
                     raise PacketError(f"{cls.__name__} text is not UTF-8", cls.APID) from exc
             names = [f.name for f in dataclasses.fields(cls)]
             values.insert(names.index(cls.TAIL), tail)
+        if values[0] > PRODUCT_ID_MAX:  # product_id leads every layout
+            raise PacketError(f"{cls.__name__} product id {values[0]:#x} is above {PRODUCT_ID_MAX:#x}", cls.APID)
         return cls(*values)
 
 
@@ -83,7 +94,7 @@ class _Product:
 class FrameSummary(_Product):
     APID = Apid.FRAME_SUMMARY
     SUBTYPE = 1
-    LAYOUT = ">IIdHHfBHHfff"
+    LAYOUT = ">QIdHHfBHHfff"
     product_id: int
     frame_id: int
     capture_time_s: float
@@ -102,7 +113,7 @@ class FrameSummary(_Product):
 class Detection(_Product):
     APID = Apid.DETECTION
     SUBTYPE = 2
-    LAYOUT = ">IIdBBffffH"
+    LAYOUT = ">QIdBBffffH"
     product_id: int
     frame_id: int
     capture_time_s: float
@@ -123,7 +134,7 @@ class Detection(_Product):
 class ImageChip(_Product):
     APID = Apid.IMAGE_CHIP
     SUBTYPE = 3
-    LAYOUT = ">IIdBffHHB"
+    LAYOUT = ">QIdBffHHB"
     TAIL = "png"
     product_id: int
     frame_id: int
@@ -142,7 +153,7 @@ class Housekeeping(_Product):
     APID = Apid.HOUSEKEEPING
     SERVICE = HOUSEKEEPING_SERVICE
     SUBTYPE = HOUSEKEEPING_SUBTYPE
-    LAYOUT = ">IdH"
+    LAYOUT = ">QdH"
     TAIL = "values"
     product_id: int
     time_s: float
@@ -165,7 +176,7 @@ class Event(_Product):
     APID = Apid.EVENT
     SERVICE = EVENT_SERVICE
     SUBTYPE = 0  # replaced by the severity when encoded
-    LAYOUT = ">IdHBi"
+    LAYOUT = ">QdHBi"
     TAIL = "message"
     product_id: int
     time_s: float
@@ -230,37 +241,6 @@ def packet_time(tm: PusTm, epoch: datetime) -> float:
     return (t - epoch).total_seconds()
 
 
-# --- acknowledgements (uplink) ------------------------------------------------------------------
-
-ACK_SUBTYPE = 1
-MAX_ACK_IDS = 250  # keeps an ack packet near 1 KiB
-
-
-def encode_ack(product_ids: list[int], seq_count: int) -> bytes:
-    """Selective acknowledgement of products (PUS TC on the ground-ack APID)."""
-    if len(product_ids) > MAX_ACK_IDS:
-        raise ValueError(f"{len(product_ids)} ids in one ack; at most {MAX_ACK_IDS}")
-    body = struct.pack(">H", len(product_ids)) + struct.pack(f">{len(product_ids)}I", *product_ids)
-    tc = PusTc(service=ACK_SERVICE, message_subtype=ACK_SUBTYPE, apid=Apid.GROUND_ACK, app_data=body, seq_count=seq_count & 0x3FFF)
-    return tc.pack()
-
-
-def decode_ack(packet: bytes) -> list[int]:
-    try:
-        tc = PusTc.unpack(packet)
-    except Exception as exc:
-        raise PacketError(f"{type(exc).__name__}: {exc}") from exc
-    if tc.apid != Apid.GROUND_ACK or tc.service != ACK_SERVICE:
-        raise PacketError(f"not an ack (service {tc.service})", tc.apid)
-    data = tc.app_data
-    if len(data) < 2:
-        raise PacketError("ack too short", tc.apid)
-    (count,) = struct.unpack_from(">H", data)
-    if len(data) != 2 + 4 * count:
-        raise PacketError(f"ack says {count} ids but holds {len(data) - 2} bytes", tc.apid)
-    return list(struct.unpack_from(f">{count}I", data, 2))
-
-
 # --- command verification reports (appended, issue #7) -------------------------------------------
 
 
@@ -271,7 +251,7 @@ class CommandReport(_Product):
 
     APID = Apid.COMMAND_REPORT
     SERVICE = 1  # dictionary.VERIFICATION_SERVICE
-    LAYOUT = ">IdQHBH"
+    LAYOUT = ">QdQHBH"
     TAIL = "message"
     product_id: int
     time_s: float

@@ -34,8 +34,8 @@ CLIENTS = ("flight", "station", "commander")  # processes that connect
 class KeyMaterialError(ValueError):
     """Key material missing or malformed: carries where it was looked for."""
 
-    def __init__(self, reason: str, source: str):
-        super().__init__(f"mission key ({source}): {reason}")
+    def __init__(self, reason: str, source: str, what: str = "mission key"):
+        super().__init__(f"{what} ({source}): {reason}")
         self.reason, self.source = reason, source
 
 
@@ -125,7 +125,9 @@ class SecureContext(zmq.Context):
         try:
             return zmq.auth.load_certificate(str(path))
         except (OSError, ValueError) as exc:
-            raise KeyMaterialError(f"CURVE certificate of {name!r} unusable: {exc}", str(path)) from None
+            raise KeyMaterialError(f"certificate of {name!r} unusable ({exc}); the launcher makes them per run, "
+                                   "or set security.curve_dir (security.curve = false only in a lab scenario)",
+                                   str(path), what="CURVE") from None
 
     def serve(self, sock: zmq.Socket) -> None:
         """Make `sock` a CURVE server that admits only the authorized clients (call before bind)."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flight.clock import ScenarioClock, parse_epoch
-from flight.config import Scenario, load_scenario
+from flight.config import ConfigError, Scenario, load_scenario
 
 
 class Service:
@@ -64,8 +64,24 @@ def common_args(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_errors(kind, exc, tb) -> None:
+    """Configuration and key-material mistakes end a process with one line, not a traceback."""
+    from flight.security import KeyMaterialError
+
+    if isinstance(exc, ConfigError | KeyMaterialError):
+        print(f"error: {exc}", file=sys.stderr)
+        return
+    sys.__excepthook__(kind, exc, tb)
+
+
 def setup(args: argparse.Namespace) -> tuple[Scenario, ScenarioClock]:
-    scenario = load_scenario(args.scenario, args.overrides)
+    """Scenario and clock for a process; a bad scenario or override ends it with one line, exit 2."""
+    sys.excepthook = _one_line_errors
+    try:
+        scenario = load_scenario(args.scenario, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     if args.run_dir is not None:
         args.run_dir.mkdir(parents=True, exist_ok=True)
     start = args.clock_start if args.clock_start is not None else time.time()

@@ -1,7 +1,10 @@
 """The ground archive: every packet as received, every product once, alerts, telemetry, events.
 
 SQLite, one file per station. Products are keyed by the flight's product id, so a packet the
-flight sent again (its acknowledgement was lost) is recognised and not archived twice. Alerts
+flight sent again (its acknowledgement was lost) is recognised and not archived twice. The id is
+the whole 64-bit `(store epoch << 32) | n` (an INTEGER PRIMARY KEY holds 63 bits, and the decoder
+refuses more: flight.products.PRODUCT_ID_MAX), so a flight that lost its store and counts n again
+from 1 in a new epoch is never taken for a duplicate. Alerts
 keep the throttled ones too (throttled = 1): archived and counted, but not shown to the operator.
 """
 

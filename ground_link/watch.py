@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from flight.service import read_status
-from ground_link.query import format_row, query
+from ground_link.query import CliParser, format_row, positive_int, query
 
 CLEAR = "\x1b[H\x1b[2J"
 
@@ -71,12 +71,22 @@ def screen(path: Path, rows: int = 10) -> str:
     return "\n".join(lines)
 
 
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = 0.0
+    if not 0.01 <= v <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds in [0.01, 3600]")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ground_link.watch", description="Live view of alerts and link state")
+    p = CliParser(prog="python -m ground_link.watch", description="Live view of alerts and link state")
     p.add_argument("path", type=Path, help="run folder or archive.sqlite")
     p.add_argument("--once", action="store_true", help="print one screen and exit")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between redraws")
-    p.add_argument("--rows", type=int, default=10, help="alerts shown")
+    p.add_argument("--interval", type=_seconds, default=1.0, help="seconds between redraws")
+    p.add_argument("--rows", type=positive_int, default=10, help="alerts shown")
     args = p.parse_args(argv)
     if not args.path.exists():
         print(f"watch: {args.path} does not exist", file=sys.stderr)

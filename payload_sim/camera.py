@@ -25,6 +25,7 @@ from flight.config import Scenario
 from flight.frames import FrameMeta
 from flight.security import SecureContext
 from flight.service import Service, common_args, setup
+from payload_sim.hostile import hostile_messages
 from payload_sim.orbit import DEFAULT_TLE, Orbit
 from payload_sim.scenes import Scene, real_scene, synthetic_scene
 from payload_sim.sensor import Sensor, SensorConfig
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     sock.bind(scenario.network.frames)
     rows = scenario.sensor.strip_rows
     corrupt = set(scenario.extra.get("faults", {}).get("corrupt_frames", []))
+    hostile_per_frame = int(scenario.extra.get("faults", {}).get("hostile_messages_per_frame", 0))
+    hostile_sent = 0
     sent = raw_bytes = 0
     try:
         with open(run_dir / "truth.jsonl", "w") as truth:
@@ -123,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
                 strips = [np.ascontiguousarray(raw[:, r : r + rows]).tobytes() for r in range(0, meta.height, rows)]
                 if fid in corrupt:
                     header, strips = corrupt_frame(fid, header, strips)
+                for msg in hostile_messages(scenario.scenario.seed * 100_003 + fid, hostile_per_frame,
+                                            json.loads(meta.to_json()), len(strips[0])):
+                    if not send_parts(sock, msg or [b""], svc):  # ZeroMQ cannot send a message of no parts
+                        break
+                    hostile_sent += 1
                 if not send_parts(sock, [b"frame", header], svc):
                     break
                 for k, data in enumerate(strips):
@@ -133,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
                 truth.flush()
                 sent += 1
                 raw_bytes += raw.nbytes
-                svc.write_status({"frames_captured": sent, "raw_bytes": raw_bytes, "done": False}, force=True)
+                svc.write_status({"frames_captured": sent, "raw_bytes": raw_bytes, "hostile_messages": hostile_sent,
+                                  "done": False}, force=True)
             if svc.running:
                 send_parts(sock, [b"eos", json.dumps({"frames": sent}).encode()], svc)
-        svc.write_status({"frames_captured": sent, "raw_bytes": raw_bytes, "done": svc.running}, force=True)
+        svc.write_status({"frames_captured": sent, "raw_bytes": raw_bytes, "hostile_messages": hostile_sent,
+                          "done": svc.running}, force=True)
         svc.log(f"{sent} frames sent, {raw_bytes / 2**20:.1f} MiB raw")
         # Stay up until stopped so the launcher reads "done" from a live process and the
         # last strips are not cut off by closing the socket.

@@ -29,6 +29,11 @@ from payload_sim.camera import CALIBRATION_VERSION, make_sensor
 from payload_sim.ops_support import OpsFaults, launch_overrides, write_launch_record
 
 PROCESSES = ("channel", "station", "flight", "camera")
+# What `ok` means besides every process finishing: the run lost nothing, refused nothing and
+# rejected no frame it was not meant to, and retransmitted within a bound. Each default can be
+# changed per run with --expect KEY=VALUE (also KEY<=VALUE, KEY>=VALUE) or in the scenario's
+# [expect] table (a number means ==, a string like "<= 0.3" gives the comparison).
+OPS = {"==": lambda a, b: a == b, "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b}
 MODULES = {"channel": "ground_link.channel", "station": "ground_link.station", "flight": "flight",
            "camera": "payload_sim.camera"}
 STOP_GRACE_S = 4.0
@@ -95,6 +100,7 @@ def summarize(run_dir: Path, wall_s: float) -> dict:
     errors_pp = [100 * abs(s["cloud_fraction"] - truth[s["frame_id"]]["cloud_fraction"])
                  for s in summaries if s["frame_id"] in truth]
     latency = [s["processing_ms"] for s in summaries]
+    created, pending = flight.get("products_created", 0), flight.get("store_products") or 0
     raw, down = cam.get("raw_bytes", 0), chan.get("down_bytes_out", 0)
     return {
         "frames_captured": cam.get("frames_captured", 0),
@@ -112,11 +118,78 @@ def summarize(run_dir: Path, wall_s: float) -> dict:
         "frame_latency_ms_max": round(float(np.max(latency)), 1) if latency else None,
         "packets_sent": flight.get("packets_sent", 0),
         "packets_retransmitted": flight.get("packets_retransmitted", 0),
+        "retransmit_fraction": round(flight.get("packets_retransmitted", 0) / max(flight.get("packets_sent", 0), 1), 4),
+        "products_created": created,
+        "products_pending": pending,
+        # created, neither delivered nor still waiting onboard: deleted without reaching the ground
+        # (a forged ack), evicted from a full store, or kept nowhere
+        "products_lost": max(0, created - delivered - pending) + flight.get("products_lost", 0),
+        "products_evicted": flight.get("products_evicted", 0),
+        "commands_refused": flight.get("commands_rejected", 0) + flight.get("commands_failed", 0),
+        "acks_rejected": flight.get("acks_rejected", 0),
+        "input_rejected": flight.get("input_rejected", 0),
+        "software_faults": flight.get("software_faults", 0),
+        "mode": flight.get("mode"),
         "packets_bad_at_ground": station.get("packets_bad", 0),
         "duplicates_at_ground": station.get("duplicates", 0),
         "wall_s": round(wall_s, 1),
         "run_dir": str(run_dir),
     }
+
+
+def parse_expect(item: str) -> tuple[str, str, float]:
+    """'frames_rejected=0', 'retransmit_fraction<=0.2' -> (key, op, value); ValueError otherwise."""
+    for op in ("<=", ">=", "=="):
+        key, sep, value = item.partition(op)
+        if sep:
+            break
+    else:
+        key, sep, value = item.partition("=")
+        op = "=="
+    key, value = key.strip(), value.strip()
+    if not sep or not key.isidentifier():
+        raise ValueError(f"--expect {item!r}: must look like KEY=VALUE, KEY<=VALUE or KEY>=VALUE")
+    try:
+        return key, op, float(value)
+    except ValueError:
+        raise ValueError(f"--expect {item!r}: {value!r} is not a number") from None
+
+
+def default_expectations(scenario) -> dict[str, tuple[str, float]]:
+    """What a run of this scenario must show to be ok, before --expect and [expect] change it."""
+    faults = scenario.extra.get("faults", {}) or {}
+    link = scenario.link
+    loss = {"none": 0.0, "random": link.loss_rate}.get(link.loss_model)
+    if loss is None:  # Gilbert-Elliott: the chain's stationary loss
+        p_bad = link.ge_p_good_to_bad / max(link.ge_p_good_to_bad + link.ge_p_bad_to_good, 1e-12)
+        loss = p_bad * link.ge_loss_bad + (1 - p_bad) * link.ge_loss_good
+    return {
+        "frames_rejected": ("==", float(len(faults.get("corrupt_frames", []) or []))),
+        "products_lost": ("==", 0.0),
+        "commands_refused": ("==", 0.0),
+        # a lost packet costs about one re-send (two when its ack is lost too), plus slack
+        "retransmit_fraction": ("<=", round(0.1 + 2 * loss + link.bit_error_rate * 8 * 2000, 3)),
+    }
+
+
+def expectations(scenario, cli: list[str]) -> dict[str, tuple[str, float]]:
+    out = default_expectations(scenario)
+    for key, value in (scenario.extra.get("expect", {}) or {}).items():
+        k, op, v = parse_expect(f"{key}{value}" if isinstance(value, str) else f"{key}={value}")
+        out[k] = (op, v)
+    for item in cli:
+        k, op, v = parse_expect(item)
+        out[k] = (op, v)
+    return out
+
+
+def check(summary: dict, expect: dict[str, tuple[str, float]]) -> list[dict]:
+    rows = []
+    for key, (op, want) in expect.items():
+        got = summary.get(key)
+        ok = isinstance(got, int | float) and OPS[op](got, want)
+        rows.append({"key": key, "op": op, "expected": want, "value": got, "ok": ok})
+    return rows
 
 
 def finished(run_dir: Path) -> tuple[bool, str]:
@@ -142,7 +215,9 @@ def finished(run_dir: Path) -> tuple[bool, str]:
 # (the status file is rewritten every 0.25 s).
 
 FLIGHT_COUNTS = ("frames_captured", "frames_processed", "frames_rejected", "packets_sent", "packets_retransmitted",
-                 "products_acked", "errors", "uplink_rejected", "products_evicted", "products_refused")
+                 "products_acked", "errors", "uplink_rejected", "products_evicted", "products_refused", "products_created",
+                 "products_lost", "commands_rejected", "commands_failed", "acks_rejected", "input_rejected",
+                 "software_faults")
 
 
 class FlightFaults:
@@ -177,7 +252,10 @@ class FlightFaults:
             if src.exists():
                 src.rename(self.restart_dir / src.name)
         db = sqlite3.connect(self.restart_dir / "flight_store.sqlite")
-        row = db.execute("SELECT value FROM counters WHERE name = 'product_id'").fetchone()
+        # products_created counts every product made (ids carry the store epoch: the last id is no count);
+        # a store written before epochs only has product_id, which then is the count
+        row = db.execute("SELECT value FROM counters WHERE name IN ('products_created', 'product_id') "
+                         "ORDER BY name = 'product_id' LIMIT 1").fetchone()
         pending = [r[0] for r in db.execute("SELECT id FROM products ORDER BY id")]
         db.close()
         (self.run_dir / "faults.json").write_text(json.dumps({
@@ -217,10 +295,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--json", action="store_true", help="operator alerts as JSON lines")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--expect", action="append", default=[], metavar="KEY=VALUE",
+                   help="a summary value the run must show for ok (also KEY<=VALUE, KEY>=VALUE); repeatable. "
+                        "Defaults: frames_rejected=<corrupt frames declared>, products_lost=0, commands_refused=0, "
+                        "retransmit_fraction<=<bound from the link's loss>")
+    p.add_argument("--console", action="store_true",
+                   help="start the operator console (a free port unless ground.console_port is set); prints its URL")
+    p.add_argument("--console-stay", action="store_true",
+                   help="with --console: keep the console serving the archive after the run, until Ctrl-C")
     args = p.parse_args(argv)
     try:
         scenario = load_scenario(args.scenario, args.overrides)
-    except ConfigError as exc:
+        expect = expectations(scenario, args.expect)
+    except (ConfigError, ValueError) as exc:
         print(f"hil: {exc}", file=sys.stderr)
         return 2
     run_dir = args.run_dir or Path("runs") / f"{scenario.scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -238,6 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"flight": ["--calibration", str(calibration)], "station": ["--json"] if args.json else []}
     print(f"hil: scenario {scenario.scenario.name}: {scenario.scenario.frames} frames of "
           f"{scenario.sensor.height}x{scenario.sensor.width}x6, run folder {run_dir}", file=sys.stderr)
+    # --- operator console (issue #14: ground_link/console, docs/console.md) -------------------------
+    # One more process, not in `procs`: it is optional, so its death never fails the run. It stops
+    # with the run, or with --console-stay serves the archive afterwards until Ctrl-C; it also exits
+    # by itself if this launcher dies.
+    from ground_link.console.launch import ConsoleProcess
+
+    console = ConsoleProcess.start(scenario, run_dir, enabled=args.console or args.console_stay)
+    # --- end operator console -------------------------------------------------------------------------
     procs: dict[str, subprocess.Popen] = {}
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.monotonic()
@@ -281,6 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     if failure:
         print(f"hil: FAILED: {failure}", file=sys.stderr, flush=True)
     summary = summarize(run_dir, time.monotonic() - t0)
+    summary["checks"] = check(summary, expect)
+    missed = [c for c in summary["checks"] if not c["ok"]]
+    if missed and code == 0:
+        code = 1
+        failure = "expectations not met: " + "; ".join(f"{c['key']} = {c['value']}, expected {c['op']} {c['expected']:g}"
+                                                       for c in missed)
+        print(f"hil: FAILED: {failure}", file=sys.stderr, flush=True)
     summary["ok"] = code == 0
     if failure:
         summary["failure"] = failure
@@ -288,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     print(f"summary written to {path}", file=sys.stderr)
+    if console is not None:  # operator console (issue #14): stop it, or keep serving the archive
+        console.finish(stay=args.console_stay and code != 130)
     return code
 
 

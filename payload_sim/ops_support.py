@@ -1,8 +1,9 @@
 """What the launcher does for flight operations (issue #7), kept out of hil.py's own logic.
 
-- `launch_overrides`: per-run key material (a fresh mission key, CURVE certificates when
-  `security.curve` is on) and the flight's state folder, as `--set` overrides with absolute paths,
-  so a flight restarted in another folder still finds them.
+- `launch_overrides`: per-run key material (a fresh mission key, CURVE certificates: CURVE is on
+  unless a lab scenario turns it off, and then the launcher says so) and the flight's state
+  folder, as `--set` overrides with absolute paths, so a flight restarted in another folder still
+  finds them.
 - `write_launch_record`: RUN_DIR/launch.json (scenario, overrides, clock start) from which
   `python -m ground_link.commander --run-dir RUN_DIR` finds the endpoints, keys and clock.
 - `OpsFaults`: scenario faults the launcher injects from outside the flight process:
@@ -36,6 +37,9 @@ def launch_overrides(scenario: Scenario, run_dir: Path) -> list[str]:
         out.append(f"security.command_key_file={_toml_str(write_mission_key(run_dir / 'mission.key'))}")
     if scenario.security.curve and not scenario.security.curve_dir:
         out.append(f"security.curve_dir={_toml_str(generate_curve_keys(run_dir / 'curve'))}")
+    if not scenario.security.curve:
+        print("hil: security.curve is off (a lab scenario): every link is plain, and any process that reaches "
+              "the uplink input can send; commands and acknowledgements are still authenticated", file=sys.stderr)
     if not scenario.ops.state_dir:
         out.append(f"ops.state_dir={_toml_str(run_dir)}")
     return out

@@ -17,10 +17,13 @@ SMALL = ["scenario.frames=4", "sensor.height=512", "sensor.width=512", "scenario
          "scenario.max_wall_s=120"]
 
 
-def hil_command(run_dir: Path, overrides: list[str], scenario: Path = DEMO) -> list[str]:
+def hil_command(run_dir: Path, overrides: list[str], scenario: Path = DEMO, expect: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The launcher's command line: `overrides` as --set, `expect` as --expect (what ok requires)."""
     cmd = [sys.executable, "-m", "payload_sim.hil", str(scenario), "--run-dir", str(run_dir), "--quiet"]
     for o in overrides:
         cmd += ["--set", o]
+    for e in expect:
+        cmd += ["--expect", e]
     return cmd
 
 
@@ -46,9 +49,10 @@ def kill_leftovers(run_dir: Path) -> list[psutil.Process]:
     return left
 
 
-def run_hil(run_dir: Path, overrides: list[str], timeout_s: float = 180) -> tuple[int, dict, str]:
+def run_hil(run_dir: Path, overrides: list[str], timeout_s: float = 180,
+            expect: tuple[str, ...] | list[str] = ()) -> tuple[int, dict, str]:
     try:
-        proc = subprocess.run(hil_command(run_dir, overrides), cwd=REPO, capture_output=True, text=True,
+        proc = subprocess.run(hil_command(run_dir, overrides, expect=expect), cwd=REPO, capture_output=True, text=True,
                               timeout=timeout_s)
     finally:
         left = kill_leftovers(run_dir)

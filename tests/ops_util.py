@@ -51,9 +51,10 @@ class Run:
     """A scenario running through the launcher, for a test to command while it goes on; stopped with
     SIGTERM (or left to finish) and checked that nothing is left behind."""
 
-    def __init__(self, run_dir: Path, overrides: list[str]):
+    def __init__(self, run_dir: Path, overrides: list[str], expect: tuple[str, ...] | list[str] = ()):
+        """`expect`: what the launcher's ok requires besides its defaults (hil --expect)."""
         self.run_dir = run_dir
-        self.proc = subprocess.Popen(hil_command(run_dir, overrides), cwd=REPO, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(hil_command(run_dir, overrides, expect=expect), cwd=REPO, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.out = self.err = ""
         self._cmd = None

@@ -273,5 +273,5 @@ def test_random_downlink_packets_at_the_station_lose_nothing_archived_before(tmp
 def test_an_unreadable_counter_file_stops_start_up_rather_than_allow_replays(flight, tmp_path):
     make, _ = flight
     (tmp_path / "ops_state.json").write_text('{"last_counter": "x')
-    with pytest.raises(ValueError, match="ops_state.json unreadable"):
+    with pytest.raises(ValueError, match="ops_state.json and its previous copy unreadable"):
         make()

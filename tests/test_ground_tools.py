@@ -3,6 +3,7 @@ ZeroMQ feed) and the operator tools (query, watch)."""
 
 import json
 import math
+import os
 import signal
 import socket
 import subprocess
@@ -12,10 +13,11 @@ import time
 import pytest
 import zmq
 
+from flight.acks import open_ack
 from flight.clock import ScenarioClock, parse_epoch
 from flight.config import AlertRule, ConfigError, load_scenario
 from flight.dictionary import DetectionClass
-from flight.products import Detection, FrameSummary, decode_ack, encode_tm
+from flight.products import Detection, FrameSummary, encode_tm
 from flight.service import Service
 from ground_link.alerts import Throttle, in_region, match_rule
 from ground_link.query import query
@@ -24,6 +26,7 @@ from ground_link.watch import screen
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 EPOCH = parse_epoch("2026-11-28T06:00:00Z")
+KEY = bytes(range(32))  # the mission key the station signs its acks with
 FIRE, SHIP = DetectionClass.FIRE, DetectionClass.SHIP
 
 
@@ -91,7 +94,7 @@ def station(tmp_path):
     sc = load_scenario(None)
     clock = ScenarioClock(EPOCH, rate=10.0, wall_start=time.time() - 100.0)  # scenario t is about 1000 s
     st = Station(sc, tmp_path / "archive.sqlite", as_json=True, svc=Service("station-test", None), clock=clock,
-                 alerts_file=tmp_path / "alerts.jsonl")
+                 alerts_file=tmp_path / "alerts.jsonl", key=KEY)
     yield st
     st.close()
 
@@ -189,6 +192,7 @@ def test_station_process_publishes_alerts_on_the_feed(tmp_path):
     alerts file, and as an ack on the uplink side."""
     ports = {k: free_port() for k in ("ground_out", "ground_in", "feed")}
     sets = [f'network.{k}="tcp://127.0.0.1:{p}"' for k, p in ports.items()] + ['ground.alerts_file="alerts.jsonl"']
+    sets.append("security.curve=false")  # a lab set-up: plain test sockets stand in for the channel
     ctx = zmq.Context()
     down = ctx.socket(zmq.PUSH)  # stands in for the channel
     down.bind(f"tcp://127.0.0.1:{ports['ground_out']}")
@@ -200,7 +204,9 @@ def test_station_process_publishes_alerts_on_the_feed(tmp_path):
     cmd = [sys.executable, "-m", "ground_link.station", "--run-dir", str(tmp_path)]
     for s in sets:
         cmd += ["--set", s]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, FLIGHT_MISSION_KEY=KEY.hex())
+    env.pop("FLIGHT_MISSION_KEY_FILE", None)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         # PUB drops what it sends before the subscription arrives: send new detections (new product
         # ids, far apart so none is throttled) until one comes out on the feed
@@ -217,7 +223,7 @@ def test_station_process_publishes_alerts_on_the_feed(tmp_path):
         assert topic == b"alert" and alert["class"] == "fire" and alert["severity"] == "critical"
         acked = []
         while up.poll(2000) and pid not in acked:
-            acked += decode_ack(up.recv())
+            acked += open_ack(up.recv(), KEY).ids  # signed with the mission key
         assert pid in acked
         filed = [json.loads(line)["product_id"] for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
         assert alert["product_id"] in filed

@@ -1,0 +1,96 @@
+"""Retransmission that adapts to the link (issue #12).
+
+A fixed timer shorter than the radio's own queueing time re-sends packets that are still waiting
+in the transmitter: at 4 kbit/s a 2 s timer filled the link with copies (34 of 116 products
+archived, 1,282 sends). Two things fix it:
+
+- A model of the transmitter queue. The flight commands its own radio, so it knows the bit rate:
+  each packet leaves the radio at `tx_free_at = max(now, tx_free_at) + bits / rate`, and its timer
+  runs from then (the store's `left_wall`), not from when it was handed to the radio. At most
+  `queue_max_s` of airtime is queued at once; the rest waits in the store, so a later, more
+  important product (an alert) is never stuck behind minutes of queued chips.
+- An RFC 6298 timeout from the round trips the store measures (`now - left_wall` at the ack, only
+  for packets sent once: Karn's rule), clamped to [rto_min_s, rto_max_s], doubled on a timer
+  expiry (at most once per RTO, so a burst of expiries is one back-off) and recomputed from the
+  estimate at the next fresh sample.
+
+All times are wall seconds (time.time()), like the store's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flight.config import FlightSection, LinkSection
+
+ALPHA = 1 / 8  # RFC 6298 gains
+BETA = 1 / 4
+K = 4
+
+
+@dataclass
+class LinkTimer:
+    initial_rto_s: float
+    rto_min_s: float
+    rto_max_s: float
+    rate_bps: float  # the transmitter's bit rate
+    queue_max_s: float  # airtime allowed to wait in the transmitter at once
+    srtt_s: float | None = None
+    rttvar_s: float = 0.0
+    rto_s: float = 0.0
+    tx_free_at: float = 0.0  # wall time the modelled transmitter finishes what it was given
+    next_backoff_wall: float = 0.0  # no second doubling before this
+
+    def __post_init__(self) -> None:
+        self.rto_s = self._clamp(self.initial_rto_s)
+
+    @classmethod
+    def from_config(cls, flight: FlightSection, link: LinkSection) -> LinkTimer:
+        """From a FlightSection and a LinkSection: the radio's rate is the link's downlink rate
+        unless `flight.radio_rate_bps` (> 0) says otherwise."""
+        rate = flight.radio_rate_bps if flight.radio_rate_bps > 0 else link.downlink_rate_bps
+        return cls(flight.retransmit_s, flight.rto_min_s, flight.rto_max_s, rate, flight.radio_queue_max_s)
+
+    def _clamp(self, rto_s: float) -> float:
+        return min(max(rto_s, self.rto_min_s), self.rto_max_s)
+
+    # -- round trips -------------------------------------------------------------------------------
+
+    def on_sample(self, rtt_s: float) -> None:
+        """A round trip of a packet sent once (RFC 6298 section 2); ends any back-off."""
+        r = max(rtt_s, 0.0)  # the queue model can run a little late: never a negative round trip
+        if self.srtt_s is None:
+            self.srtt_s, self.rttvar_s = r, r / 2
+        else:
+            self.rttvar_s = (1 - BETA) * self.rttvar_s + BETA * abs(self.srtt_s - r)
+            self.srtt_s = (1 - ALPHA) * self.srtt_s + ALPHA * r
+        self.rto_s = self._clamp(self.srtt_s + K * self.rttvar_s)
+
+    def on_samples(self, rtts_s: list[float]) -> None:
+        for r in rtts_s:
+            self.on_sample(r)
+
+    def on_timeout(self, now_wall: float) -> None:
+        """A packet's timer ran out: double the timeout, once per timeout period at most."""
+        if now_wall < self.next_backoff_wall:
+            return
+        self.rto_s = self._clamp(2 * self.rto_s)
+        self.next_backoff_wall = now_wall + self.rto_s
+
+    # -- transmitter queue -----------------------------------------------------------------------
+
+    def queued_s(self, now_wall: float) -> float:
+        """Airtime still waiting in the transmitter."""
+        return max(0.0, self.tx_free_at - now_wall)
+
+    def has_room(self, now_wall: float) -> bool:
+        """May another packet go to the radio now? (A packet longer than the cap still goes once
+        the queue is below it, so nothing is blocked forever.)"""
+        return self.queued_s(now_wall) < self.queue_max_s
+
+    def enqueue(self, nbytes: int, now_wall: float) -> float:
+        """A packet handed to the radio now; returns when it will have left it (its left_wall)."""
+        self.tx_free_at = max(now_wall, self.tx_free_at) + nbytes * 8 / self.rate_bps
+        return self.tx_free_at
