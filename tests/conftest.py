@@ -11,3 +11,6 @@ def require_shared_real() -> Path:
     if not (SHARED_REAL / "landsat7.npz").exists():
         pytest.skip(f"real scenes not found at {SHARED_REAL} (../shared is not beside this clone)")
     return SHARED_REAL
+
+# the HIL test API's fixtures (hil_run), as a HIL user gets them from the installed package
+pytest_plugins = ["payload_sim.pytest_plugin"]

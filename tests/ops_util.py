@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import sqlite3
 import struct
-import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from e2e_util import REPO, hil_command, kill_leftovers, processes_of, wait_for
+from e2e_util import REPO
 
 from flight.inference import ModelCard
 from flight.model_update import CARD, GOLDEN, MAGIC, ONNX, golden_bytes
+from payload_sim.testing import HilRun, query  # noqa: F401 (query: used by the ops tests)
 
 MODELS = REPO / "models"
 FIGURES = REPO / "runs" / "ops_figures"  # written by the tests, printed by `python -m flight.ops_report`
@@ -47,96 +45,7 @@ def record_figures(test: str, **figures) -> None:
     (FIGURES / f"{test}.json").write_text(json.dumps(dict(figures, test=test, at=time.strftime("%Y-%m-%dT%H:%M:%S"))) + "\n")
 
 
-class Run:
-    """A scenario running through the launcher, for a test to command while it goes on; stopped with
-    SIGTERM (or left to finish) and checked that nothing is left behind."""
-
-    def __init__(self, run_dir: Path, overrides: list[str], expect: tuple[str, ...] | list[str] = ()):
-        """`expect`: what the launcher's ok requires besides its defaults (hil --expect)."""
-        self.run_dir = run_dir
-        self.proc = subprocess.Popen(hil_command(run_dir, overrides, expect=expect), cwd=REPO, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        self.out = self.err = ""
-        self._cmd = None
-
-    def __enter__(self) -> Run:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def commander(self):
-        from ground_link.commander import Commander
-
-        if self._cmd is None:
-            wait_for(lambda: (self.run_dir / "launch.json").exists(), 30, "the launch record")
-            self._cmd = Commander.from_run_dir(self.run_dir)
-        return self._cmd
-
-    def status(self, name: str = "flight") -> dict:
-        try:
-            return json.loads((self.run_dir / f"{name}.status.json").read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def wait_status(self, pred, timeout_s: float, what: str, name: str = "flight") -> dict:
-        wait_for(lambda: pred(self.status(name)), timeout_s, what)
-        return self.status(name)
-
-    def events(self) -> list[tuple[int, str]]:
-        return query(self.run_dir, "SELECT event_id, message FROM events ORDER BY product_id")
-
-    def wait_event(self, event_id: int, timeout_s: float, contains: str = "") -> str:
-        found: list[str] = []
-
-        def seen() -> bool:
-            found[:] = [m for e, m in self.events() if e == event_id and contains in m]
-            return bool(found)
-
-        wait_for(seen, timeout_s, f"event {event_id} {contains!r} in the archive")
-        return found[0]
-
-    def telemetry(self, channel: int) -> list[float]:
-        return [r[0] for r in query(self.run_dir, "SELECT value FROM telemetry WHERE channel = ? ORDER BY product_id", (channel,))]
-
-    def stop(self, timeout_s: float = 10.0) -> int:
-        if self._cmd is not None:
-            self._cmd.close()
-            self._cmd = None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.out, self.err = self.proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.out, self.err = self.proc.communicate()
-        wait_for(lambda: not processes_of(self.run_dir), 5, "every process to stop")
-        left = kill_leftovers(self.run_dir)
-        assert not left, f"processes left behind: {left}"
-        return self.proc.returncode
-
-    def finish(self, timeout_s: float) -> int:
-        """Let the scenario end by itself (every frame processed and acknowledged)."""
-        try:
-            self.out, self.err = self.proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise AssertionError(f"run did not finish within {timeout_s} s: {self.err[-2000:]}") from None
-        return self.stop()
-
-
-def query(run_dir: Path, sql: str, args: tuple = ()) -> list:
-    path = run_dir / "archive.sqlite"
-    if not path.exists():
-        return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return db.execute(sql, args).fetchall()
-    except sqlite3.Error:
-        return []
-    finally:
-        db.close()
+Run = HilRun  # the package's HIL test API (payload_sim.testing), which these tests helped shape
 
 
 @contextmanager
