@@ -203,7 +203,8 @@ class FlightApp:
                            products_evicted=0, products_refused=0, commands_accepted=0, commands_rejected=0,
                            commands_forged=0, commands_replayed=0, commands_out_of_window=0, commands_failed=0,
                            watchdog_trips=0, models_rolled_back=0, input_rejected=0, software_faults=0,
-                           events_suppressed=0, strips_dropped=0, products_lost=0, products_created=0)
+                           events_suppressed=0, strips_dropped=0, products_lost=0, products_created=0,
+                           acks_rejected=0)
         # the epoch file lives with the flight state, outside the store: it survives the store's loss
         self.store = ProductStore(resolve(ops.store_dir, run_dir) / "flight_store.sqlite", scenario.flight.store_max_bytes,
                                   epoch_path=self.state_dir / "store_epoch", ram_max_bytes=ops.store_ram_max_bytes,
@@ -216,7 +217,6 @@ class FlightApp:
         mission_key = load_mission_key(sec, run_dir)
         self.auth = CommandAuth(mission_key, self.ops_state.last_counter, sec.counter_window, sec.command_time_window_s)
         self.ack_auth = AckAuth(mission_key, self.ops_state.ack_counters, sec.command_time_window_s)  # flight.acks
-        self.counts["acks_rejected"] = 0
         self.faults = InjectedFaults.from_extra(scenario.extra)
         self.priority = {int(k): int(v) for k, v in APID_PRIORITY.items()} | self.ops_state.priorities
         self.event_limiter = EventLimiter(ops.event_burst, ops.event_window_s)
