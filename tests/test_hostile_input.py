@@ -199,3 +199,17 @@ def test_a_corrupt_ops_state_file_is_restored_from_its_previous_copy(tmp_path, m
             (tmp_path / name).write_bytes(b"\x00garbage")
         with pytest.raises(ValueError, match="previous copy unreadable"):
             make()
+
+
+def test_a_bug_in_every_main_loop_step_of_a_real_flight_process(tmp_path):
+    """The same through the launcher: each step of a real flight process raises once; the
+    process lives, reports each one, and every frame is still processed and archived."""
+    steps = json.dumps(list(MAIN_LOOP_STEPS))
+    code, summary, err = run_hil(tmp_path / "run", [
+        "scenario.frames=5", "sensor.height=256", "sensor.width=256", "scenario.clock_rate=20.0",
+        f"faults.raise_in={steps}", "ops.error_budget=100",
+    ], timeout_s=120, expect=[f"software_faults={len(MAIN_LOOP_STEPS)}", "frames_processed=5"])
+    assert code == 0, err[-3000:]
+    assert summary["frame_summaries"] == 5 and summary["products_lost"] == 0
+    log = (tmp_path / "run" / "flight.log").read_text()
+    assert all(f"software fault in {s}" in log for s in MAIN_LOOP_STEPS)
