@@ -4,25 +4,11 @@ flight keeps running, reports the condition, loses nothing, and writes to disk a
 
 from __future__ import annotations
 
-import json
 import random
 
 from ops_util import OPS_BASE, Run
+from test_faults_e2e import EV, summaries, truth
 from test_store_faults import fill, remount, tmpfs  # noqa: F401 (tmpfs: a fixture)
-
-from flight.dictionary import EVENTS
-
-EV = {name: e.id for name, e in EVENTS.items()}
-
-
-def summaries(run_dir) -> list[int]:
-    from ops_util import query
-
-    return sorted(r[0] for r in query(run_dir, "SELECT frame_id FROM products WHERE kind = 'FrameSummary'"))
-
-
-def truth(run_dir) -> list[int]:
-    return [json.loads(line)["frame_id"] for line in (run_dir / "truth.jsonl").read_text().splitlines()]
 
 
 def test_a_corrupt_store_at_start_is_quarantined_and_the_flight_goes_on(tmp_path):
