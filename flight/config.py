@@ -155,11 +155,8 @@ class CascadeStep:
 class FlightSection:
     tile_px: int = field(default=64, metadata=rng(16, 512))
     batch_tiles: int = field(default=64, metadata=rng(1, 4096))
-    # frame discard: thick (opaque) cloud fraction >= this (issue #17; thin cloud and haze often
-    # leave the surface usable); discard_counts_thin adds the thin-cloud fraction to it
     cloud_discard_fraction: float = field(default=0.7, metadata=rng(0.0, 1.0))
-    discard_counts_thin: bool = False
-    clear_tile_max_cloud: float = field(default=0.3, metadata=rng(0.0, 1.0))  # detectors skip tiles with more thick cloud
+    clear_tile_max_cloud: float = field(default=0.3, metadata=rng(0.0, 1.0))  # detectors skip cloudier tiles
     water_ndwi_min: float = field(default=0.2, metadata=rng(-1.0, 1.0))  # tile mean NDWI above this = water
     cascade: tuple[CascadeStep, ...] = (CascadeStep("cloud_screen"),)
     chips_per_frame: int = field(default=2, metadata=rng(0, 64))

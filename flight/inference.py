@@ -48,11 +48,8 @@ REQUIRED_KEYS = (
 OPTIONAL_KEYS = (
     "fp32_file", "fp32_sha256", "fp32_size_bytes", "description", "output", "input",
     "training", "metrics", "real_scene_metrics", "golden", "reproducibility", "quantization",
-    "limitations", "format_version", "created_by", "output_channels", "seeds", "finetune",
+    "limitations", "format_version", "created_by",
 )
-# A tile_fraction model with ``output_channels`` outputs (N, len(channels)) fractions named by the
-# card, e.g. ["thick", "thin", "shadow"] for cloud_screen 3.x (issue #17); without it, (N,).
-MAX_OUTPUT_CHANNELS = 8
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}\.onnx$")
@@ -110,7 +107,6 @@ class ModelCard:
     fp32_file: str | None = None
     fp32_sha256: str | None = None
     fp32_size_bytes: int | None = None
-    output_channels: tuple[str, ...] = ()  # tile_fraction with named channels: output (N, channels)
     card_path: str | None = field(default=None, compare=False)
     info: Mapping = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -121,19 +117,7 @@ class ModelCard:
 
     @property
     def output_shape(self) -> tuple:
-        if self.kind == "tile_fraction":
-            return (None, len(self.output_channels)) if self.output_channels else (None,)
-        return (None, self.cells, self.cells)
-
-    def channel(self, out: np.ndarray, name: str) -> np.ndarray | None:
-        """Channel ``name`` of a tile_fraction output (N, C), or None when the card has no such
-        channel (or no named channels: a single-output card, see flight.pipeline.cloud_channels)."""
-        if not self.output_channels:
-            return None
-        try:
-            return out[:, self.output_channels.index(name)]
-        except ValueError:
-            return None
+        return (None,) if self.kind == "tile_fraction" else (None, self.cells, self.cells)
 
     @staticmethod
     def from_dict(obj, card_path: str | Path | None = None) -> ModelCard:
@@ -180,12 +164,6 @@ class ModelCard:
                 f"must be an int dividing {TILE_PX} (1..32) for kind heatmap")
         req("threshold", lambda v: _is_num(v) and 0 < v < 1, "must be a number in (0, 1)")
         req("macs_per_tile", lambda v: _is_int(v) and v > 0, "must be a positive int")
-        channels = ()
-        if "output_channels" in obj:
-            channels = tuple(req("output_channels", lambda v: kind == "tile_fraction" and isinstance(v, list)
-                                 and 1 <= len(v) <= MAX_OUTPUT_CHANNELS
-                                 and all(isinstance(c, str) and _NAME_RE.match(c) for c in v) and len(set(v)) == len(v),
-                                 f"must be a list of 1..{MAX_OUTPUT_CHANNELS} distinct names, kind tile_fraction only"))
         fp32 = {k: obj.get(k) for k in ("fp32_file", "fp32_sha256", "fp32_size_bytes")}
         if any(v is not None for v in fp32.values()):
             req("fp32_file", lambda v: isinstance(v, str) and _FILE_RE.match(v) and v != obj["file"],
@@ -195,7 +173,7 @@ class ModelCard:
                     raise _bad(card_path, shown, k, None, "required when fp32_file is given")
             req("fp32_sha256", lambda v: isinstance(v, str) and _SHA_RE.match(v), "must be 64 lowercase hex digits")
             req("fp32_size_bytes", lambda v: _is_int(v) and 0 < v <= 64 << 20, "must be an int in 1..64 MiB")
-        info = {k: obj[k] for k in obj if k in OPTIONAL_KEYS and not k.startswith("fp32_") and k != "output_channels"}
+        info = {k: obj[k] for k in obj if k in OPTIONAL_KEYS and not k.startswith("fp32_")}
         return ModelCard(
             name=obj["name"], version=obj["version"], kind=kind, file=obj["file"],
             sha256=obj["sha256"], size_bytes=obj["size_bytes"], input_name=obj["input_name"],
@@ -203,7 +181,7 @@ class ModelCard:
             quant_scale=float(quant["scale"]), quant_zero_point=int(quant["zero_point"]),
             output_name=obj["output_name"], stride=obj["stride"], threshold=float(obj["threshold"]),
             macs_per_tile=obj["macs_per_tile"], fp32_file=fp32["fp32_file"],
-            fp32_sha256=fp32["fp32_sha256"], fp32_size_bytes=fp32["fp32_size_bytes"], output_channels=channels,
+            fp32_sha256=fp32["fp32_sha256"], fp32_size_bytes=fp32["fp32_size_bytes"],
             card_path=str(card_path) if card_path is not None else None, info=info,
         )
 
@@ -318,8 +296,7 @@ class TileModel:
             raise ModelError(f"output type {match[0].type}, expected tensor(float)", model=card.name, path=path)
 
     def run(self, tiles: np.ndarray) -> np.ndarray:
-        """uint16 (N, 64, 64, 6) reflectance tiles -> float32 (N,) fraction, (N, channels) fractions
-        (a card with output_channels) or (N, cells, cells) heatmap."""
+        """uint16 (N, 64, 64, 6) reflectance tiles -> float32 (N,) fraction or (N, cells, cells) heatmap."""
         card = self.card
         expect = tuple(card.input_shape[1:])
         if not isinstance(tiles, np.ndarray) or tiles.dtype != np.uint16 or tiles.ndim != 4 or tiles.shape[1:] != expect:

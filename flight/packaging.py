@@ -39,7 +39,7 @@ def frame_products(r: FrameResult) -> list[tuple[Apid, float, Maker]]:
         FrameSummary, frame_id=m.frame_id, capture_time_s=t, tiles=r.tiles, cloudy_tiles=r.cloudy_tiles,
         cloud_fraction=r.cloud_fraction, discarded=int(r.discarded), ships=r.count(DetectionClass.SHIP),
         fires=r.count(DetectionClass.FIRE), processing_ms=r.processing_ms, center_lat_deg=center[0],
-        center_lon_deg=center[1], thin_fraction=r.thin_fraction, shadow_fraction=r.shadow_fraction)))
+        center_lon_deg=center[1])))
     return out
 
 
@@ -52,7 +52,7 @@ def discard_event_args(r: FrameResult, discard_fraction: float) -> dict | None:
     """Keyword arguments of the FRAME_DISCARDED_CLOUDY event when the frame was discarded."""
     if not r.discarded:
         return None
-    return dict(frame_id=r.meta.frame_id, cloud_pct=100 * r.discard_cover, limit_pct=100 * discard_fraction)
+    return dict(frame_id=r.meta.frame_id, cloud_pct=100 * r.cloud_fraction, limit_pct=100 * discard_fraction)
 
 
 def frame_packets(r: FrameResult, epoch: datetime, discard_fraction: float, first_id: int = 0,

@@ -62,19 +62,7 @@ class FrameResult:
     detections: list[FoundObject]
     chips: list[Chip]
     stage_ms: dict[str, float]
-    # (rows, cols) tile fractions of thick (opaque) cloud, for quicklooks and tests (issue #17: thick
-    # cloud; a single-output cloud model's whole cloud fraction)
-    tile_cloud: np.ndarray = field(repr=False)
-    thin_fraction: float = 0.0  # frame fraction of thin (semi-transparent) cloud; 0 from a single-output model
-    shadow_fraction: float = 0.0  # frame fraction of cloud shadow; 0 from a single-output model
-    tile_thin: np.ndarray | None = field(default=None, repr=False)  # (rows, cols), like tile_cloud
-    tile_shadow: np.ndarray | None = field(default=None, repr=False)
-    discard_counts_thin: bool = False  # the discard rule compared thick + thin (flight.discard_counts_thin)
-
-    @property
-    def discard_cover(self) -> float:
-        """The frame fraction the discard rule compared with flight.cloud_discard_fraction."""
-        return self.cloud_fraction + (self.thin_fraction if self.discard_counts_thin else 0.0)
+    tile_cloud: np.ndarray = field(repr=False)  # (rows, cols) tile cloud fractions, for quicklooks and tests
 
     @property
     def processing_ms(self) -> float:
@@ -127,20 +115,6 @@ def encode_chip(strip: np.ndarray, row: float, col: float, size: int, max_bytes:
     return None
 
 
-def cloud_channels(card: ModelCard, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A cloud model's output -> per-tile (thick, thin, shadow) fractions (issue #17).
-
-    A card with ``output_channels`` names its channels ("thick", "thin", "shadow"; a missing one
-    reads 0). An older single-output card (N,) gives one cloud fraction: it is used as thick cloud
-    (as the discard rule and the cascade used it before) and thin cloud and shadow read 0."""
-    if out.ndim == 1 or not card.output_channels:
-        z = np.zeros(out.shape[0], np.float32)
-        return out.reshape(out.shape[0], -1)[:, 0], z, z
-    z = np.zeros(out.shape[0], np.float32)
-    pick = [card.channel(out, n) for n in ("thick", "thin", "shadow")]
-    return tuple(z if p is None else p for p in pick)  # type: ignore[return-value]
-
-
 class StripCalibrator(Protocol):
     """What the pipeline calls of its calibrator (calibrate.Calibrator, or a wrapper around one)."""
 
@@ -173,9 +147,7 @@ class FramePipeline(Generic[M]):
     def _reset(self) -> None:
         self.meta: FrameMeta | None = None
         self.stage_ms: dict[str, float] = defaultdict(float)
-        self.tile_rows: list[np.ndarray] = []  # thick cloud per tile, one array per tile row
-        self.thin_rows: list[np.ndarray] = []
-        self.shadow_rows: list[np.ndarray] = []
+        self.tile_rows: list[np.ndarray] = []
         self.found: list[tuple[int, float, float, float, int]] = []  # class, score, row, col, area
         self.chips: list[Chip] = []
 
@@ -205,9 +177,7 @@ class FramePipeline(Generic[M]):
         assert meta is not None and self.ingest.complete, "finish() before the last strip"
         t0 = time.perf_counter()
         cloud = np.stack(self.tile_rows)
-        thin, shadow = np.stack(self.thin_rows), np.stack(self.shadow_rows)
         frac = float(cloud.mean())
-        thin_frac, shadow_frac = float(thin.mean()), float(shadow.mean())
         found = sorted(self._merged(), key=lambda f: -f[1])[: self.cfg.max_detections_per_frame]
         detections = []
         for cls, score, row, col, area in found:
@@ -216,10 +186,7 @@ class FramePipeline(Generic[M]):
                 lat, lon = pixel_to_latlon(meta.footprint, meta.height, meta.width, row, col)
             detections.append(FoundObject(cls, score, row, col, lat, lon, area))
         self.stage_ms["localize"] += (time.perf_counter() - t0) * 1e3
-        # thick cloud decides (issue #17: thin cloud often leaves the surface usable), unless
-        # flight.discard_counts_thin asks for thick + thin
-        counts_thin = self.cfg.discard_counts_thin
-        discarded = frac + (thin_frac if counts_thin else 0.0) >= self.cfg.cloud_discard_fraction
+        discarded = frac >= self.cfg.cloud_discard_fraction
         cloudy_at = self.models["cloud_screen"].card.threshold
         result = FrameResult(
             meta=meta,
@@ -231,11 +198,6 @@ class FramePipeline(Generic[M]):
             chips=[] if discarded else self.chips,
             stage_ms={s: self.stage_ms.get(s, 0.0) for s in STAGES},
             tile_cloud=cloud,
-            thin_fraction=thin_frac,
-            shadow_fraction=shadow_frac,
-            tile_thin=thin,
-            tile_shadow=shadow,
-            discard_counts_thin=counts_thin,
         )
         self.meta = None
         return result
@@ -256,17 +218,14 @@ class FramePipeline(Generic[M]):
         t0 = time.perf_counter()
         tiles = tiles_of(cal, cfg.tile_px)
         t1 = time.perf_counter()
-        screen = self.models["cloud_screen"]
-        cloud, thin, shadow = cloud_channels(screen.card, screen.run(tiles))  # cloud: thick cloud
+        cloud = self.models["cloud_screen"].run(tiles)
         t2 = time.perf_counter()
         ms["tile"] += (t1 - t0) * 1e3
         ms["screen"] += (t2 - t1) * 1e3
         self.tile_rows.append(cloud)
-        self.thin_rows.append(thin)
-        self.shadow_rows.append(shadow)
         steps = [s for s in cfg.cascade[1:] if s.enabled and s.model in self.models and s.model not in self.disabled]
         if steps:
-            clear = cloud < cfg.clear_tile_max_cloud  # thick cloud only: detectors look through thin cloud
+            clear = cloud < cfg.clear_tile_max_cloud
             water = tile_ndwi(cal, cfg.tile_px) > cfg.water_ndwi_min
             for step in steps:
                 self._detect(step, tiles, cal, row0, clear & self._where(step, water))

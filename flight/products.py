@@ -94,23 +94,19 @@ class _Product:
 class FrameSummary(_Product):
     APID = Apid.FRAME_SUMMARY
     SUBTYPE = 1
-    LAYOUT = ">QIdHHfBHHfffff"
+    LAYOUT = ">QIdHHfBHHfff"
     product_id: int
     frame_id: int
     capture_time_s: float
     tiles: int
-    cloudy_tiles: int  # tiles whose thick-cloud fraction reached the model's threshold
-    cloud_fraction: float  # thick (opaque) cloud fraction of the frame: what the discard rule uses
-    discarded: int  # 1 when the frame's cloud cover reached the discard level (flight.cloud_discard_fraction)
+    cloudy_tiles: int
+    cloud_fraction: float
+    discarded: int  # 1 when the frame's cloud fraction reached the discard level
     ships: int
     fires: int
     processing_ms: float
     center_lat_deg: float
     center_lon_deg: float
-    # issue #17, appended: thin (semi-transparent) cloud and cloud shadow fractions of the frame
-    # (0 from a single-output cloud model, which does not separate them)
-    thin_fraction: float = 0.0
-    shadow_fraction: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -193,15 +193,13 @@ def _cache_file(name: str, meta: dict) -> Path:
 def build(model: str, split: str, n: int, size: int, log=print) -> dict:
     """Generate (or load from cache) the tiles of one model's split.
 
-    cloud_screen: tiles (N,64,64,6) uint16 (channels last), cells (N,16,16) uint8 = cloud pixels (thick +
-    thin, the cloud mask) per 4x4 cell, thick / thin / shadow (N,16,16) uint8 = pixels of thick (opaque)
-    cloud, thin (semi-transparent) cloud and cloud shadow per cell (Scene.thick_mask, thin_mask,
-    shadow_mask: exclusive, thick + thin = cells).
+    cloud_screen: tiles (N,64,64,6) uint16 (channels last), cells (N,16,16) uint8 = cloud pixels per 4x4 cell,
+    thin (N,16,16) uint8 = pixels of class CLOUD_THIN (semi-transparent cloud) per cell.
     detectors: tiles the cascade would pass (true cloud fraction < 0.3 and the NDWI rule), and
     objects as an (M, 5) float32 array [tile_index, row, col, target, length_px], and the true
     cloud fraction per tile (cloud, float32).
     """
-    meta = dict(model=model, split=split, n=n, size=size, sim=sim_hash(), v=8 if model != "cloud_screen" else 7)  # v: tiles channels-last, hard cells
+    meta = dict(model=model, split=split, n=n, size=size, sim=sim_hash(), v=8 if model != "cloud_screen" else 6)  # v: tiles channels-last, hard cells
     path = _cache_file(f"{model}_{split}", meta)
     if path.exists():
         with np.load(path) as d:
@@ -210,7 +208,6 @@ def build(model: str, split: str, n: int, size: int, log=print) -> dict:
     from payload_sim.scenes import SurfaceClass
 
     tiles_all, cells_all, objs_all, frame_all, thin_all, cloud_all, hard_all = [], [], [], [], [], [], []
-    thick_all, shadow_all = [], []
     count = 0
     for k, spec in enumerate(scene_specs(model, split, n, size)):
         scene = spec.make()
@@ -220,9 +217,8 @@ def build(model: str, split: str, n: int, size: int, log=print) -> dict:
         rows, cols = size // TILE, size // TILE
         if model == "cloud_screen":
             cells = mt.reshape(-1, TILE // CELL, CELL, TILE // CELL, CELL).sum(axis=(2, 4)).astype(np.uint8)
-            thin_all.append(cell_counts(mask_tiles(scene.thin_mask)))
-            thick_all.append(cell_counts(mask_tiles(scene.thick_mask)))
-            shadow_all.append(cell_counts(mask_tiles(scene.shadow_mask)))
+            thin = mask_tiles(scene.classes == SurfaceClass.CLOUD_THIN)
+            thin_all.append(thin.reshape(-1, TILE // CELL, CELL, TILE // CELL, CELL).sum(axis=(2, 4)).astype(np.uint8))
             tiles_all.append(tiles)
             cells_all.append(cells)
             frame_all.append(np.full(len(tiles), k, np.int32))
@@ -250,8 +246,6 @@ def build(model: str, split: str, n: int, size: int, log=print) -> dict:
     if model == "cloud_screen":
         out["cells"] = np.concatenate(cells_all)
         out["thin"] = np.concatenate(thin_all)
-        out["thick"] = np.concatenate(thick_all)
-        out["shadow"] = np.concatenate(shadow_all)
     else:
         out["objects"] = np.asarray(objs_all, np.float32).reshape(-1, 5)
         out["cloud"] = np.concatenate(cloud_all)
@@ -261,31 +255,6 @@ def build(model: str, split: str, n: int, size: int, log=print) -> dict:
     np.savez(tmp, **out)
     os.replace(tmp, path)
     return out
-
-
-def cell_counts(mt: np.ndarray) -> np.ndarray:
-    """(N, 64, 64) bool tiles -> (N, 16, 16) uint8 pixels per 4x4 cell."""
-    return mt.reshape(-1, TILE // CELL, CELL, TILE // CELL, CELL).sum(axis=(2, 4)).astype(np.uint8)
-
-
-def split_truth(data: dict) -> np.ndarray:
-    """Tile fractions (N, 3) of thick cloud, thin cloud and cloud shadow from a cloud_screen split."""
-    n = len(data["tiles"])
-    return np.stack([data[k].reshape(n, -1).mean(axis=1) / float(CELL * CELL) for k in ("thick", "thin", "shadow")],
-                    axis=1).astype(np.float32)
-
-
-def load_real_split(path, noise_seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A real scene through the sensor model and calibration: tiles, the reference cloud fraction
-    per tile (mask value 4) and the fraction of mask value 0 per tile (a dark class that holds the
-    cloud shadow, but also other dark ground: an approximate shadow reference, see models/README.md)."""
-    from payload_sim.scenes import real_scene
-
-    scene = real_scene(path)
-    frame = flight_view(scene.reflectance, noise_seed=noise_seed)
-    cloud = mask_tiles(scene.cloud_mask).mean(axis=(1, 2)).astype(np.float32)
-    dark0 = mask_tiles(scene.shadow_mask).mean(axis=(1, 2)).astype(np.float32)
-    return tiles_of(frame), cloud, dark0
 
 
 def load_real(path, noise_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -344,24 +313,3 @@ def real_crops(fold: str, per_scene: int, seed: int = 1) -> dict:
             cells.append(m.reshape(TILE // CELL, CELL, TILE // CELL, CELL).sum(axis=(1, 3)).astype(np.uint8))
     t = np.ascontiguousarray(np.moveaxis(np.stack(tiles), 1, -1))  # channels last, as tiles_of
     return {"tiles": t, "cells": np.stack(cells), "thin": np.zeros((len(t), TILE // CELL, TILE // CELL), np.uint8)}
-
-
-def scene_crops(paths, per_scene: int, seed: int = 1, noise_seed: int = REAL_TRAIN_NOISE_SEED) -> dict:
-    """Random 64 x 64 crops anywhere in each labelled real scene (fine-tuning, models/finetune.py),
-    through the sensor model and calibration: tiles, and ``cells`` (N, 16, 16) uint8 = reference
-    cloud pixels per 4x4 cell. The reference has one cloud class (no thick / thin split)."""
-    from payload_sim.scenes import real_scene
-
-    rng = np.random.default_rng(seed)
-    tiles, cells = [], []
-    for path in paths:
-        scene = real_scene(path)
-        frame = flight_view(scene.reflectance, noise_seed=noise_seed)
-        h, w = frame.shape[1:]
-        for _ in range(per_scene):
-            r, c = int(rng.integers(0, h - TILE + 1)), int(rng.integers(0, w - TILE + 1))
-            tiles.append(frame[:, r: r + TILE, c: c + TILE])
-            m = scene.cloud_mask[r: r + TILE, c: c + TILE]
-            cells.append(m.reshape(TILE // CELL, CELL, TILE // CELL, CELL).sum(axis=(1, 3)).astype(np.uint8))
-    t = np.ascontiguousarray(np.moveaxis(np.stack(tiles), 1, -1))
-    return {"tiles": t, "cells": np.stack(cells)}

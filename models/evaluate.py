@@ -50,52 +50,6 @@ def cloud_metrics(pred: np.ndarray, true_frac: np.ndarray, threshold: float = 0.
     }
 
 
-SPLIT_NAMES = ("thick", "thin", "shadow")
-
-
-def split_metrics(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> dict:
-    """Simulated scenes, issue #17 model: pred and truth (N, 3) tile fractions of thick cloud, thin
-    cloud and cloud shadow. The headline decision is thick cloud (the discard / gating quantity);
-    thick + thin (the cloud mask) is given too, as are the thin and shadow fraction errors."""
-    pred, truth = np.asarray(pred, np.float64), np.asarray(truth, np.float64)
-    out = cloud_metrics(pred[:, 0], truth[:, 0], threshold)
-    out["thin_fraction_mae"] = round(float(np.abs(pred[:, 1] - truth[:, 1]).mean()), 5)
-    out["shadow_fraction_mae"] = round(float(np.abs(pred[:, 2] - truth[:, 2]).mean()), 5)
-    out["thin_fraction_true"] = round(float(truth[:, 1].mean()), 5)
-    out["thin_fraction_pred"] = round(float(pred[:, 1].mean()), 5)
-    out["shadow_fraction_true"] = round(float(truth[:, 2].mean()), 5)
-    out["shadow_fraction_pred"] = round(float(pred[:, 2].mean()), 5)
-    out["thick_plus_thin"] = cloud_metrics(np.minimum(pred[:, 0] + pred[:, 1], 1.0), truth[:, 0] + truth[:, 1], threshold)
-    return out
-
-
-def real_split_metrics(pred: np.ndarray, ref_cloud: np.ndarray, ref_dark0: np.ndarray | None,
-                       threshold: float = 0.5) -> dict:
-    """A real scene with a one-class reference cloud mask. Top-level keys (as before issue #17):
-    thick + thin against the reference cloud; ``thick_only``: thick cloud alone against it; and
-    ``shadow_vs_dark_class_0``: the shadow fraction against the reference's class 0 (cloud shadow
-    and other dark ground together: only an upper bound on true shadow). A single-output (older)
-    model's output is its thick + thin fraction and has no thick_only or shadow."""
-    pred = np.asarray(pred, np.float64)
-    if pred.ndim == 1:
-        return cloud_metrics(pred, ref_cloud, threshold)
-    out = cloud_metrics(np.minimum(pred[:, 0] + pred[:, 1], 1.0), ref_cloud, threshold)
-    out["convention"] = "top-level: predicted thick + thin vs reference cloud (mask value 4)"
-    out["thick_only"] = cloud_metrics(pred[:, 0], ref_cloud, threshold)
-    out["thin_fraction_pred"] = round(float(pred[:, 1].mean()), 5)
-    if ref_dark0 is not None:
-        d = np.asarray(ref_dark0, np.float64)
-        out["shadow_vs_dark_class_0"] = {
-            "note": "reference class 0 = cloud shadow together with other dark ground (the data's README: "
-                    "'dark classes such as cloud shadow or water'), so this is not a clean shadow score",
-            "fraction_mae": round(float(np.abs(pred[:, 2] - d).mean()), 5),
-            "frame_fraction_ref_class0": round(float(d.mean()), 5),
-            "frame_fraction_pred_shadow": round(float(pred[:, 2].mean()), 5),
-            "corr": round(float(np.corrcoef(pred[:, 2], d)[0, 1]), 4) if d.std() > 0 and pred[:, 2].std() > 0 else None,
-        }
-    return out
-
-
 def frame_fraction_errors(pred: np.ndarray, true_frac: np.ndarray, frame: np.ndarray) -> dict:
     errs = np.array([abs(pred[frame == k].mean() - true_frac[frame == k].mean()) for k in np.unique(frame)])
     return {"frames": int(len(errs)), "frame_fraction_abs_err_mean": round(float(errs.mean()), 5),
@@ -109,17 +63,13 @@ def evaluate_scene(path, card_path=None, precision: str = "int8", noise_seed: in
 
     card_path = card_path or model_path("cloud_screen")
     model = TileModel(card_path, precision=precision)
-    tiles, truth, dark0 = ds.load_real_split(path, noise_seed=noise_seed)
+    tiles, truth = ds.load_real(path, noise_seed=noise_seed)
     pred = model.run(tiles)
     out = {"scene": str(path), "model": model.card.name, "version": model.card.version, "precision": precision,
            "sensor_noise_seed": noise_seed, "threshold": model.card.threshold, "counts_are": "tiles"}
-    out.update(real_split_metrics(pred, truth, dark0, model.card.threshold))
-    if pred.ndim == 2:
-        pred = np.minimum(pred[:, 0] + pred[:, 1], 1.0)  # the held-out figures below: thick + thin
+    out.update(cloud_metrics(pred, truth, model.card.threshold))
     heldout = trained_half(card_path, path)
-    if heldout == "all":
-        out["trained_on_this_scene"] = True  # fine-tuned on it (models/finetune.py): not a held-out figure
-    elif heldout is not None:
+    if heldout is not None:
         held = ds.real_heldout(heldout, 512)
         if len(held) == len(tiles):
             out["trained_on_part_of_this_scene"] = True
@@ -135,9 +85,6 @@ def trained_half(card_path, scene_path) -> str | None:
 
     card = json.loads(Path(card_path).read_text())
     real = card.get("real_scene_metrics") or {}
-    for v in (card.get("finetune") or {}).get("scenes", []):  # fine-tuned on this whole scene
-        if v.get("sha256") == hashlib.sha256(Path(scene_path).read_bytes()).hexdigest():
-            return "all"
     use = real.get("training_use") or {}
     digest = hashlib.sha256(Path(scene_path).read_bytes()).hexdigest()
     if any(isinstance(v, dict) and v.get("sha256") == digest for v in real.values()) and use.get("fold"):

@@ -32,56 +32,29 @@ def set_determinism(seed: int, threads: int = 1) -> None:
     torch.use_deterministic_algorithms(True)
 
 
-def conv_bn(cin, cout, k, stride=1, pad=0, dilation=1, act: str = "relu", groups: int = 1):
+def conv_bn(cin, cout, k, stride=1, pad=0, dilation=1, act: str = "relu"):
     """conv -> batch norm -> ReLU; act "relu6" bounds the activation at 6 (a fixed, outlier-free
     INT8 range: MobileNet's trick for quantization)."""
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=False, groups=groups),
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=False),
                          nn.BatchNorm2d(cout), nn.ReLU6() if act == "relu6" else nn.ReLU())
 
 
 class CloudNet(nn.Module):
-    """``split=False``: one sigmoid per cell (cloud), output (N,) tile cloud fraction (cards before
-    3.0.0). ``split=True`` (issue #17): per cell, probabilities of thick cloud, thin cloud, cloud
-    shadow and clear (from three sigmoids, see forward); the output is the tile's mean of the first three, (N, 3) fractions of thick
-    cloud, thin cloud and shadow (they sum to <= 1; thick + thin is the cloud mask's fraction)."""
-
-    def __init__(self, c: int = 16, embed: str = "conv", ctx: int = 2, split: bool = False, dw: int = 0):
+    def __init__(self, c: int = 16, embed: str = "conv", ctx: int = 2):
         super().__init__()
-        self.split = split
         first = conv_bn(6, c, 4, stride=4) if embed == "conv" else nn.Sequential(nn.AvgPool2d(4), conv_bn(6, c, 1))
         layers = [first, conv_bn(c, c, 1)]
-        # dw: depthwise 3x3 layers (a cell sees its 8 neighbours per channel: 9 MAC per channel and
-        # cell, +7 % MACs each) -- context for shadow (darker than its surroundings) and cloud cores
-        layers += [conv_bn(c, c, 3, pad=1, groups=c) for _ in range(dw)]
         layers += [conv_bn(c, c, 3, pad=1) for _ in range(ctx)]
         if ctx == 0:
             layers.append(conv_bn(c, c, 1))
         self.body = nn.Sequential(*layers)
-        self.head = nn.Conv2d(c, 3 if split else 1, 1)  # split: cloud, thick-given-cloud, shadow-given-clear
+        self.head = nn.Conv2d(c, 1, 1)
 
-    def cell_logits(self, x):  # (N, 1 or 4, 16, 16)
+    def cell_logits(self, x):  # (N, 1, 16, 16)
         return self.head(self.body(x))
 
-    def forward(self, x):  # -> (N,) tile cloud fraction, or (N, 3) thick / thin / shadow fractions
-        if self.split:
-            # three sigmoids, "stick-breaking": cloud = s0, thick = cloud * s1, thin = cloud - thick,
-            # shadow = (1 - cloud) * s2 -- exclusive, sum <= 1, elementwise (a channel softmax cost
-            # onnxruntime two layout transposes and doubled the model's time)
-            s = torch.sigmoid(self.cell_logits(x))
-            cloud = s[:, 0:1]
-            thick = cloud * s[:, 1:2]
-            out = torch.cat([thick, cloud - thick, (1.0 - cloud) * s[:, 2:3]], dim=1)
-            return out.mean(dim=(2, 3))
+    def forward(self, x):  # -> (N,) tile cloud fraction
         return torch.sigmoid(self.cell_logits(x)).mean(dim=(1, 2, 3))
-
-    def cell_log_probs(self, x):  # split model: (N, 4, 16, 16) log p of thick, thin, shadow, clear
-        z = self.cell_logits(x)
-        ls = nn.functional.logsigmoid
-        a, b, c = z[:, 0], z[:, 1], z[:, 2]
-        return torch.stack([ls(a) + ls(b), ls(a) + ls(-b), ls(-a) + ls(c), ls(-a) + ls(-c)], dim=1)
-
-
-SPLIT_CLASSES = ("thick", "thin", "shadow", "clear")  # per-cell classes of CloudNet(split=True)
 
 
 class HeatNet(nn.Module):
@@ -185,74 +158,6 @@ def train_cloud(data: dict, epochs: int = 12, seed: int = 1, c: int = 16, lr: fl
 
 
 CELL_PIX = 16.0  # pixels per 4x4 cell
-
-
-def train_cloud_split(data: dict, epochs: int = 8, seed: int = 1, c: int = 16, lr: float = 3e-3, batch: int = 64,
-                      embed: str = "conv", ctx: int = 0, dw: int = 0, frac_weight: float = 2.0, real: dict | None = None,
-                      real_share: float = 0.0, init: dict | None = None, log=print) -> CloudNet:
-    """The issue #17 cloud model: per 4x4 cell probabilities of thick cloud / thin cloud / shadow /
-    clear, fitted to the cell's pixel fractions of each (soft-target cross-entropy) plus
-    ``frac_weight`` x the L1 error of the three tile fractions.
-
-    ``real``: labelled real crops ({tiles, cells}: reference cloud pixels per cell, no thick / thin
-    split, no shadow class): their cells are fitted on the grouping the reference knows,
-    cloud = thick + thin against not cloud = shadow + clear, and the tile's thick + thin fraction.
-    They make up ``real_share`` of each epoch. ``init``: a state dict to start from (fine-tuning)."""
-    set_determinism(seed)
-    rng = np.random.default_rng(seed)
-    model = CloudNet(c, embed, ctx, split=True, dw=dw)
-    if init is not None:
-        model.load_state_dict(init)
-    n_syn = len(data["tiles"])
-    g = CELL_PIX
-    tgt = np.stack([data["thick"], data["thin"], data["shadow"]], axis=1).astype(np.float32) / g  # (N, 3, 16, 16)
-    tgt = np.concatenate([tgt, np.clip(1.0 - tgt.sum(axis=1, keepdims=True), 0.0, 1.0)], axis=1)
-    tiles, full = data["tiles"], np.ones(n_syn, bool)
-    if real is not None and real_share > 0:
-        y = real["cells"].astype(np.float32)[:, None] / g
-        rt = np.concatenate([y, np.zeros_like(y), np.zeros_like(y), 1.0 - y], axis=1)  # cloud in ch 0, rest in ch 3
-        tiles, tgt = np.concatenate([tiles, real["tiles"]]), np.concatenate([tgt, rt])
-        full = np.concatenate([full, np.zeros(len(rt), bool)])
-    n_all = len(tiles)
-    draw = None
-    if n_all > n_syn:
-        draw = np.concatenate([np.full(n_syn, (1 - real_share) / n_syn),
-                               np.full(n_all - n_syn, real_share / (n_all - n_syn))])
-    n = n_syn
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * math.ceil(n / batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    t0 = time.time()
-    for ep in range(epochs):
-        model.train()
-        perm = rng.permutation(n) if draw is None else rng.choice(n_all, size=n, p=draw)
-        tot = 0.0
-        for i in range(0, n, batch):
-            idx = np.sort(perm[i: i + batch])
-            x = _as_float(tiles[idx])
-            y = torch.from_numpy(tgt[idx])
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            x, y = _d4(x, k, flip), _d4(y, k, flip)
-            x = augment_radiometry(x, rng)
-            logp = model.cell_log_probs(x)  # (B, 4, 16, 16)
-            p = logp.exp()
-            f = torch.from_numpy(full[idx])
-            # full labels: cross-entropy over the four classes; real: cloud (0 + 1) vs not (2 + 3)
-            ce_full = -(y * logp).sum(dim=1).mean(dim=(1, 2))
-            lp_cloud = torch.logsumexp(logp[:, :2], dim=1)
-            lp_not = torch.logsumexp(logp[:, 2:], dim=1)
-            ce_part = -(y[:, 0] * lp_cloud + y[:, 3] * lp_not).mean(dim=(1, 2))
-            pf, yf = p.mean(dim=(2, 3)), y.mean(dim=(2, 3))  # (B, 4) tile fractions
-            l1_full = (pf[:, :3] - yf[:, :3]).abs().sum(dim=1)
-            l1_part = (pf[:, 0] + pf[:, 1] - yf[:, 0]).abs()
-            loss = torch.where(f, ce_full + frac_weight * l1_full, ce_part + frac_weight * l1_part).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot += float(loss.detach()) * len(idx)
-        log(f"    cloud epoch {ep + 1}/{epochs} loss {tot / n:.4f} ({time.time() - t0:.0f} s)")
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------- heatmaps

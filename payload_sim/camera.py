@@ -67,14 +67,8 @@ def frame_meta(scenario: Scenario, orbit: Orbit, frame_id: int) -> FrameMeta:
 
 
 def truth_record(scene: Scene, meta: FrameMeta, raw: np.ndarray) -> dict:
-    """What was really in the frame. ``cloud_fraction`` is thick (opaque) cloud, the quantity the
-    flight's FrameSummary.cloud_fraction reports and discards on (issue #17); thin cloud and cloud
-    shadow are given separately, and ``cloud_fraction_thick_thin`` is the cloud mask (thick + thin,
-    the reference masks' convention, what ``cloud_fraction`` was before issue #17)."""
     return {"frame_id": meta.frame_id, "capture_time_s": meta.capture_time_s, "raw_bytes": raw.nbytes,
-            "cloud_fraction": scene.thick_fraction, "thin_fraction": scene.thin_fraction,
-            "shadow_fraction": scene.shadow_fraction, "cloud_fraction_thick_thin": scene.cloud_fraction,
-            "objects": [asdict(o) for o in scene.objects]}
+            "cloud_fraction": scene.cloud_fraction, "objects": [asdict(o) for o in scene.objects]}
 
 
 def corrupt_frame(frame_id: int, header: bytes, strips: list[bytes]) -> tuple[bytes, list[bytes]]:

@@ -120,47 +120,10 @@ class Scene:
     objects: list[SceneObject]
     gsd_m: float
     info: dict = field(default_factory=dict)  # how the scene was drawn (biome, layout, ...)
-    # Per-pixel cloud truth (issue #17). Synthetic scenes set all three; a real scene sets none
-    # (its reference mask has one cloud class) and the properties below fall back to the classes.
-    opacity: np.ndarray | None = field(default=None, repr=False)  # float16 (H, W) thick-cloud opacity 0..1
-    cirrus: np.ndarray | None = field(default=None, repr=False)  # float16 (H, W) cirrus amount 0..1
-    shadow: np.ndarray | None = field(default=None, repr=False)  # float16 (H, W) cloud-shadow strength 0..1
 
     @property
     def cloud_fraction(self) -> float:
-        """Thick + thin cloud (the cloud mask), the convention of the reference masks."""
         return float(self.cloud_mask.mean()) if self.cloud_mask.size else 0.0
-
-    @property
-    def thick_mask(self) -> np.ndarray:
-        """Opaque cloud: thick-cloud opacity >= THICK_CLASS_ALPHA (class CLOUD_THICK, top-most)."""
-        return self.classes == SurfaceClass.CLOUD_THICK
-
-    @property
-    def thin_mask(self) -> np.ndarray:
-        """Semi-transparent cloud: in the cloud mask but not thick (rims with opacity 0.25-0.5, and
-        cirrus adding >= CIRRUS_MASK_RED in red), whatever is seen through it (ships, fires)."""
-        return self.cloud_mask & ~self.thick_mask
-
-    @property
-    def shadow_mask(self) -> np.ndarray:
-        """Ground in cloud shadow (strength >= SHADOW_CLASS) outside the cloud mask, whatever lies
-        there (smoke, ships, wakes, fires included). A real scene: its class CLOUD_SHADOW."""
-        if self.shadow is not None:
-            return (self.shadow >= np.float16(SHADOW_CLASS)) & ~self.cloud_mask
-        return self.classes == SurfaceClass.CLOUD_SHADOW
-
-    @property
-    def thick_fraction(self) -> float:
-        return float(self.thick_mask.mean()) if self.classes.size else 0.0
-
-    @property
-    def thin_fraction(self) -> float:
-        return float(self.thin_mask.mean()) if self.classes.size else 0.0
-
-    @property
-    def shadow_fraction(self) -> float:
-        return float(self.shadow_mask.mean()) if self.classes.size else 0.0
 
     @property
     def height(self) -> int:
@@ -493,12 +456,7 @@ def synthetic_scene(
         objects.append(_visible_object("fire", f, thick_cls))
 
     p["cloud_fraction"] = float(cloud_mask.mean())
-    # shadow class decided in float32 above; the float16 copy must give the same pixels
-    shadow16 = shadow.astype(np.float16)  # rounding can lift 0.49999 to 0.5 (never the reverse)
-    shadow16[(shadow16 >= np.float16(SHADOW_CLASS)) & (shadow < SHADOW_CLASS)] = np.nextafter(
-        np.float16(SHADOW_CLASS), np.float16(0.0))
-    return Scene(refl, cls, cloud_mask, objects, float(gsd_m), info=p, opacity=alpha.astype(np.float16),
-                 cirrus=cir.astype(np.float16), shadow=shadow16)
+    return Scene(refl, cls, cloud_mask, objects, float(gsd_m), info=p)
 
 
 def _check_args(seed, frame_id, height, width, gsd_m, cloud_cover, water_fraction,

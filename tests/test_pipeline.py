@@ -11,7 +11,7 @@ from flight.config import load_scenario
 from flight.dictionary import DetectionClass
 from flight.frames import BANDS, Footprint
 from flight.inference import TileModel, model_path
-from flight.pipeline import STAGES, FramePipeline, cloud_channels, encode_chip, tile_ndwi, tiles_of
+from flight.pipeline import STAGES, FramePipeline, encode_chip, tile_ndwi, tiles_of
 from payload_sim.scenes import synthetic_scene
 from payload_sim.sensor import Sensor, SensorConfig
 
@@ -79,11 +79,7 @@ def test_frame_cloud_fraction_and_fires_match_the_scene(world, pipeline):
     raw = sensor.expose(scene.reflectance, np.random.default_rng(5))
     r = run_frame(pipeline, raw)
     assert r.tiles == (H // 64) * (W // 64) and set(r.stage_ms) == set(STAGES)
-    # issue #17: cloud_fraction is thick (opaque) cloud; thin cloud and shadow are reported apart
-    assert abs(r.cloud_fraction - scene.thick_fraction) <= 0.10
-    assert abs(r.thin_fraction - scene.thin_fraction) <= 0.10
-    assert abs(r.shadow_fraction - scene.shadow_fraction) <= 0.10
-    assert abs(r.cloud_fraction + r.thin_fraction - scene.cloud_fraction) <= 0.10
+    assert abs(r.cloud_fraction - scene.cloud_fraction) <= 0.10
     fires = [o for o in scene.objects if o.kind == "fire" and not o.occluded and o.pixels >= 2]
     found = [d for d in r.detections if d.class_id == DetectionClass.FIRE]
     assert fires, "the scene should have visible fires"
@@ -105,88 +101,3 @@ def test_strip_height_does_not_change_the_result(world, pipeline):
     a, b = run_frame(pipeline, raw, 1, 128), run_frame(pipeline, raw, 2, 64)
     assert np.array_equal(a.tile_cloud, b.tile_cloud)
     assert [(d.row_px, d.col_px) for d in a.detections] == [(d.row_px, d.col_px) for d in b.detections]
-
-
-class _SingleOutput:
-    """A cloud model with an older single-output card (N,): what an uploaded 2.x model gives."""
-
-    def __init__(self, model):
-        import dataclasses
-
-        self.model = model
-        self.card = dataclasses.replace(model.card, output_channels=())
-
-    def run(self, tiles):
-        out = self.model.run(tiles)
-        return np.minimum(out[:, 0] + out[:, 1], 1.0).astype(np.float32)  # the old thick + thin convention
-
-
-def test_cloud_model_reports_thick_thin_and_shadow_per_tile(world, pipeline):
-    card = pipeline.models["cloud_screen"].card
-    assert card.output_channels == ("thick", "thin", "shadow") and card.output_shape == (None, 3)
-    sensor, _ = world
-    scene = synthetic_scene(21, 0, H, W, cloud_cover=0.5)
-    r = run_frame(pipeline, sensor.expose(scene.reflectance, np.random.default_rng(2)))
-    assert r.tile_cloud.shape == r.tile_thin.shape == r.tile_shadow.shape == (H // 64, W // 64)
-    assert np.all(r.tile_cloud + r.tile_thin + r.tile_shadow <= 1.0 + 1e-5)  # exclusive classes
-    assert r.cloudy_tiles == int((r.tile_cloud >= card.threshold).sum())  # cloudy = thick cloud
-    assert r.thin_fraction == pytest.approx(float(r.tile_thin.mean()))
-
-
-def test_cloud_channels_of_an_old_single_output_card_read_as_thick():
-    import dataclasses
-
-    card = dataclasses.replace(TileModel(model_path("cloud_screen")).card, output_channels=())
-    thick, thin, shadow = cloud_channels(card, np.array([0.2, 0.9], np.float32))
-    assert list(thick) == pytest.approx([0.2, 0.9]) and not thin.any() and not shadow.any()
-
-
-def _pipe(world, cloud, **flight):
-    cfg = load_scenario(None, ['flight.cascade=[{model="cloud_screen"}, {model="fire_detect", when="clear_land"}]']
-                        + [f"flight.{k}={json.dumps(v)}" for k, v in flight.items()]).flight
-    return FramePipeline(cfg, world[1], {"cloud_screen": cloud, "fire_detect": TileModel(model_path("fire_detect"))})
-
-
-def test_discard_uses_thick_cloud_unless_configured_to_count_thin(world):
-    sensor, _ = world
-    scene = synthetic_scene(31, 0, H, W, cloud_cover=0.9)
-    raw = sensor.expose(scene.reflectance, np.random.default_rng(3))
-    cloud = TileModel(model_path("cloud_screen"))
-    base = run_frame(_pipe(world, cloud), raw)
-    thick, both = base.cloud_fraction, base.cloud_fraction + base.thin_fraction
-    assert base.thin_fraction > 0.01, "the scene should have some thin cloud"
-    limit = (thick + both) / 2  # between thick and thick + thin
-    only_thick = run_frame(_pipe(world, cloud, cloud_discard_fraction=limit), raw)
-    counts_thin = run_frame(_pipe(world, cloud, cloud_discard_fraction=limit, discard_counts_thin=True), raw)
-    assert not only_thick.discarded and counts_thin.discarded
-    assert counts_thin.discard_cover == pytest.approx(both)
-    from flight.packaging import discard_event_args
-
-    assert discard_event_args(counts_thin, limit)["cloud_pct"] == pytest.approx(100 * both)
-
-
-def test_an_older_single_output_cloud_model_still_runs_the_pipeline(world):
-    sensor, _ = world
-    scene = synthetic_scene(11, 3, H, W, cloud_cover=0.3, water_fraction=0.0, fires=6)
-    raw = sensor.expose(scene.reflectance, np.random.default_rng(5))
-    r = run_frame(_pipe(world, _SingleOutput(TileModel(model_path("cloud_screen")))), raw)
-    assert r.thin_fraction == 0.0 and r.shadow_fraction == 0.0  # it does not separate them
-    assert abs(r.cloud_fraction - scene.cloud_fraction) <= 0.10  # its one output: the whole cloud mask
-    assert r.count(DetectionClass.FIRE) > 0
-
-
-def test_detectors_skip_tiles_by_thick_cloud_only(world):
-    # a tile full of thin cloud and no thick cloud is still searched for fires
-    class ThinEverywhere:
-        def __init__(self, card):
-            self.card = card
-
-        def run(self, tiles):
-            return np.tile(np.array([[0.0, 0.9, 0.0]], np.float32), (len(tiles), 1))
-
-    sensor, _ = world
-    scene = synthetic_scene(11, 3, H, W, cloud_cover=0.0, water_fraction=0.0, fires=6)
-    raw = sensor.expose(scene.reflectance, np.random.default_rng(5))
-    r = run_frame(_pipe(world, ThinEverywhere(TileModel(model_path("cloud_screen")).card)), raw)
-    assert r.cloud_fraction == 0.0 and r.thin_fraction == pytest.approx(0.9) and not r.discarded
-    assert r.count(DetectionClass.FIRE) > 0

@@ -35,7 +35,7 @@ f32 = st.floats(width=32, allow_nan=False)
 f64 = st.floats(allow_nan=False, allow_infinity=False)
 time_s = st.integers(0, 10**8).map(lambda ms: ms / 1000)  # the CDS short code has ms resolution
 
-summaries = st.builds(FrameSummary, pid, u32, f64, u16, u16, f32, st.integers(0, 1), u16, u16, f32, f32, f32, f32, f32)
+summaries = st.builds(FrameSummary, pid, u32, f64, u16, u16, f32, st.integers(0, 1), u16, u16, f32, f32, f32)
 detections = st.builds(Detection, pid, u32, f64, u8, u8, f32, f32, f32, f32, u16)
 chips = st.builds(ImageChip, pid, u32, f64, u8, f32, f32, u16, u16, u8, st.binary(max_size=2000))
 events = st.builds(Event, pid, f64, u16, st.integers(1, 4), st.integers(-(2**31), 2**31 - 1), st.text(max_size=100))
@@ -113,15 +113,3 @@ def test_payload_of_the_wrong_length_is_refused():
 
 def test_one_apid_per_product_type():
     assert len(PRODUCT_TYPES) == len({cls.APID for cls in PRODUCT_TYPES.values()})
-
-
-def test_frame_summary_appends_thin_cloud_and_shadow_after_the_old_fields():
-    # issue #17: thin_fraction and shadow_fraction are appended, so the first 42 bytes keep the
-    # old layout (>QIdHHfBHHfff) and an old reader of those bytes reads the same values
-    s = FrameSummary(1, 2, 3.0, 4, 5, 0.5, 0, 6, 7, 1.0, 40.0, 49.0, 0.25, 0.125)
-    data = s.pack()
-    assert len(data) == struct.calcsize(">QIdHHfBHHfff") + 8
-    assert struct.unpack(">QIdHHfBHHfff", data[:-8]) == (1, 2, 3.0, 4, 5, 0.5, 0, 6, 7, 1.0, 40.0, 49.0)
-    back = FrameSummary.unpack(data)
-    assert back.thin_fraction == 0.25 and back.shadow_fraction == 0.125 and back.cloud_fraction == 0.5
-    assert FrameSummary(1, 2, 3.0, 4, 5, 0.5, 0, 6, 7, 1.0, 40.0, 49.0).thin_fraction == 0.0  # default

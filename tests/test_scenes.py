@@ -264,31 +264,3 @@ def test_real_scene_rejects_bad_files(tmp_path):
     np.savez(r, img=np.full((8, 8, 6), 0.1, np.float32))
     s = real_scene(r)
     assert not s.cloud_mask.any() and (s.classes == C.UNKNOWN).all()
-
-
-def test_cloud_truth_splits_into_thick_thin_and_shadow():
-    # issue #17: per-pixel opacity, cirrus and shadow; thick + thin is the cloud mask, shadow lies outside it
-    s = synthetic_scene(0, 0, 256, 256, cloud_cover=0.5)
-    assert s.opacity.shape == s.cirrus.shape == s.shadow.shape == (256, 256)
-    assert np.array_equal(s.thick_mask | s.thin_mask, s.cloud_mask) and not (s.thick_mask & s.thin_mask).any()
-    op = s.opacity.astype(np.float32)  # float16: rounding may lift 0.4999 to 0.5
-    assert (op[s.thick_mask] >= 0.5).all() and (op[~s.thick_mask] <= 0.5).all()
-    assert not (s.shadow_mask & s.cloud_mask).any() and s.shadow_fraction > 0
-    assert s.thick_fraction + s.thin_fraction == pytest.approx(s.cloud_fraction)
-    from payload_sim.scenes import SurfaceClass
-
-    assert (s.classes == SurfaceClass.CLOUD_SHADOW).sum() <= s.shadow_mask.sum()  # objects may hide shadow in classes
-
-
-def test_real_scene_truth_has_one_cloud_class_and_class_0_as_shadow():
-    rng = np.random.default_rng(0)
-    import tempfile
-    from pathlib import Path
-
-    msk = rng.choice(np.array([0, 1, 3, 4], np.uint8), size=(64, 64, 1))
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / "s.npz"
-        np.savez(p, img=rng.random((64, 64, 6)).astype(np.float32), msk=msk)
-        s = real_scene(p)
-    assert np.array_equal(s.thick_mask, msk[..., 0] == 4) and not s.thin_mask.any()
-    assert np.array_equal(s.shadow_mask, msk[..., 0] == 0)
