@@ -4,12 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SCENARIO ?= payload_sim/scenarios/demo.toml
 
-.PHONY: run test lint models bench bench-smoke verify gallery clean
+.PHONY: run test lint models bench bench-smoke verify verify-aarch64 calibration flight-wheel gallery clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[ground]'
+	$(PY) -m pip install --quiet -e '.[sim,ground]'
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
@@ -44,9 +44,22 @@ bench: $(VENV)/.dev  ## the full benchmark harness; non-zero when a budget is ex
 bench-smoke: $(VENV)/.dev
 	$(PY) -m benchmarks.harness --profile default --smoke
 
+# aarch64 correctness under qemu user-mode emulation (issue #15, docs/deploy.md): builds an arm64
+# sysroot in .cache/aarch64 once (about 30 s here), then models verify and a short in-process flight
+# run on emulated Cortex-A72 and `max` CPUs, compared byte for byte with x86. Timings mean nothing.
+verify-aarch64: $(VENV)/.runtime
+	PY=$(abspath $(PY)) scripts/verify_aarch64.sh
+
+CAL ?= runs/calibration-cal-1.npz
+calibration: $(VENV)/.runtime  ## calibration products for SCENARIO's sensor: make calibration CAL=out.npz
+	$(PY) -m payload_sim.calibrate $(SCENARIO) --out $(CAL)
+
+flight-wheel: $(VENV)/.runtime  ## the wheel a board installs (flight runtime deps only): dist/
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+
 gallery: $(VENV)/.dev
 	$(PY) -m payload_sim.gallery --out docs/gallery
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis .ruff_cache .mypy_cache build *.egg-info
+	rm -rf $(VENV) runs dist .pytest_cache .hypothesis .ruff_cache .mypy_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

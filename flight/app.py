@@ -60,6 +60,7 @@ from flight.products import (
 )
 from flight.quicklook import QuicklookRing, RecentFrames, crop, png
 from flight.retransmit import LinkTimer
+from flight.sdnotify import Notifier
 from flight.security import SecureContext, load_mission_key, resolve
 from flight.service import Service, common_args, setup
 from flight.store import ProductStore, StoreFull
@@ -581,6 +582,7 @@ class FlightApp:
         self.last_uplink = time.time()
         removed, rtts_s = self.store.ack_with_samples(ids, time.time())  # round trips of once-sent packets (Karn)
         self.link_timer.on_samples(rtts_s)
+        self.link_timer.on_acked(time.time())
         self.counts["products_acked"] += removed
 
     def on_command(self, packet: bytes) -> None:
@@ -836,9 +838,16 @@ class FlightApp:
         if not timer.has_room(now):
             return
         sent, left_wall, timed_out = [], [], False
-        for pid, packet, sends, sent_wall in self.store.due(now, timer.rto_s, self.cfg.downlink_window):
+        resends = timer.resends_allowed(now)  # None: any; while the link is silent, one probe per timeout
+        for pid, packet, sends, sent_wall in self.store.due(now, timer.rto_s, self.cfg.downlink_window,
+                                                            expired=resends != 0):
             if not timer.has_room(now):
                 break
+            if sent_wall > 0 and resends is not None:  # an expired packet while silent: the probe
+                if resends == 0:
+                    continue
+                resends -= 1
+                timer.on_probe(now)
             try:
                 sock.send(packet, zmq.NOBLOCK)
             except zmq.Again:
@@ -922,8 +931,11 @@ class FlightApp:
         poller = zmq.Poller()
         poller.register(frames, zmq.POLLIN)
         poller.register(up, zmq.POLLIN)
+        notifier = Notifier()  # systemd Type=notify + WatchdogSec (deploy/onboard-flight.service); no-op elsewhere
+        notifier.ready(f"flight up, profile {self.sc.obc.profile}")
         try:
             while self.svc.running:
+                notifier.watchdog()  # rate-limited; a turn stuck (e.g. inside onnxruntime) starves systemd's watchdog
                 events = dict(poller.poll(50))
                 if frames in events:
                     self.guarded("on_frame_message", lambda: self.on_frame_message(frames.recv_multipart(copy=False)))
@@ -937,6 +949,7 @@ class FlightApp:
                 self.guarded("store_maintenance", self.store_maintenance)
                 self.guarded("status", self.status)
             self.emit("STOPPING", reason=self.svc.stop_reason)
+            notifier.stopping(f"stopping: {self.svc.stop_reason}")
             self.status(force=True)
         finally:
             for s in (frames, down, up):
@@ -956,10 +969,22 @@ def _peek_frame_id(header: bytes) -> int | None:
     return fid if isinstance(fid, int) and not isinstance(fid, bool) and 0 <= fid <= FRAME_ID_MAX else None
 
 
+DEFAULT_CONFIG = Path("/etc/onboard-payload/flight.toml")  # deploy/flight.toml; used when no scenario is given
+
+
 def main(argv: list[str] | None = None) -> int:
     p = common_args("Onboard payload flight software")
+    p.add_argument("--config", type=Path, default=None,
+                   help=f"flight configuration TOML (a scenario file); default: {DEFAULT_CONFIG} when no scenario "
+                        "is given and that file exists, else built-in defaults")
     p.add_argument("--calibration", type=Path, required=True, help="calibration products .npz")
     args = p.parse_args(argv)
+    if args.config is not None and args.scenario is not None:
+        p.error("give a scenario or --config, not both")
+    if args.config is not None:
+        args.scenario = str(args.config)
+    elif args.scenario is None and DEFAULT_CONFIG.is_file():
+        args.scenario = str(DEFAULT_CONFIG)
     scenario, clock = setup(args)
     run_dir = args.run_dir or Path("runs/flight")
     run_dir.mkdir(parents=True, exist_ok=True)

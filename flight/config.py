@@ -176,6 +176,9 @@ class FlightSection:
     # airtime queued in the radio at once: > the loop's longest stall (a 2048^2 frame, p99 0.2 s) so
     # the radio never idles; small so an alert waits little (4 kbit/s: 0.7 s median vs 4.2 s at 2 s)
     radio_queue_max_s: float = field(default=0.5, metadata=rng(0.01, 3600.0))
+    # while nothing is acknowledged for a whole timeout (a contact gap), re-send one packet per
+    # timeout instead of every expired one (false: every expired packet, the behaviour before #12)
+    probe_when_silent: bool = True
     housekeeping_period_s: float = field(default=30.0, metadata=rng(0.1, 86400.0))  # scenario seconds
     # "stream": calibration tables read strip by strip from a file next to the .npz (RSS flat with
     # frame size, +0.8 ms per 2048^2 frame); "memory": held in RAM (2 bytes per pixel-band)

@@ -13,6 +13,11 @@ archived, 1,282 sends). Two things fix it:
   for packets sent once: Karn's rule), clamped to [rto_min_s, rto_max_s], doubled on a timer
   expiry (at most once per RTO, so a burst of expiries is one back-off) and recomputed from the
   estimate at the next fresh sample.
+- While the link is silent (nothing acknowledged for a whole timeout: a contact gap the flight
+  is not told about), at most one re-send per timeout probes it, instead of every expired packet
+  being sent into the gap again. New products still go out at once (one of them, or the probe,
+  is the first to reach the ground after AOS, and its ack releases the backlog by fast
+  retransmission). Loss while acks still arrive is not silence: re-sends go as before.
 
 All times are wall seconds (time.time()), like the store's.
 """
@@ -42,6 +47,9 @@ class LinkTimer:
     rto_s: float = 0.0
     tx_free_at: float = 0.0  # wall time the modelled transmitter finishes what it was given
     next_backoff_wall: float = 0.0  # no second doubling before this
+    probe_when_silent: bool = True
+    last_ack_wall: float = 0.0  # when the ground last acknowledged anything
+    next_probe_wall: float = 0.0  # while silent, no re-send before this
 
     def __post_init__(self) -> None:
         self.rto_s = self._clamp(self.initial_rto_s)
@@ -51,7 +59,8 @@ class LinkTimer:
         """From a FlightSection and a LinkSection: the radio's rate is the link's downlink rate
         unless `flight.radio_rate_bps` (> 0) says otherwise."""
         rate = flight.radio_rate_bps if flight.radio_rate_bps > 0 else link.downlink_rate_bps
-        return cls(flight.retransmit_s, flight.rto_min_s, flight.rto_max_s, rate, flight.radio_queue_max_s)
+        return cls(flight.retransmit_s, flight.rto_min_s, flight.rto_max_s, rate, flight.radio_queue_max_s,
+                   probe_when_silent=flight.probe_when_silent)
 
     def _clamp(self, rto_s: float) -> float:
         return min(max(rto_s, self.rto_min_s), self.rto_max_s)
@@ -71,6 +80,26 @@ class LinkTimer:
     def on_samples(self, rtts_s: list[float]) -> None:
         for r in rtts_s:
             self.on_sample(r)
+
+    def on_acked(self, now_wall: float) -> None:
+        """The ground acknowledged something: the link carries."""
+        self.last_ack_wall = now_wall
+
+    def silent(self, now_wall: float) -> bool:
+        """Nothing acknowledged for a whole timeout: the link is down (or the ground is)."""
+        return now_wall - self.last_ack_wall > self.rto_s
+
+    def resends_allowed(self, now_wall: float) -> int | None:
+        """How many expired packets may be sent again now: any number (None) while acks arrive;
+        while the link is silent one probe per timeout, else none."""
+        if not self.probe_when_silent or not self.silent(now_wall):
+            return None
+        if now_wall < self.next_probe_wall:
+            return 0
+        return 1
+
+    def on_probe(self, now_wall: float) -> None:
+        self.next_probe_wall = now_wall + self.rto_s
 
     def on_timeout(self, now_wall: float) -> None:
         """A packet's timer ran out: double the timeout, once per timeout period at most."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -265,7 +266,7 @@ class FlightFaults:
         args = list(old.args)
         args[args.index("--run-dir") + 1] = str(self.restart_dir)
         log = open(self.run_dir / "flight-restart.log", "w")
-        procs["flight"] = subprocess.Popen(args, stdout=log, stderr=log)
+        procs["flight"] = subprocess.Popen(args, stdout=log, stderr=log, env={**os.environ, "ONBOARD_STOP_WITH_PARENT": "1"})
         print(f"hil: fault: flight SIGKILLed at t={killed_s:.1f} s and restarted on the same store", file=sys.stderr)
 
     def _merge_status(self) -> None:
@@ -340,8 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in PROCESSES:
             log = open(run_dir / f"{name}.log", "w")
-            procs[name] = subprocess.Popen([sys.executable, "-m", MODULES[name], *common, *extra.get(name, [])],
-                                           stderr=log, stdout=None if name == "station" else log)
+            # children stop when this launcher dies (flight.service); $ONBOARD_FLIGHT_EXE: the flight
+            # from another install (its console script), as tests/test_packaging.py runs it
+            exe = [os.environ["ONBOARD_FLIGHT_EXE"]] if name == "flight" and os.environ.get("ONBOARD_FLIGHT_EXE") \
+                else [sys.executable, "-m", MODULES[name]]
+            procs[name] = subprocess.Popen([*exe, *common, *extra.get(name, [])],
+                                           stderr=log, stdout=None if name == "station" else log,
+                                           env={**os.environ, "ONBOARD_STOP_WITH_PARENT": "1"})
             if name == "station":
                 # the ground side listens before the flight talks: its first packets (start-up
                 # events) would otherwise meet a link with nobody on the far end

@@ -33,11 +33,13 @@ from ground_link.linkmodel import RandomLoss
 
 # The old behaviour: a fixed 2 s timer from the moment a packet is handed to the radio (a radio
 # "faster than light" makes the queue model say every packet has left at once).
-FIXED_2S = ["flight.rto_min_s=2", "flight.rto_max_s=2", "flight.retransmit_s=2", "flight.radio_rate_bps=1e10"]
+# the behaviour before issue #12: a fixed 2 s timer from the send, no radio queue model, no probing
+FIXED_2S = ["flight.rto_min_s=2", "flight.rto_max_s=2", "flight.retransmit_s=2", "flight.radio_rate_bps=1e10",
+            "flight.probe_when_silent=false"]
 
 
-def timer(rate_bps=4000.0, initial=2.0, lo=1.0, hi=60.0, queue_s=0.5) -> LinkTimer:
-    return LinkTimer(initial, lo, hi, rate_bps, queue_s)
+def timer(rate_bps=4000.0, initial=2.0, lo=1.0, hi=60.0, queue_s=0.5, probe=True) -> LinkTimer:
+    return LinkTimer(initial, lo, hi, rate_bps, queue_s, probe_when_silent=probe)
 
 
 # -- the timer ------------------------------------------------------------------------------------
@@ -234,7 +236,7 @@ def simulate(tmp_path: Path, monkeypatch, rate_bps: float, t: LinkTimer, product
 def test_sim_4kbps_sends_each_packet_once_and_keeps_the_radio_busy(tmp_path, monkeypatch):
     products = workload(40)  # 23 kB: 47 s of airtime at 4 kbit/s
     new = simulate(tmp_path, monkeypatch, 4000.0, timer(4000.0), products)
-    old = simulate(tmp_path, monkeypatch, 4000.0, timer(1e10, 2.0, 2.0, 2.0), products)
+    old = simulate(tmp_path, monkeypatch, 4000.0, timer(1e10, 2.0, 2.0, 2.0, probe=False), products)
     print(f"\nsim 4 kbit/s, {len(products)} products: adaptive {new['sent']} sends, {new['retransmitted']} "
           f"resent, done {new['done_s']:.1f} s, goodput {new['goodput_ratio']:.3f} of the link; fixed 2 s: "
           f"{old['sent']} sends, {old['retransmitted']} resent, {len(old['delivered'])} delivered, "
@@ -388,3 +390,15 @@ def test_e2e_9600bps_with_10pct_loss_recovers_every_loss_promptly(tmp_path):
     # Fast retransmission (the next ack) or a 1-4 s timeout recovers each loss: measured max 3.7-6.2 s
     # against 2.7 s without loss; the fixed 2 s timer took 15.5 s and had not finished after 120 s.
     assert lat[-1] <= 10.0, lat
+
+
+def test_a_silent_link_is_probed_with_one_resend_per_timeout():
+    t = timer()
+    t.on_acked(100.0)
+    assert t.resends_allowed(100.5) is None  # acks arrive: every expired packet may go again
+    assert t.silent(103.0) and t.resends_allowed(103.0) == 1  # nothing back for a whole timeout
+    t.on_probe(103.0)
+    assert t.resends_allowed(103.5) == 0 and t.resends_allowed(103.0 + t.rto_s) == 1
+    t.on_acked(104.0)
+    assert t.resends_allowed(104.1) is None
+    assert timer(probe=False).resends_allowed(1e6) is None  # the behaviour before issue #12
