@@ -12,5 +12,5 @@ def require_shared_real() -> Path:
         pytest.skip(f"real scenes not found at {SHARED_REAL} (../shared is not beside this clone)")
     return SHARED_REAL
 
-# the HIL test API's fixtures (hil_run), as a HIL user gets them from the installed package
-pytest_plugins = ["payload_sim.pytest_plugin"]
+# The HIL test API's fixtures (hil_run) come from the installed package's pytest11 entry point
+# (payload_sim.pytest_plugin), as a HIL user gets them.
