@@ -326,6 +326,64 @@ class SecuritySection:
     ack_source_id: int = field(default=1, metadata=rng(1, 2**16 - 1))  # the station's PUS source id in its acks (flight.acks)
 
 
+# --- issue #18: a constellation of satellites and a ground of several stations (docs/ground.md) ---
+
+
+@dataclass(frozen=True)
+class StationLink:
+    """One satellite a station talks to: the link's ground-side endpoints (the channel of that
+    (satellite, station) pair) and the satellite's mission key, which signs the acks to it."""
+
+    satellite_id: int = field(metadata=rng(1, 65535))
+    ground_out: str = ""  # channel -> station PULL (downlink out)
+    ground_in: str = ""  # station PUSH -> channel (uplink in)
+    command_key_file: str = ""  # that satellite's mission key; "" = security.command_key_file
+
+
+@dataclass(frozen=True)
+class StationSection:
+    """Who this station is and where it archives. The defaults are the single-station ground:
+    satellite 1 behind network.ground_out/ground_in, an SQLite archive in the run folder."""
+
+    name: str = ""  # recorded with each product, packet and alert it archives; "" = unnamed
+    satellite_id: int = field(default=1, metadata=rng(1, 65535))  # the satellite of network.ground_* (no links)
+    archive: str = ""  # "" = RUN_DIR/archive.sqlite; an SQLite path, or postgresql://... (shared)
+    links: tuple[StationLink, ...] = ()  # a constellation: one link per satellite (network.ground_* unused)
+    # acks also carry the ids of the satellite's products other stations archived in the last
+    # shared_ack_s wall seconds, while this station hears the satellite (0 = off)
+    shared_ack_s: float = field(default=30.0, metadata=rng(0.0, 86400.0))
+
+
+@dataclass(frozen=True)
+class SatelliteSpec:
+    """One satellite of a constellation: its own flight process, orbit, mission key and products."""
+
+    id: int = field(metadata=rng(1, 65535))
+    name: str = ""  # "" = "sat<id>"
+    tle1: str = ""  # "" = orbit.tle1 (or the default TLE)
+    tle2: str = ""
+    seed: int | None = field(default=None, metadata=rng(0, 2**31 - 1))  # scenes; None = scenario.seed + id
+    command_key_file: str = ""  # "" = the launcher writes one per satellite
+
+
+@dataclass(frozen=True)
+class ConstellationSection:
+    """N satellites x M stations (payload_sim.constellation). Empty: the single-satellite run."""
+
+    satellites: tuple[SatelliteSpec, ...] = ()
+    stations: tuple[str, ...] = ()  # names of [[ground_stations]] that run a station; () = all of them
+    # "postgresql": a throwaway local server (falls back to a shared SQLite file when PostgreSQL is
+    # absent, saying so), "sqlite", or a postgresql:// URL of a running server
+    archive: str = "postgresql"
+
+    def validate(self, section: str) -> None:
+        ids = [s.id for s in self.satellites]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"{section}.satellites", ids, "satellite ids must be unique")
+        if self.archive not in ("postgresql", "sqlite") and not self.archive.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"{section}.archive", self.archive, 'must be "postgresql", "sqlite" or a postgresql:// URL')
+
+
 @dataclass(frozen=True)
 class Scenario:
     scenario: ScenarioSection = ScenarioSection()
@@ -337,6 +395,8 @@ class Scenario:
     network: NetworkSection = NetworkSection()
     ops: OpsSection = OpsSection()
     security: SecuritySection = SecuritySection()
+    station: StationSection = StationSection()  # issue #18
+    constellation: ConstellationSection = ConstellationSection()  # issue #18
     extra: dict = field(default_factory=dict)  # sections owned by the simulator (orbit, stations, faults)
 
 

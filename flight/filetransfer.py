@@ -431,6 +431,7 @@ class FileReceiver:
         self.started_s: dict[tuple[int, int], float] = {}
         self.last_activity_s = 0.0
         self._meta_nak_wall = 0.0
+        self._refused_logged = 0.0
         self.open_dir = self.root / "open"  # per open transaction: its Metadata PDU and the ranges on disk
         self.open_dir.mkdir(exist_ok=True)
         self.vfs.on_write = self._on_write
@@ -487,7 +488,9 @@ class FileReceiver:
                 raise FileTransferError("a PDU for a sending entity")
         except (FileTransferError, ValueError) as exc:
             self.counts["pdus_rejected"] += 1
-            self.log(f"file PDU refused: {exc}")
+            if now - self._refused_logged >= 10.0:  # bit errors or junk can come in floods: a line per 10 s
+                self._refused_logged = now
+                self.log(f"file PDU refused: {exc} ({self.counts['pdus_rejected']} refused so far)")
             return
         self.counts["pdus_in"] += 1
         self._dispatch(pdu, now)
@@ -660,7 +663,13 @@ class FileReceiver:
             if holder is not None and holder.pdu is not None:
                 self._send(holder.pdu)
         while self.user.finished:
-            self._finished(self.user.finished.pop(0))
+            params = self.user.finished.pop(0)
+            try:
+                self._finished(params)
+            except OSError as exc:  # the storage failed while filing: the ground sends the file again
+                self.counts["transfers_failed"] += 1
+                self.events.append(("FILE_TRANSFER_FAILED", dict(seq=int(params.transaction_id.seq_num.value),
+                                                                 reason=f"filing the file failed: {exc}"[:120])))
         self.faults.seen.clear()
 
     def _send(self, pdu) -> None:
@@ -815,9 +824,15 @@ class FileService:
             pass
 
     def on_packet(self, packet: bytes) -> None:
+        """One uplink packet on Apid.FILE_DATA; never raises (a file transfer's trouble is not a
+        software fault of the flight: it is counted, logged and reported as events)."""
         with self.lock:
             before = self.receiver.counts["pdus_in"]
-            self.receiver.on_packet(packet)
+            try:
+                self.receiver.on_packet(packet)
+            except Exception as exc:  # noqa: BLE001 (storage errors while abandoning or pruning)
+                self.receiver.counts["protocol_errors"] += 1
+                self.app.svc.log(f"file transfer: {type(exc).__name__}: {exc}")
             if self.receiver.counts["pdus_in"] > before:
                 self.app.last_uplink = time.time()
             self._ensure_thread()

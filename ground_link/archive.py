@@ -1,11 +1,26 @@
 """The ground archive: every packet as received, every product once, alerts, telemetry, events.
 
-SQLite, one file per station. Products are keyed by the flight's product id, so a packet the
-flight sent again (its acknowledgement was lost) is recognised and not archived twice. The id is
-the whole 64-bit `(store epoch << 32) | n` (an INTEGER PRIMARY KEY holds 63 bits, and the decoder
-refuses more: flight.products.PRODUCT_ID_MAX), so a flight that lost its store and counts n again
-from 1 in a new epoch is never taken for a duplicate. Alerts
-keep the throttled ones too (throttled = 1): archived and counted, but not shown to the operator.
+Two back ends, one schema and one set of queries (issue #18, docs/ground.md):
+
+- SQLite (the embedded default): one file per station, `Archive(path)`.
+- PostgreSQL (a ground of several stations): `Archive("postgresql://...")`, one database shared by
+  every station, so "what the ground has" is one truth. Needs psycopg 3 (the `ground` extra).
+
+The SQL below is written once with `?` placeholders; `Db` turns them into psycopg's `%s` and
+maps the few type names that differ (`INT` -> BIGINT, `REAL` -> DOUBLE PRECISION, `BLOB` ->
+BYTEA, the row id column) when it creates the schema. Nothing else differs.
+
+Products are keyed by (satellite id, product id). The product id is the flight's whole 64-bit
+`(store epoch << 32) | n` (a signed 64-bit integer holds 63 bits, and the decoder refuses more:
+flight.products.PRODUCT_ID_MAX), so a flight that lost its store and counts n again from 1 in a new
+epoch is never taken for a duplicate; ids of different satellites collide, hence the satellite id
+(which the station knows from the link the packet came down: docs/ground.md). A single-satellite
+ground uses satellite id 1. `INSERT ... ON CONFLICT DO NOTHING` on that key is the exactly-once
+rule: two stations that receive the same product at the same moment race on the key, and only
+one insert creates the row (PostgreSQL makes the second wait for the first and then do nothing),
+so only that one archives its telemetry, events and chips and raises its alert. Each product row
+names the station that archived it and when (`received_wall`, the station's clock).
+Alerts keep the throttled ones too (throttled = 1): archived and counted, but not shown.
 """
 
 from __future__ import annotations
@@ -13,31 +28,127 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sqlite3
 from pathlib import Path
 
 from flight.products import Event, Housekeeping, ImageChip
 
+# ROWID: an auto-numbered row id; INT: a 64-bit integer; REAL: a double; BLOB: bytes.
 SCHEMA = """
-PRAGMA journal_mode=WAL;
 CREATE TABLE IF NOT EXISTS packets (
-    id INTEGER PRIMARY KEY, received_wall REAL, apid INTEGER, ok INTEGER, error TEXT, raw BLOB);
+    id ROWID, received_wall REAL, apid INT, ok INT, error TEXT, raw BLOB,
+    satellite_id INT, station TEXT);
 CREATE TABLE IF NOT EXISTS products (
-    product_id INTEGER PRIMARY KEY, apid INTEGER, kind TEXT, frame_id INTEGER, time_s REAL,
-    received_wall REAL, fields TEXT);
+    product_id INT NOT NULL, apid INT, kind TEXT, frame_id INT, time_s REAL,
+    received_wall REAL, fields TEXT, satellite_id INT NOT NULL DEFAULT 1, station TEXT,
+    PRIMARY KEY (satellite_id, product_id));
 CREATE INDEX IF NOT EXISTS products_frame ON products (frame_id);
+CREATE INDEX IF NOT EXISTS products_received ON products (satellite_id, received_wall);
 CREATE TABLE IF NOT EXISTS alerts (
-    id INTEGER PRIMARY KEY, product_id INTEGER, severity TEXT, class TEXT, confidence REAL,
-    lat_deg REAL, lon_deg REAL, frame_id INTEGER, time_s REAL, received_wall REAL, message TEXT,
-    area_px INTEGER, received_s REAL, latency_s REAL, throttled INTEGER NOT NULL DEFAULT 0, rule INTEGER);
-CREATE TABLE IF NOT EXISTS telemetry (product_id INTEGER, time_s REAL, channel INTEGER, value REAL);
+    id ROWID, product_id INT, severity TEXT, class TEXT, confidence REAL,
+    lat_deg REAL, lon_deg REAL, frame_id INT, time_s REAL, received_wall REAL, message TEXT,
+    area_px INT, received_s REAL, latency_s REAL, throttled INT NOT NULL DEFAULT 0, rule INT,
+    satellite_id INT NOT NULL DEFAULT 1, station TEXT);
+CREATE TABLE IF NOT EXISTS telemetry (product_id INT, time_s REAL, channel INT, value REAL, satellite_id INT NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS events (
-    product_id INTEGER, time_s REAL, event_id INTEGER, severity INTEGER, frame_id INTEGER, message TEXT);
-CREATE TABLE IF NOT EXISTS chips (product_id INTEGER PRIMARY KEY, frame_id INTEGER, png BLOB);
+    product_id INT, time_s REAL, event_id INT, severity INT, frame_id INT, message TEXT,
+    satellite_id INT NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS chips (
+    product_id INT NOT NULL, frame_id INT, png BLOB, satellite_id INT NOT NULL DEFAULT 1,
+    PRIMARY KEY (satellite_id, product_id));
 """
 
+TYPES = {
+    "sqlite": {"ROWID": "INTEGER PRIMARY KEY", "INT": "INTEGER", "REAL": "REAL", "BLOB": "BLOB"},
+    "postgresql": {"ROWID": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", "INT": "BIGINT",
+                   "REAL": "DOUBLE PRECISION", "BLOB": "BYTEA"},
+}
+
 ALERT_COLUMNS = ("product_id", "severity", "class", "confidence", "lat_deg", "lon_deg", "frame_id", "time_s",
-                 "received_wall", "message", "area_px", "received_s", "latency_s", "throttled", "rule")
+                 "received_wall", "message", "area_px", "received_s", "latency_s", "throttled", "rule",
+                 "satellite_id", "station")
+
+
+def is_postgres(target: str | Path) -> bool:
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def schema_sql(dialect: str) -> list[str]:
+    """The schema's statements for a dialect (the type names mapped; everything else the same)."""
+    types = TYPES[dialect]
+    text = re.sub(r"\b(ROWID|INT|REAL|BLOB)\b", lambda m: types[m.group(1)], SCHEMA)
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+class Db:
+    """A DB-API connection in autocommit mode whose `execute` takes `?` placeholders on both back
+    ends: the same query text runs on SQLite and PostgreSQL. `begin()`/`commit()`/`rollback()`
+    delimit a transaction."""
+
+    def __init__(self, target: str | Path, read_only: bool = False):
+        self.dialect = "postgresql" if is_postgres(target) else "sqlite"
+        if self.dialect == "postgresql":
+            try:
+                import psycopg
+            except ImportError as exc:  # the ground extra
+                raise RuntimeError("a PostgreSQL archive needs psycopg 3: pip install 'onboard-payload[ground]'") from exc
+            self.conn = psycopg.connect(str(target), autocommit=True)
+            if read_only:
+                self.conn.execute("SET default_transaction_read_only = on")
+            self.Error: type[Exception] = psycopg.Error
+            self.IntegrityError: type[Exception] = psycopg.IntegrityError
+        else:
+            uri = f"file:{target}?mode=ro" if read_only else str(target)
+            self.conn = sqlite3.connect(uri, uri=read_only, isolation_level=None, timeout=10.0)
+            self.Error, self.IntegrityError = sqlite3.Error, sqlite3.IntegrityError
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
+
+    def execute(self, sql: str, params=()):
+        return self.conn.execute(self._sql(sql), tuple(params))
+
+    def executemany(self, sql: str, rows) -> None:
+        if self.dialect == "postgresql":
+            with self.conn.cursor() as cur:
+                cur.executemany(self._sql(sql), list(rows))
+        else:
+            self.conn.executemany(sql, rows)
+
+    def begin(self) -> None:
+        # SQLite: take the write lock now (waiting up to the busy timeout for another station's
+        # transaction), not at the first write, where a lock upgrade can fail at once
+        self.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+
+    def commit(self) -> None:
+        self.execute("COMMIT")
+
+    def rollback(self) -> None:
+        try:
+            self.execute("ROLLBACK")
+        except self.Error:
+            pass
+
+    def create_schema(self) -> None:
+        if self.dialect == "sqlite":
+            self.execute("PRAGMA journal_mode=WAL")
+            for stmt in schema_sql("sqlite"):
+                self.execute(stmt)
+            return
+        # several stations may start at once: one creates the schema, the others wait for it
+        self.begin()
+        try:
+            self.execute("SELECT pg_advisory_xact_lock(18018)")
+            for stmt in schema_sql("postgresql"):
+                self.execute(stmt)
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def _jsonable(product) -> dict:
@@ -53,41 +164,79 @@ def _jsonable(product) -> dict:
 
 
 class Archive:
-    def __init__(self, path: str | Path):
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.executescript(SCHEMA)
+    """`target`: an SQLite file path, or a PostgreSQL URL (postgresql://...). `station`: the name
+    recorded with what this archive writes ("" for a single-station ground)."""
 
-    def packet(self, raw: bytes, received_wall: float, apid: int | None, error: str | None) -> None:
-        self.db.execute("INSERT INTO packets (received_wall, apid, ok, error, raw) VALUES (?, ?, ?, ?, ?)",
-                        (received_wall, apid, error is None, error, raw))
+    def __init__(self, target: str | Path, station: str = ""):
+        self.db = Db(target)
+        self.db.create_schema()
+        self.station = station or None
 
-    def product(self, product, received_wall: float) -> bool:
-        """Archive a product once; False when this product id is already archived (a duplicate)."""
+    @property
+    def dialect(self) -> str:
+        return self.db.dialect
+
+    def packet(self, raw: bytes, received_wall: float, apid: int | None, error: str | None,
+               satellite_id: int = 1) -> None:
+        self.db.execute("INSERT INTO packets (received_wall, apid, ok, error, raw, satellite_id, station) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (received_wall, apid, int(error is None), error, raw, satellite_id, self.station))
+
+    def product(self, product, received_wall: float, satellite_id: int = 1, raw: bytes | None = None) -> bool:
+        """Archive a product once; False when (satellite id, product id) is already archived (a
+        duplicate, whichever station archived it). With `raw`, the packet is logged in the same
+        transaction (one commit per packet)."""
         kind = type(product).__name__
         frame_id = getattr(product, "frame_id", None)
         time_s = getattr(product, "capture_time_s", getattr(product, "time_s", None))
-        self.db.execute("BEGIN")
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO products VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (product.product_id, product.APID, kind, frame_id, time_s, received_wall, json.dumps(_jsonable(product))))
-        if cur.rowcount == 0:
-            self.db.execute("COMMIT")
-            return False
-        if isinstance(product, Housekeeping):
-            self.db.executemany("INSERT INTO telemetry VALUES (?, ?, ?, ?)",
-                                [(product.product_id, product.time_s, c, v) for c, v in product.channels().items()])
-        elif isinstance(product, Event):
-            self.db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
-                            (product.product_id, product.time_s, product.event_id, product.severity,
-                             product.frame_id, product.message))
-        elif isinstance(product, ImageChip):
-            self.db.execute("INSERT INTO chips VALUES (?, ?, ?)", (product.product_id, product.frame_id, product.png))
-        self.db.execute("COMMIT")
+        pid = product.product_id
+        db = self.db
+        db.begin()
+        try:
+            if raw is not None:
+                db.execute("INSERT INTO packets (received_wall, apid, ok, error, raw, satellite_id, station) "
+                           "VALUES (?, ?, 1, NULL, ?, ?, ?)", (received_wall, product.APID, raw, satellite_id, self.station))
+            cur = db.execute(
+                "INSERT INTO products (product_id, apid, kind, frame_id, time_s, received_wall, fields, satellite_id, station) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (satellite_id, product_id) DO NOTHING",
+                (pid, product.APID, kind, frame_id, time_s, received_wall, json.dumps(_jsonable(product)),
+                 satellite_id, self.station))
+            if cur.rowcount == 0:
+                db.commit()
+                return False
+            if isinstance(product, Housekeeping):
+                db.executemany("INSERT INTO telemetry (product_id, time_s, channel, value, satellite_id) VALUES (?, ?, ?, ?, ?)",
+                               [(pid, product.time_s, c, v, satellite_id) for c, v in product.channels().items()])
+            elif isinstance(product, Event):
+                db.execute("INSERT INTO events (product_id, time_s, event_id, severity, frame_id, message, satellite_id) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (pid, product.time_s, product.event_id, product.severity, product.frame_id, product.message,
+                            satellite_id))
+            elif isinstance(product, ImageChip):
+                db.execute("INSERT INTO chips (product_id, frame_id, png, satellite_id) VALUES (?, ?, ?, ?)",
+                           (pid, product.frame_id, product.png, satellite_id))
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
         return True
+
+    def archived_since(self, satellite_id: int, since_wall: float, other_than_station: bool = True) -> list[tuple[int, float]]:
+        """(product id, received_wall) of the satellite's products archived after `since_wall`,
+        by another station than this one when `other_than_station` (what the whole ground has
+        that this station did not receive itself: it acknowledges those too)."""
+        sql = "SELECT product_id, received_wall FROM products WHERE satellite_id = ? AND received_wall > ?"
+        params: list = [satellite_id, since_wall]
+        if other_than_station and self.station is not None:
+            sql += " AND (station IS NULL OR station <> ?)"
+            params.append(self.station)
+        return [(int(r[0]), float(r[1])) for r in self.db.execute(sql + " ORDER BY received_wall", params).fetchall()]
 
     def alert(self, record: dict) -> None:
         """One alert (see station.alert_record); lat/lon None when the position is unknown."""
         row = dict(record, time_s=record["capture_time_s"], throttled=int(record["throttled"]))
+        row.setdefault("satellite_id", 1)
+        row.setdefault("station", self.station)
         self.db.execute(f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES ({', '.join('?' * len(ALERT_COLUMNS))})",
                         [row.get(c) for c in ALERT_COLUMNS])
 

@@ -391,6 +391,7 @@ class Commander:
         t0 = time.time()
         deadline = time.monotonic() + timeout_s
         next_log = time.monotonic()
+        was_up: bool | None = None
         log(f"file {name}: {len(data)} bytes to send as CFDP transaction {seq}"
             f"{' (resumed: the flight asks for what it lacks)' if resume else ''}, {segment_bytes}-byte segments, "
             f"ideal {len(data) * 8 / link.uplink_rate_bps:.1f} s at {link.uplink_rate_bps:.0f} bit/s; {self.pacer.describe(t0)}")
@@ -404,6 +405,10 @@ class Commander:
                 sender.on_packet(sock.recv())
             now = time.time()
             up = self.pacer.link(now)[0]
+            if up != was_up:  # say so at once: holding over a gap, resuming at AOS
+                if was_up is not None:
+                    next_log = time.monotonic()
+                was_up = up
             while up:  # over a gap the transaction is frozen: nothing sent, no timer run
                 sender.pump(want_data=self.pacer.ready(segment_bytes + 40, time.time()))
                 sent = 0

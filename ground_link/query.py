@@ -173,8 +173,13 @@ def query(archive: str | Path, kind: str = "detections", since: float | None = N
           cls: str | None = None, region: tuple[float, ...] | None = None, frame: int | None = None,
           throttled: bool = False, limit: int | None = None) -> list[dict]:
     """Rows matching every filter given, oldest capture first (alerts: in the order raised).
-    Housekeeping rows carry their channels by name (`channels`)."""
-    db = sqlite3.connect(f"file:{archive}?mode=ro", uri=True)  # never create or change an archive
+    Housekeeping rows carry their channels by name (`channels`). `archive`: an SQLite file or a
+    postgresql:// URL (a constellation's shared archive, issue #18); rows of an archive written by
+    named stations carry `satellite_id` and `station`."""
+    from ground_link.archive import Db
+
+    db = Db(archive if isinstance(archive, str) and archive.startswith("postgres") else Path(archive),
+            read_only=True)  # never create or change an archive
     try:
         where: list[str]
         args: list[float | str | None]  # SQL parameters
@@ -198,6 +203,9 @@ def query(archive: str | Path, kind: str = "detections", since: float | None = N
             for r in cur:
                 rec = dict(zip(cols, r, strict=True))
                 rec["capture_time_s"] = rec.pop("time_s")
+                if rec.get("station") is None:  # a single-station archive: rows as before issue #18
+                    rec.pop("station", None)
+                    rec.pop("satellite_id", None)
                 rows.append(rec)
         else:
             if KINDS[kind] is not None:
@@ -205,11 +213,21 @@ def query(archive: str | Path, kind: str = "detections", since: float | None = N
                 args.append(KINDS[kind])
             sql = ("SELECT kind, received_wall, fields FROM products" + (" WHERE " + " AND ".join(where) if where else "")
                    + " ORDER BY time_s, product_id")
-            rows = [{"kind": k, **json.loads(f), "received_wall": w} for k, w, f in db.execute(sql, args)]
+            try:
+                cur = db.execute(sql.replace("SELECT kind, received_wall, fields",
+                                             "SELECT kind, received_wall, fields, satellite_id, station"), args)
+            except db.Error:  # an archive written before issue #18: no satellite or station columns
+                cur = (r + (1, None) for r in db.execute(sql, args))
+            rows = [{"kind": k, **json.loads(f), "received_wall": w} | ({"satellite_id": sat, "station": st} if st else {})
+                    for k, w, f, sat, st in cur]
             for rec in rows:
                 if rec["kind"] == "Housekeeping":
-                    cur = db.execute("SELECT channel, value FROM telemetry WHERE product_id = ? ORDER BY channel",
-                                     (rec["product_id"],))
+                    try:
+                        cur = db.execute("SELECT channel, value FROM telemetry WHERE product_id = ? AND satellite_id = ? "
+                                         "ORDER BY channel", (rec["product_id"], rec.get("satellite_id", 1)))
+                    except db.Error:  # before issue #18
+                        cur = db.execute("SELECT channel, value FROM telemetry WHERE product_id = ? ORDER BY channel",
+                                         (rec["product_id"],))
                     rec["channels"] = {channel_name(c): v for c, v in cur}
     finally:
         db.close()
@@ -275,7 +293,7 @@ def _when(rec: dict, epoch: datetime | None) -> str:
 # fields shown by their decoded names instead (or not at all: they are in the time, or blobs' sizes)
 _RAW = {"product_id", "received_wall", "capture_time_s", "time_s", "class_id", "confidence_q", "event_id", "severity", "opcode",
         "report", "code", "count", "values", "channels", "kind", "utc", "class", "confidence", "event",
-        "severity_name", "command", "report_kind", "reason"}
+        "severity_name", "command", "report_kind", "reason", "satellite_id", "station"}
 
 
 def format_row(rec: dict, epoch: datetime | None = None) -> str:
@@ -296,6 +314,8 @@ def format_row(rec: dict, epoch: datetime | None = None) -> str:
     if "command" in d:
         names += [f"command={d['command']}", f"report={d['report_kind']}", f"reason={d['reason']}"]
     fields = [f"product={d['product']}"] if "product" in d else []
+    if rec.get("station"):  # a constellation's archive (issue #18): which satellite, via which station
+        fields.append(f"sat={rec.get('satellite_id')} via={rec['station']}")
     fields += [f"{k}={_fmt(v)}" for k, v in rec.items() if k not in _RAW]
     if "channels" in rec:
         fields += [f"{k}={_fmt(Mode(int(v)).name if k == 'mode' and int(v) in Mode._value2member_map_ else v)}"
@@ -307,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     p = CliParser(prog="python -m ground_link.query", description="Query the ground archive (names and UTC times)",
                   epilog="Times: UTC needs the scenario epoch, from --epoch or the run's launch.json beside the "
                          "archive; else scenario seconds.")
-    p.add_argument("archive", type=Path, help="archive.sqlite (or the run folder holding it)")
+    p.add_argument("archive", type=Path, nargs="?", help="archive.sqlite (or the run folder holding it)")
+    p.add_argument("--db", help="a shared PostgreSQL archive (postgresql://...; a constellation's, docs/ground.md) "
+                                "instead of an archive file")
     p.add_argument("--kind", type=str.lower, choices=["alerts", *KINDS], default="detections")
     p.add_argument("--since", type=parse_time, help="scenario seconds or a UTC time, inclusive")
     p.add_argument("--until", type=parse_time, help="scenario seconds or a UTC time, inclusive")
@@ -327,6 +349,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partner", help="export only what this partner's access rule allows (ground_link/partners.py)")
     p.add_argument("--partners", type=Path, help="partners file for --partner (default: the scenario's, else the demo's)")
     args = p.parse_args(join_negative(sys.argv[1:] if argv is None else list(argv), {"--region"}))
+    if args.db:  # issue #18: a constellation's shared archive (listing; exports read archive files)
+        try:
+            rows = query(args.db, args.kind, args.since if not isinstance(args.since, datetime) else None,
+                         args.until if not isinstance(args.until, datetime) else None, args.cls, args.region,
+                         args.frame, args.throttled, args.limit)
+        except Exception as exc:  # noqa: BLE001 (psycopg's errors, an unreachable server)
+            print(f"query: {args.db}: not a readable archive ({exc})", file=sys.stderr)
+            return 2
+        for r in rows:
+            print(json.dumps(decode(r, args.epoch)) if args.json else format_row(r, args.epoch))
+        print(f"{len(rows)} {args.kind}", file=sys.stderr)
+        return 0
+    if args.archive is None:
+        print("query: the following arguments are required: archive (a run folder or its archive.sqlite), "
+              "or --db postgresql://...", file=sys.stderr)
+        return 2
     archive = args.archive / "archive.sqlite" if args.archive.is_dir() else args.archive
     if not archive.exists():
         where = f"{args.archive} holds no archive.sqlite" if args.archive.is_dir() else f"no archive at {archive}"

@@ -11,10 +11,21 @@ Detections matching an alert rule (ground_link.alerts) print one line each for t
 one JSON object per line with --json), are appended as JSON lines to the alerts file when one is
 set, and are published on the ZeroMQ feed (network.feed, topic b"alert") when one is set. Repeats
 are throttled: archived and counted, not shown.
+
+A constellation (issue #18, docs/ground.md): `[station] name`, `links` (one per satellite: the
+channel's endpoints and that satellite's mission key) and `archive` (a postgresql:// URL shared by
+every station). The satellite a packet came from is the link it came down (the channel of that
+(satellite, station) pair), as a real front end knows it from the transfer frame's spacecraft id;
+products are archived once per (satellite id, product id) across all stations. Each satellite's
+acks are signed with its own key, and carry, besides every product this station received, the
+products of that satellite the other stations archived in the last `station.shared_ack_s` wall
+seconds (while this station hears it): a product archived via Baku is acknowledged by Astana too,
+so the satellite does not send it again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -66,47 +77,88 @@ class AckSigner:
         return packet
 
 
+HEARD_S = 2.0  # wall seconds: a satellite heard this recently is in contact (shared acks go to it)
+SAT_COUNTS = ("packets_received", "packets_bad", "products_archived", "duplicates", "acks_shared")
+
+
 class Station:
-    def __init__(self, scenario: Scenario, archive: Path, as_json: bool, svc: Log,
+    def __init__(self, scenario: Scenario, archive: Path | str, as_json: bool, svc: Log,
                  clock: ScenarioClock | None = None, alerts_file: Path | None = None, feed: zmq.Socket | None = None,
-                 key: bytes | None = None):
-        """`key`: the mission key acks are signed with. The station process (main) does not start
-        without one; a Station made without one (decoding campaigns) archives but cannot acknowledge."""
+                 key: bytes | None = None, keys: dict[int, bytes] | None = None):
+        """`key`: the mission key acks are signed with (satellite `station.satellite_id`); `keys`:
+        one per satellite id (a constellation). The station process (main) does not start without
+        them; a Station made without (decoding campaigns) archives but cannot acknowledge.
+        `archive`: an SQLite path or a postgresql:// URL (shared by the stations of a ground)."""
         self.sc, self.svc, self.as_json, self.clock, self.feed = scenario, svc, as_json, clock, feed
-        self.signer = AckSigner(key, scenario.security.ack_source_id, clock) if key is not None else None
-        self.archive = Archive(archive)
+        self.name = scenario.station.name
+        self.default_sat = scenario.station.satellite_id
+        keys = dict(keys or {})
+        if key is not None:
+            keys.setdefault(self.default_sat, key)
+        self.signers = {sid: AckSigner(k, scenario.security.ack_source_id, clock) for sid, k in keys.items()}
+        self.signer = self.signers.get(self.default_sat)
+        self.archive = Archive(archive, station=self.name)
         self.alerts_file = open(alerts_file, "a") if alerts_file else None
         self.throttle = Throttle()
         self.counts = dict(packets_received=0, packets_bad=0, products_archived=0, duplicates=0, alerts=0,
                            alerts_throttled=0, acks_sent=0, ack_bytes_sent=0, bytes_received=0)
-        self.to_ack: list[int] = []  # product ids to acknowledge, repeats included
+        self.acks: dict[int, list[int]] = {self.default_sat: []}  # per satellite: ids to acknowledge, repeats included
+        # per satellite: the ids of the last ack sent, acknowledged once more in the next one, so one
+        # lost ack costs no re-send (consecutive ids merge into the same ranges: almost no bytes)
+        self.repeat: dict[int, list[int]] = {}
+        self.per_sat: dict[int, dict[int | str, int]] = {}
+        self.heard: dict[int, float] = {}  # satellite id -> monotonic time of its last packet here
+        self.shared_sent: dict[int, dict[int, float]] = {}  # satellite id -> {id: received_wall} acked for the ground
 
-    def on_packet(self, raw: bytes) -> None:
+    @property
+    def to_ack(self) -> list[int]:
+        """Product ids to acknowledge to the default satellite (a single-satellite ground's only one)."""
+        return self.acks.setdefault(self.default_sat, [])
+
+    @to_ack.setter
+    def to_ack(self, ids: list[int]) -> None:
+        self.acks[self.default_sat] = ids
+
+    def _sat(self, sid: int) -> dict:
+        return self.per_sat.setdefault(sid, dict.fromkeys(SAT_COUNTS, 0))
+
+    def on_packet(self, raw: bytes, satellite_id: int | None = None) -> None:
+        """A packet as it came down the link of `satellite_id` (None: the default satellite)."""
+        sid = self.default_sat if satellite_id is None else satellite_id
         now = time.time()
+        sat = self._sat(sid)
         self.counts["packets_received"] += 1
+        sat["packets_received"] += 1
         self.counts["bytes_received"] += len(raw)
         try:
             tm, product = decode_tm(raw)
         except PacketError as exc:
             self.counts["packets_bad"] += 1
-            self.archive.packet(raw, now, exc.apid, exc.reason)
+            sat["packets_bad"] += 1
+            self.archive.packet(raw, now, exc.apid, exc.reason, sid)
             self.svc.log(f"bad packet dropped: {exc}")
             return
-        self.archive.packet(raw, now, tm.apid, None)
-        self.to_ack.append(product.product_id)
-        if not self.archive.product(product, now):
+        self.heard[sid] = time.monotonic()
+        self.acks.setdefault(sid, []).append(product.product_id)
+        if not self.archive.product(product, now, sid, raw=raw):  # the packet is logged in the same transaction
             self.counts["duplicates"] += 1
+            sat["duplicates"] += 1
             return
         self.counts["products_archived"] += 1
+        sat["products_archived"] += 1
         if isinstance(product, Detection):
             match = match_rule(self.sc.ground.alerts, product)
             if match is not None:
-                self.raise_alert(product, *match, now)
+                self.raise_alert(product, *match, now, sid)
 
-    def raise_alert(self, d: Detection, rule_index: int, rule, now: float) -> None:
+    def raise_alert(self, d: Detection, rule_index: int, rule, now: float, satellite_id: int | None = None) -> None:
         throttled = self.throttle.is_repeat(rule, d)
         received_s = self.clock.now_s() if self.clock else None
         rec = alert_record(d, rule_index, rule, now, received_s, throttled)
+        if self.name:  # a constellation's alert says which satellite and which station
+            sid = self.default_sat if satellite_id is None else satellite_id
+            rec["satellite_id"], rec["station"] = sid, self.name
+            rec["message"] += f"  sat {sid} via {self.name}"
         self.archive.alert(rec)
         if throttled:
             self.counts["alerts_throttled"] += 1
@@ -124,23 +176,62 @@ class Station:
             except zmq.Again:  # a slow subscriber must never stall the station
                 pass
 
-    def send_acks(self, sock: zmq.Socket) -> None:
-        """Every id waiting, as signed acks of id ranges (flight.acks.batches: bounded packets)."""
-        if not self.to_ack:
+    def add_ground_acks(self) -> None:
+        """Queue, for each satellite heard in the last HEARD_S, the ids of its products the other
+        stations archived in the last `station.shared_ack_s` wall seconds that this station has not
+        acknowledged yet: the satellite learns what the whole ground has, not only this station."""
+        window = self.sc.station.shared_ack_s
+        if window <= 0:
             return
-        if self.signer is None:
-            raise KeyMaterialError("none given: this Station cannot sign acknowledgements", "Station(key=None)")
-        pending = batches(self.to_ack)
-        for i, ranges in enumerate(pending):
-            packet = self.signer.sign(ranges)
-            try:
-                sock.send(packet, zmq.NOBLOCK)
-            except zmq.Again:  # the link is not taking more now; the rest next period (with new counters)
-                self.to_ack = [pid for r in pending[i:] for pid in range_ids(r)]
-                return
-            self.counts["acks_sent"] += 1
-            self.counts["ack_bytes_sent"] += len(packet)
-        self.to_ack = []
+        mono, wall = time.monotonic(), time.time()
+        for sid, heard in self.heard.items():
+            if mono - heard > HEARD_S or sid not in self.signers:
+                continue
+            sent = self.shared_sent.setdefault(sid, {})
+            for old in [i for i, w in sent.items() if w < wall - window]:
+                del sent[old]
+            new = [(pid, w) for pid, w in self.archive.archived_since(sid, wall - window) if pid not in sent]
+            if new:
+                self.acks.setdefault(sid, []).extend(pid for pid, _ in new)
+                sent.update(new)
+                self.counts["acks_shared"] = self.counts.get("acks_shared", 0) + len(new)
+                self._sat(sid)["acks_shared"] += len(new)
+
+    def send_acks(self, sock: zmq.Socket | dict[int, zmq.Socket]) -> None:
+        """Every id waiting, as signed acks of id ranges (flight.acks.batches: bounded packets).
+        `sock`: the uplink of the default satellite, or {satellite id: its uplink}."""
+        socks = sock if isinstance(sock, dict) else {self.default_sat: sock}
+        if self.name and len(self.signers) > 0:
+            self.add_ground_acks()
+        for sid in set(self.acks) | set(self.repeat):
+            new, again = self.acks.get(sid, []), self.repeat.pop(sid, [])
+            if not (new or again) or sid not in socks:
+                continue
+            signer = self.signers.get(sid)
+            if signer is None:
+                raise KeyMaterialError(f"none given for satellite {sid}: this Station cannot sign its acknowledgements",
+                                       "Station(key=None)")
+            pending = batches(sorted(set(new) | set(again)))
+            self.acks[sid] = []
+            if new:
+                self.repeat[sid] = list(new)
+            for i, ranges in enumerate(pending):
+                packet = signer.sign(ranges)
+                try:
+                    socks[sid].send(packet, zmq.NOBLOCK)
+                except zmq.Again:  # the link is not taking more now; the rest next period (with new counters)
+                    self.acks[sid] = [pid for r in pending[i:] for pid in range_ids(r)]
+                    break
+                self.counts["acks_sent"] += 1
+                self.counts["ack_bytes_sent"] += len(packet)
+
+    def status(self) -> dict:
+        """The counts for the status file; a named station (a constellation's) adds its name and
+        per-satellite counts."""
+        if not self.name:
+            return dict(self.counts)
+        return self.counts | {"station": self.name, "archive_dialect": self.archive.dialect,
+                              "satellites": {str(k): v for k, v in sorted(self.per_sat.items())}}
 
     def close(self) -> None:
         self.archive.close()
@@ -148,10 +239,17 @@ class Station:
             self.alerts_file.close()
 
 
+def _default_link():
+    from flight.config import StationLink
+
+    return StationLink(satellite_id=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = common_args("Ground station: decode, archive, alert")
     p.add_argument("--json", action="store_true", help="alerts as JSON lines")
-    p.add_argument("--archive", type=Path, default=None, help="SQLite archive (default RUN_DIR/archive.sqlite)")
+    p.add_argument("--archive", default=None,
+                   help="SQLite archive path or postgresql:// URL (default: station.archive, else RUN_DIR/archive.sqlite)")
     p.add_argument("--alerts-file", type=Path, default=None,
                    help="append alerts as JSON lines here (default: ground.alerts_file, relative to RUN_DIR)")
     args = p.parse_args(argv)
@@ -159,53 +257,67 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir or Path("runs/station")
     run_dir.mkdir(parents=True, exist_ok=True)
     svc = Service("station", run_dir)
+    links = scenario.station.links or (dataclasses.replace(
+        _default_link(), satellite_id=scenario.station.satellite_id, ground_out=scenario.network.ground_out,
+        ground_in=scenario.network.ground_in),)
+    keys: dict[int, bytes] = {}
     try:
-        key = load_mission_key(scenario.security, run_dir)
+        for link in links:
+            sec = (dataclasses.replace(scenario.security, command_key_file=link.command_key_file)
+                   if link.command_key_file else scenario.security)
+            keys[link.satellite_id] = load_mission_key(sec, run_dir)
     except KeyMaterialError as exc:
         svc.log(f"cannot start: acknowledgements are signed with the mission key: {exc} "
                 "(the launcher, python -m payload_sim.hil, makes one per run)")
         return 2
     alerts_file = args.alerts_file or (run_dir / scenario.ground.alerts_file if scenario.ground.alerts_file else None)
     ctx = SecureContext(scenario.security, "station", run_dir)  # CURVE client when security.curve
-    rx = ctx.socket(zmq.PULL)
-    tx = ctx.socket(zmq.PUSH)
+    rxs: dict[int, zmq.Socket] = {}  # satellite id -> its downlink (the channel of that pair)
+    txs: dict[int, zmq.Socket] = {}
+    for link in links:
+        rxs[link.satellite_id], txs[link.satellite_id] = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
     try:
-        ctx.client(rx, "channel")
-        ctx.client(tx, "channel")
+        for sock in (*rxs.values(), *txs.values()):
+            ctx.client(sock, "channel")
     except KeyMaterialError as exc:
         svc.log(f"cannot start: security.curve is on (the default) and the {exc.reason}. Run through the launcher "
                 "(python -m payload_sim.hil), which makes the certificates, point security.curve_dir at them, "
                 "or set security.curve=false for a lab run on a plain link")
-        for s in (rx, tx):
+        for s in (*rxs.values(), *txs.values()):
             s.close(linger=0)
         ctx.term()
         return 2
-    rx.connect(scenario.network.ground_out)
-    tx.setsockopt(zmq.SNDHWM, 100)
-    tx.connect(scenario.network.ground_in)
+    for link in links:
+        rxs[link.satellite_id].connect(link.ground_out)
+        txs[link.satellite_id].setsockopt(zmq.SNDHWM, 100)
+        txs[link.satellite_id].connect(link.ground_in)
+    poller = zmq.Poller()
+    for sock in rxs.values():
+        poller.register(sock, zmq.POLLIN)
     feed = None
     if scenario.network.feed:
         feed = ctx.socket(zmq.PUB)
         feed.setsockopt(zmq.SNDHWM, 1000)
         feed.bind(scenario.network.feed)
         svc.log(f"alert feed on {scenario.network.feed} (topic {FEED_TOPIC.decode()})")
-    station = Station(scenario, args.archive or run_dir / "archive.sqlite", args.json, svc, clock, alerts_file, feed,
-                      key=key)
+    archive = args.archive or scenario.station.archive or run_dir / "archive.sqlite"
+    station = Station(scenario, archive, args.json, svc, clock, alerts_file, feed, keys=keys)
     next_ack = 0.0
     # lets tools turn capture times (scenario s) into wall times, for latency measurements
     clock_info = {"clock_start": clock.wall_start, "clock_rate": clock.rate}
     try:
         while svc.running:
-            if rx.poll(50):
-                while rx.poll(0):
-                    station.on_packet(rx.recv())
+            if poller.poll(50):
+                for sid, rx in rxs.items():
+                    while rx.poll(0):
+                        station.on_packet(rx.recv(), sid)
             if time.monotonic() >= next_ack:
-                station.send_acks(tx)
+                station.send_acks(txs)
                 next_ack = time.monotonic() + scenario.ground.ack_period_s
-            svc.write_status(station.counts | clock_info)
-        svc.write_status(station.counts | clock_info, force=True)
+            svc.write_status(lambda: station.status() | clock_info)
+        svc.write_status(station.status() | clock_info, force=True)
     finally:
-        for s in (rx, tx, feed):
+        for s in (*rxs.values(), *txs.values(), feed):
             if s is not None:
                 s.close(linger=0)
         ctx.term()

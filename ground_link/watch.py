@@ -71,6 +71,39 @@ def screen(path: Path, rows: int = 10) -> str:
     return "\n".join(lines)
 
 
+def constellation_screen(run_dir: Path, db: str | None, rows: int = 10) -> str:
+    """A constellation's run folder (issue #18, payload_sim.constellation): each satellite's links
+    (stations in view, next AOS), each station's counts, and the latest alerts of the shared
+    archive with which satellite and which station."""
+    import json
+
+    info = json.loads((run_dir / "constellation.json").read_text())
+    db = db or info.get("archive")
+    lines = [f"ground watch  {run_dir}  {time.strftime('%H:%M:%S')}  ({len(info['satellites'])} satellites x "
+             f"{len(info['stations'])} stations, archive {info.get('dialect', '?')})"]
+    for sat in info["satellites"]:
+        chan = read_status(run_dir / f"sat{sat}", "channel")
+        per = chan.get("stations", {})
+        view = ", ".join(chan.get("stations_in_view", [])) or "none"
+        nxt = [(v["next_aos_s"], n) for n, v in per.items() if v.get("next_aos_s") is not None]
+        when = f"; next AOS {min(nxt)[1]} at t={min(nxt)[0]:.0f} s" if nxt else ""
+        lines.append(f"sat {sat}: in view of {view}{when}  down out {chan.get('down_packets_out', 0)}  "
+                     f"lost {chan.get('down_lost', 0)}")
+    for name in info["stations"]:
+        st = read_status(run_dir / name, "station")
+        lines.append(f"station {name}: packets {st.get('packets_received', 0)}  archived {st.get('products_archived', 0)}  "
+                     f"duplicates {st.get('duplicates', 0)}  acks {st.get('acks_sent', 0)} (ground-wide "
+                     f"{st.get('acks_shared', 0)})  alerts {st.get('alerts', 0)}")
+    lines.append("latest alerts (shared archive):")
+    try:
+        alerts = query(db, "alerts", limit=rows)
+    except Exception as exc:  # noqa: BLE001 (not created yet, or the server gone after the run)
+        alerts, lines[-1] = None, lines[-1] + f" unreadable ({exc})"
+    if alerts is not None:
+        lines += ["  " + format_row(a) for a in reversed(alerts)] or ["  (none)"]
+    return "\n".join(lines)
+
+
 def _seconds(text: str) -> float:
     try:
         v = float(text)
@@ -87,17 +120,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--once", action="store_true", help="print one screen and exit")
     p.add_argument("--interval", type=_seconds, default=1.0, help="seconds between redraws")
     p.add_argument("--rows", type=positive_int, default=10, help="alerts shown")
+    p.add_argument("--db", help="the shared PostgreSQL archive (postgresql://...) of a constellation's run folder; "
+                                "default: the one its constellation.json names")
     args = p.parse_args(argv)
+    draw = screen
+    if args.path.is_dir() and (args.path / "constellation.json").exists():  # issue #18
+        def draw(path: Path, rows: int = 10) -> str:
+            return constellation_screen(path, args.db, rows)
     if not args.path.exists():
         print(f"watch: {args.path} does not exist", file=sys.stderr)
         return 2
     if args.once:
-        print(screen(args.path, args.rows))
+        print(draw(args.path, args.rows))
         return 0
     clear = CLEAR if sys.stdout.isatty() else "\n"
     try:
         while True:
-            print(clear + screen(args.path, args.rows), flush=True)
+            print(clear + draw(args.path, args.rows), flush=True)
             time.sleep(args.interval)
     except KeyboardInterrupt:
         print()

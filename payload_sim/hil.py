@@ -311,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"hil: {exc}", file=sys.stderr)
         return 2
+    if scenario.constellation.satellites:  # N satellites x M stations, one shared archive (issue #18)
+        from payload_sim.constellation import run as run_constellation
+
+        expect.setdefault("exactly_once", ("==", 1.0))
+        expect.setdefault("acks_rejected", ("==", 0.0))
+        return run_constellation(args, scenario, expect)
     run_dir = args.run_dir or Path("runs") / f"{scenario.scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
     ports = [f"network.{k}=\"tcp://127.0.0.1:{free_port()}\"" for k in

@@ -16,7 +16,7 @@ FRAMES = 24
 # Small frames every 2 s of scenario time (10 scenario s per wall s): enough products to make the
 # link statistics bite, quick to process.
 BASE = [f"scenario.frames={FRAMES}", "scenario.capture_interval_s=2.0", "sensor.height=256", "sensor.width=256",
-        "scenario.clock_rate=10.0", "scenario.max_wall_s=50"]
+        "scenario.clock_rate=10.0", "scenario.max_wall_s=90"]
 # Bursty loss (about 20 % of packets, in bursts of ~3), bit errors (3e-5: one 2 KiB chip in 3 is hit;
 # at 2e-4 a chip would almost never arrive whole, as on a real link without FEC), and a contact gap from t = 25 s to 70 s: frames 13..24 are captured with nobody listening.
 LOSSY = ['link.loss_model="gilbert_elliott"', "link.ge_p_good_to_bad=0.1", "link.ge_p_bad_to_good=0.3",
@@ -69,7 +69,7 @@ def check_exactly_once(run_dir: Path, store: Path) -> tuple[int, dict[int, str]]
 
 def test_lossy_bursty_link_with_a_contact_gap_loses_nothing(tmp_path):
     run_dir = tmp_path / "run"
-    code, summary, err = run_hil(run_dir, BASE + LOSSY, timeout_s=90)
+    code, summary, err = run_hil(run_dir, BASE + LOSSY, timeout_s=150)
     assert code == 0, err[-3000:]
     assert summary["frames_processed"] == FRAMES and summary["frames_rejected"] == 0
     chan = json.loads((run_dir / "channel.status.json").read_text())
