@@ -8,7 +8,7 @@ SCENARIO ?= payload_sim/scenarios/demo.toml
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel  # the packaging test builds a wheel without build isolation
 	$(PY) -m pip install --quiet -e '.[sim,ground]'
 	touch $@
 
