@@ -838,16 +838,15 @@ class FlightApp:
         if not timer.has_room(now):
             return
         sent, left_wall, timed_out = [], [], False
-        probes = timer.sends_allowed(now)  # None: any; while the link is silent, one probe per interval
-        if probes == 0:
-            return
-        for pid, packet, sends, sent_wall in self.store.due(now, timer.rto_s, self.cfg.downlink_window):
+        resends = timer.resends_allowed(now)  # None: any; while the link is silent, one probe per timeout
+        for pid, packet, sends, sent_wall in self.store.due(now, timer.rto_s, self.cfg.downlink_window,
+                                                            expired=resends != 0):
             if not timer.has_room(now):
                 break
-            if probes is not None:  # the link is silent: this packet is the probe
-                if probes == 0:
-                    break
-                probes -= 1
+            if sent_wall > 0 and resends is not None:  # an expired packet while silent: the probe
+                if resends == 0:
+                    continue
+                resends -= 1
                 timer.on_probe(now)
             try:
                 sock.send(packet, zmq.NOBLOCK)

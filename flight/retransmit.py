@@ -13,11 +13,11 @@ archived, 1,282 sends). Two things fix it:
   for packets sent once: Karn's rule), clamped to [rto_min_s, rto_max_s], doubled on a timer
   expiry (at most once per RTO, so a burst of expiries is one back-off) and recomputed from the
   estimate at the next fresh sample.
-- While the link is silent (a timer ran out and nothing was acknowledged for a whole timeout
-  since: a contact gap the flight is not told about), one packet, new or expired, probes it per
-  probe interval (the timeout, at most `probe_max_s` = 2 s) instead of everything being sent into
-  the gap; the first ack after AOS ends the silence and releases the backlog by fast
-  retransmission. Loss while acks still arrive is not silence: sends go as before.
+- While the link is silent (nothing acknowledged for a whole timeout: a contact gap the flight
+  is not told about), at most one re-send per timeout probes it, instead of every expired packet
+  being sent into the gap again. New products still go out at once (one of them, or the probe,
+  is the first to reach the ground after AOS, and its ack releases the backlog by fast
+  retransmission). Loss while acks still arrive is not silence: re-sends go as before.
 
 All times are wall seconds (time.time()), like the store's.
 """
@@ -48,8 +48,6 @@ class LinkTimer:
     tx_free_at: float = 0.0  # wall time the modelled transmitter finishes what it was given
     next_backoff_wall: float = 0.0  # no second doubling before this
     probe_when_silent: bool = True
-    probe_max_s: float = 2.0  # while silent, a probe at least this often (wall s): AOS found within it
-    unanswered: bool = False  # a timer ran out since the last ack
     last_ack_wall: float = 0.0  # when the ground last acknowledged anything
     next_probe_wall: float = 0.0  # while silent, no re-send before this
 
@@ -86,27 +84,25 @@ class LinkTimer:
     def on_acked(self, now_wall: float) -> None:
         """The ground acknowledged something: the link carries."""
         self.last_ack_wall = now_wall
-        self.unanswered = False
 
     def silent(self, now_wall: float) -> bool:
-        """A timer ran out and nothing has been acknowledged for a whole timeout since: the link
-        is down (or the ground is)."""
-        return self.unanswered and now_wall - self.last_ack_wall > self.rto_s
+        """Nothing acknowledged for a whole timeout: the link is down (or the ground is)."""
+        return now_wall - self.last_ack_wall > self.rto_s
 
-    def sends_allowed(self, now_wall: float) -> int | None:
-        """How many packets (new or expired) may go now: any number (None) unless the link is
-        silent; then one probe per probe interval (the timeout, at most probe_max_s, so contact
-        coming back is found within that), else none."""
+    def resends_allowed(self, now_wall: float) -> int | None:
+        """How many expired packets may be sent again now: any number (None) while acks arrive;
+        while the link is silent one probe per timeout, else none."""
         if not self.probe_when_silent or not self.silent(now_wall):
             return None
-        return 1 if now_wall >= self.next_probe_wall else 0
+        if now_wall < self.next_probe_wall:
+            return 0
+        return 1
 
     def on_probe(self, now_wall: float) -> None:
-        self.next_probe_wall = now_wall + min(self.rto_s, self.probe_max_s)
+        self.next_probe_wall = now_wall + self.rto_s
 
     def on_timeout(self, now_wall: float) -> None:
         """A packet's timer ran out: double the timeout, once per timeout period at most."""
-        self.unanswered = True
         if now_wall < self.next_backoff_wall:
             return
         self.rto_s = self._clamp(2 * self.rto_s)

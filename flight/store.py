@@ -255,15 +255,16 @@ class ProductStore:
             used -= row[2]
         return evicted
 
-    def due(self, now_wall: float, rto_s: float, window: int) -> list[tuple[int, bytes, int, float]]:
+    def due(self, now_wall: float, rto_s: float, window: int, expired: bool = True) -> list[tuple[int, bytes, int, float]]:
         """Packets to send now as (id, packet, sends, sent_wall): never sent, or unacknowledged
         `rto_s` after they left the radio (`left_wall`, given by mark_sent: a packet still queued
         in the transmitter is not timed out), most important first, keeping at most `window`
         packets unacknowledged in flight. sent_wall > 0 on a row means its timer ran out; 0 means
-        never sent, or made due at once by an acknowledgement (see ack). Disk and RAM together."""
-        return self._read(lambda: self._due(now_wall, rto_s, window))
+        never sent, or made due at once by an acknowledgement (see ack). `expired=False` leaves
+        out the rows whose timer ran out. Disk and RAM together."""
+        return self._read(lambda: self._due(now_wall, rto_s, window, expired))
 
-    def _due(self, now_wall: float, rto_s: float, window: int) -> list[tuple[int, bytes, int, float]]:
+    def _due(self, now_wall: float, rto_s: float, window: int, expired: bool = True) -> list[tuple[int, bytes, int, float]]:
         in_flight = self.db.execute("SELECT count(*) FROM main.sendstate WHERE sent_wall > 0 AND left_wall + ? > ?",
                                     (rto_s, now_wall)).fetchone()[0]
         room = window - in_flight
@@ -274,8 +275,9 @@ class ProductStore:
             rows += self.db.execute(
                 f"SELECT p.priority, p.id, p.packet, coalesce(s.sends, p.sends), coalesce(s.sent_wall, 0) "
                 f"FROM {schema}.products p LEFT JOIN main.sendstate s ON s.id = p.id "
-                f"WHERE (s.id IS NULL OR s.sent_wall = 0 OR s.left_wall + ? <= ?) {live} ORDER BY p.priority, p.id LIMIT ?",
-                (rto_s, now_wall, room)).fetchall()
+                f"WHERE (s.id IS NULL OR s.sent_wall = 0 OR (? AND s.left_wall + ? <= ?)) {live} "
+                f"ORDER BY p.priority, p.id LIMIT ?",
+                (expired, rto_s, now_wall, room)).fetchall()
         rows.sort(key=lambda r: (r[0], r[1]))
         return [r[1:] for r in rows[:room]]
 

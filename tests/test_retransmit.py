@@ -392,17 +392,13 @@ def test_e2e_9600bps_with_10pct_loss_recovers_every_loss_promptly(tmp_path):
     assert lat[-1] <= 10.0, lat
 
 
-def test_a_silent_link_is_probed_with_one_packet_per_interval():
+def test_a_silent_link_is_probed_with_one_resend_per_timeout():
     t = timer()
     t.on_acked(100.0)
-    assert t.sends_allowed(103.0) is None  # nothing timed out: quiet, not silent
-    t.on_timeout(103.0)
-    assert t.sends_allowed(103.0) is None  # acked 3 s ago, within the (doubled) timeout
-    assert t.silent(105.5) and t.sends_allowed(105.5) == 1  # nothing back for a whole timeout
-    t.on_probe(105.5)
-    assert t.sends_allowed(106.0) == 0 and t.sends_allowed(105.5 + min(t.rto_s, t.probe_max_s)) == 1
-    t.on_acked(107.0)
-    assert t.sends_allowed(107.1) is None
-    never = timer(probe=False)
-    never.on_timeout(0.0)
-    assert never.sends_allowed(1e6) is None  # the behaviour before issue #12
+    assert t.resends_allowed(100.5) is None  # acks arrive: every expired packet may go again
+    assert t.silent(103.0) and t.resends_allowed(103.0) == 1  # nothing back for a whole timeout
+    t.on_probe(103.0)
+    assert t.resends_allowed(103.5) == 0 and t.resends_allowed(103.0 + t.rto_s) == 1
+    t.on_acked(104.0)
+    assert t.resends_allowed(104.1) is None
+    assert timer(probe=False).resends_allowed(1e6) is None  # the behaviour before issue #12
