@@ -506,7 +506,7 @@ def run(args, scenario, expect: dict) -> int:
     import time
 
     from flight.service import read_status
-    from payload_sim.hil import Stop, _raise_stop, check, stop_all, wait_ready
+    from payload_sim.hil import Stop, _raise_stop, stop_all, wait_ready, write_summary
 
     run_dir = args.run_dir or Path("runs") / f"{scenario.scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -603,21 +603,7 @@ def run(args, scenario, expect: dict) -> int:
     finally:
         launch.close()
     summary["station_killed"] = kill_name if killed else None
-    summary["checks"] = check(summary, expect)
-    missed = [c for c in summary["checks"] if not c["ok"]]
-    if missed and code == 0:
-        code = 1
-        failure = "expectations not met: " + "; ".join(f"{c['key']} = {c['value']}, expected {c['op']} {c['expected']:g}"
-                                                       for c in missed)
-        print(f"constellation: FAILED: {failure}", file=sys.stderr, flush=True)
-    summary["ok"] = code == 0
-    if failure:
-        summary["failure"] = failure
-    path = run_dir / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
-    print(f"summary written to {path}", file=sys.stderr)
-    return code
+    return write_summary(summary, expect, code, failure, run_dir, "constellation")
 
 
 def main(argv: list[str] | None = None) -> int:

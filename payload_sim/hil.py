@@ -193,6 +193,27 @@ def check(summary: dict, expect: dict[str, tuple[str, float]]) -> list[dict]:
     return rows
 
 
+def write_summary(summary: dict, expect: dict[str, tuple[str, float]], code: int, failure: str | None,
+                  run_dir: Path, who: str) -> int:
+    """Check the expectations, set `ok` and `failure`, write and print RUN_DIR/summary.json; the
+    exit code (1 when a check missed on an otherwise clean run)."""
+    summary["checks"] = check(summary, expect)
+    missed = [c for c in summary["checks"] if not c["ok"]]
+    if missed and code == 0:
+        code = 1
+        failure = "expectations not met: " + "; ".join(f"{c['key']} = {c['value']}, expected {c['op']} {c['expected']:g}"
+                                                       for c in missed)
+        print(f"{who}: FAILED: {failure}", file=sys.stderr, flush=True)
+    summary["ok"] = code == 0
+    if failure:
+        summary["failure"] = failure
+    path = run_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    print(f"summary written to {path}", file=sys.stderr)
+    return code
+
+
 def finished(run_dir: Path) -> tuple[bool, str]:
     cam, flight = read_status(run_dir, "camera"), read_status(run_dir, "flight")
     captured = cam.get("frames_captured", 0)
@@ -388,20 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     if failure:
         print(f"hil: FAILED: {failure}", file=sys.stderr, flush=True)
     summary = summarize(run_dir, time.monotonic() - t0)
-    summary["checks"] = check(summary, expect)
-    missed = [c for c in summary["checks"] if not c["ok"]]
-    if missed and code == 0:
-        code = 1
-        failure = "expectations not met: " + "; ".join(f"{c['key']} = {c['value']}, expected {c['op']} {c['expected']:g}"
-                                                       for c in missed)
-        print(f"hil: FAILED: {failure}", file=sys.stderr, flush=True)
-    summary["ok"] = code == 0
-    if failure:
-        summary["failure"] = failure
-    path = run_dir / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
-    print(f"summary written to {path}", file=sys.stderr)
+    code = write_summary(summary, expect, code, failure, run_dir, "hil")
     if console is not None:  # operator console (issue #14): stop it, or keep serving the archive
         console.finish(stay=args.console_stay and code != 130)
     return code
