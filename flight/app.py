@@ -31,6 +31,7 @@ from flight.calibrate import Calibrator
 from flight.clock import ScenarioClock
 from flight.commands import Command, CommandAuth, CommandError, command_name, parse_command
 from flight.config import Scenario
+from flight.contacts import ContactPlan, ContactPlanError, keep_plan_file, load_plan_file, parse_plan
 from flight.dictionary import (
     APID_PRIORITY,
     EVENTS,
@@ -254,6 +255,50 @@ class FlightApp:
         self.link_timer = LinkTimer.from_config(cfg, scenario.link)  # adaptive retransmission (issue #12)
         from flight.filetransfer import FileService  # issue #13: file transfers (CFDP)
         self.files = FileService(self)
+        self.plan_ended_reported = False
+        self.contact_plan = self.load_contact_plan()
+
+    # -- the contact plan (flight/contacts.py) -----------------------------------------------------------
+
+    def load_contact_plan(self) -> ContactPlan:
+        """The plan kept in the state folder (preloaded before launch, or the last one uplinked)."""
+        if not self.sc.flight.use_contact_plan:
+            return ContactPlan()
+        try:
+            plan = load_plan_file(self.state_dir, self.clock)
+        except (ContactPlanError, OSError) as exc:  # a bad file never stops the flight: it sends without a plan
+            self.counts["input_rejected"] += 1
+            self.emit("CONTACT_PLAN_REFUSED", source="state folder", reason=str(exc)[:140])
+            return ContactPlan()
+        if plan.windows:
+            self.emit_plan_loaded(plan, "state folder")
+        return plan
+
+    def emit_plan_loaded(self, plan: ContactPlan, source: str) -> None:
+        self.plan_ended_reported = False
+        self.emit("CONTACT_PLAN_LOADED", source=source, windows=len(plan.windows),
+                  first=self.utc_text(plan.windows[0].aos_s), last=self.utc_text(plan.ends_s))
+
+    def utc_text(self, t_s: float) -> str:
+        return self.clock.utc(t_s).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def send_cutoff_wall(self, now_wall: float) -> float | None:
+        """Until when (wall time) a packet may leave the radio: None = no limit (no plan in force);
+        -inf = not at all (a planned gap). Near LOS the packet must also be acknowledged before it,
+        so the cutoff is LOS less a round trip and the clock margin."""
+        plan = self.contact_plan
+        t = self.clock.now_s()
+        if not plan.governs(t):
+            if plan.windows and not self.plan_ended_reported:
+                self.plan_ended_reported = True
+                self.emit("CONTACT_PLAN_ENDED", last=self.utc_text(plan.ends_s))
+            return None
+        los = plan.los_after(t)
+        if los is None:
+            return float("-inf")
+        timer = self.link_timer
+        rtt = timer.srtt_s if timer.srtt_s is not None else timer.rto_s
+        return self.clock.wall_time_of(los - self.cfg.contact_margin_s) - rtt
 
     @property
     def cfg(self):
@@ -803,6 +848,29 @@ class FlightApp:
                   previous=before.version if before else "none")
         return f"{name} {active.version} active (sha256 {active.sha256[:8]}; bundle {sha[:8]})"
 
+    def cmd_load_contact_plan(self, cmd: Command) -> str:
+        """A contact plan received by file transfer: parsed and checked whole, then kept and used;
+        a bad one is refused and the plan in use stays. The file is deleted either way."""
+        sha = bytes(cmd.args["sha256"]).hex()
+        path = self.files.received_file(sha)
+        if path is None:
+            raise CommandFailed(f"no received file with sha256 {sha[:16]} (transfer not finished, or already used)")
+        data = path.read_bytes()
+        self.files.consume(sha)
+        try:
+            plan = ContactPlan(parse_plan(data, self.clock))
+        except ContactPlanError as exc:
+            self.emit("CONTACT_PLAN_REFUSED", source=f"file {sha[:8]}", reason=str(exc)[:140])
+            raise CommandFailed(f"contact plan refused: {exc}") from None
+        if not plan.windows:
+            raise CommandFailed("contact plan has no windows (the plan in use stays)")
+        keep_plan_file(self.state_dir, data)
+        if self.sc.flight.use_contact_plan:
+            self.contact_plan = plan
+        self.emit_plan_loaded(plan, f"file {sha[:8]}")
+        return f"contact plan: {len(plan.windows)} windows until {self.utc_text(plan.ends_s)}" + (
+            "" if self.sc.flight.use_contact_plan else " (kept; flight.use_contact_plan is off)")
+
     def cmd_upload_abort(self, cmd: Command) -> str:
         self.uploads.meta(cmd.args["upload_id"])
         self.uploads.abort(cmd.args["upload_id"])
@@ -837,11 +905,14 @@ class FlightApp:
         timer = self.link_timer
         if not timer.has_room(now):
             return
+        cutoff = self.send_cutoff_wall(now)  # the contact plan: outside a window everything waits in the store
+        if cutoff is not None and timer.leaves_at(0, now) >= cutoff:
+            return
         sent, left_wall, timed_out = [], [], False
         resends = timer.resends_allowed(now)  # None: any; while the link is silent, one probe per timeout
         for pid, packet, sends, sent_wall in self.store.due(now, timer.rto_s, self.cfg.downlink_window,
                                                             expired=resends != 0):
-            if not timer.has_room(now):
+            if not timer.has_room(now) or (cutoff is not None and timer.leaves_at(len(packet), now) > cutoff):
                 break
             if sent_wall > 0 and resends is not None:  # an expired packet while silent: the probe
                 if resends == 0:
@@ -912,7 +983,7 @@ class FlightApp:
             disabled=sorted(self.pipeline.disabled),
             models={n: self.model_store.active[n].version for n in self.pipeline.models if n in self.model_store.active},
             uploads={f"{u:08x}": self.uploads.received(u) for u in self.uploads.open_ids()},
-            quicklooks=list(self.quicklooks.ring)), force=force)
+            quicklooks=list(self.quicklooks.ring), contact_plan_windows=len(self.contact_plan.windows)), force=force)
 
     def run(self) -> int:
         net = self.sc.network

@@ -179,6 +179,11 @@ class FlightSection:
     # while nothing is acknowledged for a whole timeout (a contact gap), re-send one packet per
     # timeout instead of every expired one (false: every expired packet, the behaviour before #12)
     probe_when_silent: bool = True
+    # the onboard contact plan (flight/contacts.py, issue #13): nothing goes to the radio outside its
+    # windows, nor near LOS what could not be acknowledged before it; false: the plan is ignored
+    # (and the launcher preloads none): the flight finds gaps by silence only
+    use_contact_plan: bool = True
+    contact_margin_s: float = field(default=1.0, metadata=rng(0.0, 3600.0))  # scenario s kept clear before LOS (clock error)
     housekeeping_period_s: float = field(default=30.0, metadata=rng(0.1, 86400.0))  # scenario seconds
     # "stream": calibration tables read strip by strip from a file next to the .npz (RSS flat with
     # frame size, +0.8 ms per 2048^2 frame); "memory": held in RAM (2 bytes per pixel-band)

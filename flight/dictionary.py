@@ -127,6 +127,10 @@ EVENTS: dict[str, EventDef] = {
         # appended (issue #13): file transfers (CFDP)
         EventDef(38, "FILE_RECEIVED", Severity.INFO, "file {name} received: {size} bytes, sha256 {sha8}, transaction {seq} in {took_s:.0f} s"),
         EventDef(39, "FILE_TRANSFER_FAILED", Severity.MEDIUM, "file transfer {seq} failed: {reason}"),
+        # appended (issue #13): the onboard contact plan (flight/contacts.py)
+        EventDef(40, "CONTACT_PLAN_LOADED", Severity.INFO, "contact plan from {source}: {windows} windows, {first} to {last}"),
+        EventDef(41, "CONTACT_PLAN_REFUSED", Severity.MEDIUM, "contact plan from {source} refused: {reason}"),
+        EventDef(42, "CONTACT_PLAN_ENDED", Severity.MEDIUM, "contact plan ended at {last}: sending as without a plan until a new one is loaded"),
     )
 }
 EVENTS_BY_ID = {e.id: e for e in EVENTS.values()}
@@ -319,6 +323,8 @@ COMMANDS: dict[str, CommandDef] = {
         # appended (issue #13): activation of a bundle received by file transfer (CFDP, flight.filetransfer)
         CommandDef(18, "UPLOAD_ACTIVATE_FILE", (MODEL_NAME, Arg("sha256", "32s")),
                    "verify (hash, card, golden vectors) and activate atomically the model bundle received by file transfer with this SHA-256"),
+        CommandDef(19, "LOAD_CONTACT_PLAN", (Arg("sha256", "32s"),),
+                   "use the contact plan (JSON, UTC windows) received by file transfer with this SHA-256: nothing is sent outside its windows"),
     )
 }
 COMMANDS_BY_OPCODE = {c.opcode: c for c in COMMANDS.values()}

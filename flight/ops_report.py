@@ -44,6 +44,7 @@ SAMPLE_ARGS: dict[str, dict[str, Any]] = {  # one valid argument set per command
     "UPLOAD_ACTIVATE": {"upload_id": 7}, "ROLLBACK_MODEL": {"model": "cloud_screen"},
     "SET_MODEL_THRESHOLD": {"model": "ship_detect", "threshold": 0.4}, "UPLOAD_ABORT": {"upload_id": 7},
     "UPLOAD_ACTIVATE_FILE": {"model": "cloud_screen", "sha256": bytes(range(32))},
+    "LOAD_CONTACT_PLAN": {"sha256": bytes(range(32))},
 }
 
 

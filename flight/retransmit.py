@@ -119,7 +119,11 @@ class LinkTimer:
         the queue is below it, so nothing is blocked forever.)"""
         return self.queued_s(now_wall) < self.queue_max_s
 
+    def leaves_at(self, nbytes: int, now_wall: float) -> float:
+        """When a packet of nbytes handed to the radio now would have left it."""
+        return max(now_wall, self.tx_free_at) + nbytes * 8 / self.rate_bps
+
     def enqueue(self, nbytes: int, now_wall: float) -> float:
         """A packet handed to the radio now; returns when it will have left it (its left_wall)."""
-        self.tx_free_at = max(now_wall, self.tx_free_at) + nbytes * 8 / self.rate_bps
+        self.tx_free_at = self.leaves_at(nbytes, now_wall)
         return self.tx_free_at

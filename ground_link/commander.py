@@ -466,6 +466,16 @@ class Commander:
         rep = self.run_reliably("UPLOAD_ACTIVATE_FILE", left, log=log, model=name, sha256=sha)
         return rep | {"transfer": figures}
 
+    def upload_contact_plan(self, plan: bytes, timeout_s: float = 300.0, log=None) -> dict:
+        """Send a contact plan (flight/contacts.py: JSON, UTC windows) by file transfer and make the
+        flight use it with the authenticated LOAD_CONTACT_PLAN (it checks the whole plan first; a
+        bad one is refused and the plan in use stays)."""
+        t0 = time.monotonic()
+        sha = hashlib.sha256(plan).digest()
+        self.put_file(plan, f"{sha.hex()[:32]}.plan.json", timeout_s, log=log)
+        left = max(30.0, timeout_s - (time.monotonic() - t0))
+        return self.run_reliably("LOAD_CONTACT_PLAN", left, log=log, sha256=sha)
+
     # -- model upload: the command-based protocol (UPLOAD_BEGIN / CHUNK / STATUS / ACTIVATE) ------------
 
     def upload(self, bundle: bytes, chunk_bytes: int = 512, rounds: int = 6, timeout_s: float = 30.0,
@@ -624,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = CliParser(prog="python -m ground_link.commander", description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", type=Path, default=None, help="the run folder (launch.json, archive)")
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for a final report")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{list,send,upload,reports,pack-model}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{list,send,upload,contact-plan,reports,pack-model}")
     sub.add_parser("list", help="the commands of the dictionary")
     s = sub.add_parser("send", help="send one command and wait for its final report")
     s.add_argument("name", help="command name (any case); `list` shows them")
@@ -640,6 +650,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="use the command-based upload (UPLOAD_BEGIN/CHUNK/STATUS/ACTIVATE) instead of file transfer")
     u.add_argument("--chunk-bytes", type=int, default=512, help="chunk size of --chunks")
     u.add_argument("--no-activate", action="store_true")
+    cp = sub.add_parser("contact-plan", help="send the flight a contact plan (nothing is sent outside its windows)")
+    cp.add_argument("plan", type=Path, nargs="?", default=None,
+                    help='a plan file ({"windows": [{"station", "aos", "los"}, ...]}, UTC); default: the '
+                         "run's own passes (its scenario's schedule or sgp4 contacts)")
+    cp.add_argument("--timeout-s", type=float, default=300.0, help="give up after this many wall seconds (default 300)")
     r = sub.add_parser("reports", help="verification reports in the archive")
     r.add_argument("--counter", type=int, default=None)
     pk = sub.add_parser("pack-model", help="write the upload bundle of a model")
@@ -684,7 +699,9 @@ def _run(a: argparse.Namespace) -> int:
         cmd_args = parse_args_for(name, a.args)
     elif a.cmd == "upload" and not a.model.is_file():
         raise CommanderError(f"no model file at {a.model}")
-    check_run_dir(a.run_dir, a.cmd, live=a.cmd in ("send", "upload"))
+    elif a.cmd == "contact-plan" and a.plan is not None and not a.plan.is_file():
+        raise CommanderError(f"no contact plan file at {a.plan}")
+    check_run_dir(a.run_dir, a.cmd, live=a.cmd in ("send", "upload", "contact-plan"))
     if a.cmd == "reports":  # reads the archive only: no key, no link
         archive = a.run_dir / "archive.sqlite"
         if not archive.exists():
@@ -700,6 +717,17 @@ def _run(a: argparse.Namespace) -> int:
             if a.no_wait:
                 return 0
             rep = cmd.wait(counter, a.timeout)
+        elif a.cmd == "contact-plan":
+            if a.plan is not None:
+                plan = a.plan.read_bytes()
+            else:  # the run's own passes, as the launcher preloaded them
+                from payload_sim.ops_support import contact_plan_bytes
+
+                plan = contact_plan_bytes(cmd.sc)
+                if plan is None:
+                    raise CommanderError("this run's link is always up (link.contacts = \"always\"): no plan to "
+                                         "send; give a plan file")
+            rep = cmd.upload_contact_plan(plan, a.timeout_s, log=lambda m: print(m, file=sys.stderr))
         else:
             data = a.model.read_bytes() if not a.model.name.endswith(".card.json") else pack_bundle(a.model)
             say = lambda m: print(m, file=sys.stderr)  # noqa: E731

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from flight.config import ConfigError, load_scenario
+from flight.security import resolve
 from flight.service import read_status
 from payload_sim.camera import CALIBRATION_VERSION, make_sensor
-from payload_sim.ops_support import OpsFaults, launch_overrides, write_launch_record
+from payload_sim.ops_support import OpsFaults, launch_overrides, preload_contact_plan, write_launch_record
 
 PROCESSES = ("channel", "station", "flight", "camera")
 # What `ok` means besides every process finishing: the run lost nothing, refused nothing and
@@ -343,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     ports = [f"network.{k}=\"tcp://127.0.0.1:{free_port()}\"" for k in
              ("frames", "space_in", "space_out", "ground_out", "ground_in")]
     overrides = args.overrides + ports + launch_overrides(scenario, run_dir)  # per-run keys, flight state folder
+    if preload_contact_plan(scenario, resolve(scenario.ops.state_dir, run_dir) if scenario.ops.state_dir else run_dir):
+        print("hil: contact plan preloaded into the flight's state folder (flight.use_contact_plan)", file=sys.stderr)
     calibration = run_dir / f"calibration-{CALIBRATION_VERSION}.npz"
     make_sensor(scenario).calibration_products(CALIBRATION_VERSION).save(calibration)
     clock_start = time.time() + 2.0  # time for every process to load and connect before capture 0

@@ -4,6 +4,9 @@
   unless a lab scenario turns it off, and then the launcher says so) and the flight's state
   folder, as `--set` overrides with absolute paths, so a flight restarted in another folder still
   finds them.
+- `preload_contact_plan`: the flight's contact plan (flight/contacts.py) written into its state
+  folder before launch, as a real mission loads its first pass plan before the satellite flies;
+  later plans go up by file transfer (`ground_link.commander contact-plan`).
 - `write_launch_record`: RUN_DIR/launch.json (scenario, overrides, clock start) from which
   `python -m ground_link.commander --run-dir RUN_DIR` finds the endpoints, keys and clock.
 - `OpsFaults`: scenario faults the launcher injects from outside the flight process:
@@ -43,6 +46,35 @@ def launch_overrides(scenario: Scenario, run_dir: Path) -> list[str]:
     if not scenario.ops.state_dir:
         out.append(f"ops.state_dir={_toml_str(run_dir)}")
     return out
+
+
+def contact_plan_bytes(scenario: Scenario) -> bytes | None:
+    """The ground's contact plan of the scenario (schedule or sgp4 passes) as the flight's plan
+    file; None when the link is always up (nothing to plan)."""
+    from flight.clock import parse_epoch
+    from flight.contacts import plan_json
+    from ground_link.linkmodel import make_contacts
+
+    contacts = make_contacts(scenario)
+    if contacts.windows is None:
+        return None
+    windows = [(w.station, w.aos_s, w.los_s) for w in contacts.windows]
+    return plan_json(windows, parse_epoch(scenario.scenario.epoch))
+
+
+def preload_contact_plan(scenario: Scenario, state_dir: Path) -> bool:
+    """Write the plan unless the flight's state folder has one already (a restart keeps the plan
+    it was last given) or the flight is told not to use one. True when written."""
+    from flight.contacts import PLAN_FILE, keep_plan_file
+
+    if not scenario.flight.use_contact_plan or (state_dir / PLAN_FILE).exists():
+        return False
+    data = contact_plan_bytes(scenario)
+    if data is None:
+        return False
+    state_dir.mkdir(parents=True, exist_ok=True)
+    keep_plan_file(state_dir, data)
+    return True
 
 
 def write_launch_record(run_dir: Path, scenario_path: str, overrides: list[str], clock_start: float) -> None:

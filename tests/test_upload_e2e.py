@@ -4,13 +4,14 @@ gap in the middle of the upload. The upload completes, the model is verified and
 command is refused for its issue time, and the same run's downlink shows no retransmission storm;
 a corrupted bundle is refused and the active model stays.
 
-Retransmissions: with 10 % of the station's acknowledgements lost on the uplink and a contact gap,
-the flight must send some products again whatever the upload does (measured without any upload,
-same link: 13-16 % of packets; docs/operations.md). So the test counts what the link itself
-explains (every send dropped in the gap or lost, every product id whose acknowledgement the link
-lost: the channel's `down_dropped_outside_contact`, `down_lost`, `up_lost_ack_ids`) and requires
-what is left, the retransmissions a starved or delayed ack would cause, to stay under 10 % of the
-packets sent. The issue's storm was 1,342 retransmissions for 494 products.
+Retransmissions: the issue's storm was 1,342 retransmissions for 494 products. Two checks, both
+on the same run's downlink: the raw fraction (retransmissions <= 10 % of packets sent, the issue's
+criterion), and what the link itself does not explain (every send dropped in the gap or lost,
+every product id whose acknowledgement the link lost: the channel's `down_dropped_outside_contact`,
+`down_lost`, `up_lost_ack_ids`), which a starved or delayed ack would cause. The flight holds its
+sends outside the contact plan the launcher preloaded (flight/contacts.py); without it (the
+flight finding the gap by silence only) the raw fraction measured 10.3 % (9.6 kbit/s) and 11.4 %
+(64 kbit/s), with it 1.6-1.9 % (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def storm_check(run: Run) -> dict:
                up_lost=ch["up_lost"], commands_out_of_window=f["commands_out_of_window"])
     assert f["commands_out_of_window"] == 0 and f["commands_forged"] == 0, fig  # nothing of ours refused
     assert not [m for e, m in run.events() if e == EV["COMMAND_AUTH_FAILED"]], fig
-    assert retx - explained <= 0.10 * sent, fig  # no storm: acks are never starved by the upload
+    assert retx <= 0.10 * sent, fig  # no storm (issue #13)
+    assert retx - explained <= 0.05 * sent, fig  # and acks are never starved by the upload
+    assert fig["dropped_in_gap"] <= 0.01 * sent, fig  # the flight held its sends over the planned gap
     return fig
 
 
