@@ -31,7 +31,13 @@ from flight.calibrate import Calibrator
 from flight.clock import ScenarioClock
 from flight.commands import Command, CommandAuth, CommandError, command_name, parse_command
 from flight.config import Scenario
-from flight.contacts import ContactPlan, ContactPlanError, keep_plan_file, load_plan_file, parse_plan
+from flight.contacts import (
+    ContactPlan,
+    ContactPlanError,
+    keep_plan_file,
+    load_plan_file,
+    parse_plan,
+)
 from flight.dictionary import (
     APID_PRIORITY,
     EVENTS,

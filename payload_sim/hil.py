@@ -28,7 +28,12 @@ from flight.config import ConfigError, load_scenario
 from flight.security import resolve
 from flight.service import read_status
 from payload_sim.camera import CALIBRATION_VERSION, make_sensor
-from payload_sim.ops_support import OpsFaults, launch_overrides, preload_contact_plan, write_launch_record
+from payload_sim.ops_support import (
+    OpsFaults,
+    launch_overrides,
+    preload_contact_plan,
+    write_launch_record,
+)
 
 PROCESSES = ("channel", "station", "flight", "camera")
 # What `ok` means besides every process finishing: the run lost nothing, refused nothing and

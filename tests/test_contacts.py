@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from ops_util import OPS_BASE, Run
 
 from flight.clock import ScenarioClock
-from flight.contacts import MAX_WINDOWS, PLAN_FILE, ContactPlan, ContactPlanError, parse_plan, plan_json
+from flight.contacts import (
+    MAX_WINDOWS,
+    PLAN_FILE,
+    ContactPlan,
+    ContactPlanError,
+    parse_plan,
+    plan_json,
+)
 from flight.dictionary import EVENTS
 
 EPOCH = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
