@@ -349,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     ports = [f"network.{k}=\"tcp://127.0.0.1:{free_port()}\"" for k in
              ("frames", "space_in", "space_out", "ground_out", "ground_in")]
     overrides = args.overrides + ports + launch_overrides(scenario, run_dir)  # per-run keys, flight state folder
-    if preload_contact_plan(scenario, resolve(scenario.ops.state_dir, run_dir) if scenario.ops.state_dir else run_dir):
-        print("hil: contact plan preloaded into the flight's state folder (flight.use_contact_plan)", file=sys.stderr)
+    said = preload_contact_plan(scenario, resolve(scenario.ops.state_dir, run_dir) if scenario.ops.state_dir else run_dir)
+    if said:
+        print(f"hil: {said}", file=sys.stderr)
     calibration = run_dir / f"calibration-{CALIBRATION_VERSION}.npz"
     make_sensor(scenario).calibration_products(CALIBRATION_VERSION).save(calibration)
     clock_start = time.time() + 2.0  # time for every process to load and connect before capture 0

@@ -62,19 +62,26 @@ def contact_plan_bytes(scenario: Scenario) -> bytes | None:
     return plan_json(windows, parse_epoch(scenario.scenario.epoch))
 
 
-def preload_contact_plan(scenario: Scenario, state_dir: Path) -> bool:
-    """Write the plan unless the flight's state folder has one already (a restart keeps the plan
-    it was last given) or the flight is told not to use one. True when written."""
+def preload_contact_plan(scenario: Scenario, state_dir: Path) -> str | None:
+    """Load the scenario's passes into the flight's state folder before launch (what it says, or
+    None). Every launch is a new run, so a plan left in a reused state folder by an earlier run
+    (another epoch, other passes) is replaced, or removed when this run's link is always up. (The
+    launcher's restart of a killed flight does not come here: that flight keeps its plan.)"""
     from flight.contacts import PLAN_FILE, keep_plan_file
 
-    if not scenario.flight.use_contact_plan or (state_dir / PLAN_FILE).exists():
-        return False
+    if not scenario.flight.use_contact_plan:
+        return None
     data = contact_plan_bytes(scenario)
+    path = state_dir / PLAN_FILE
     if data is None:
-        return False
+        if path.exists():
+            path.unlink()
+            return f"contact plan of an earlier run removed from {state_dir} (this run's link is always up)"
+        return None
     state_dir.mkdir(parents=True, exist_ok=True)
     keep_plan_file(state_dir, data)
-    return True
+    windows = len(json.loads(data)["windows"])
+    return f"contact plan ({windows} windows) preloaded into the flight's state folder {state_dir}"
 
 
 def write_launch_record(run_dir: Path, scenario_path: str, overrides: list[str], clock_start: float) -> None:
