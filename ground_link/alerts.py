@@ -48,6 +48,21 @@ def match_rule(rules: tuple[AlertRule, ...], d: Detection) -> tuple[int, AlertRu
     return next(((i, r) for i, r in enumerate(rules) if rule_matches(r, d)), None)
 
 
+def is_repeat_of(rule: AlertRule, d: Detection, shown) -> bool:
+    """Is the detection a repeat of one of the alerts `shown` ((capture time s, lat, lon) of the
+    rule's class): within throttle_s and throttle_km of it?"""
+    if rule.throttle_km <= 0 or rule.throttle_s <= 0 or math.isnan(d.lat_deg) or math.isnan(d.lon_deg):
+        return False  # no position: cannot tell it is the same place, so it is shown
+    for t, lat, lon in shown:
+        if lat is None or lon is None:  # an alert shown without a position (archive rows): not a place
+            continue
+        # abs(): a retransmitted older detection may arrive after a newer one
+        if abs(d.capture_time_s - t) <= rule.throttle_s and \
+                float(ground_distance_m(lat, lon, d.lat_deg, d.lon_deg)) <= rule.throttle_km * 1e3:
+            return True
+    return False
+
+
 class Throttle:
     """Remembers the alerts shown, per class, to recognise repeats of the same thing."""
 
@@ -55,14 +70,7 @@ class Throttle:
         self.shown: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
 
     def is_repeat(self, rule: AlertRule, d: Detection) -> bool:
-        if rule.throttle_km <= 0 or rule.throttle_s <= 0 or math.isnan(d.lat_deg) or math.isnan(d.lon_deg):
-            return False  # no position: cannot tell it is the same place, so it is shown
-        for t, lat, lon in self.shown[rule.class_name]:
-            # abs(): a retransmitted older detection may arrive after a newer one
-            if abs(d.capture_time_s - t) <= rule.throttle_s and \
-                    float(ground_distance_m(lat, lon, d.lat_deg, d.lon_deg)) <= rule.throttle_km * 1e3:
-                return True
-        return False
+        return is_repeat_of(rule, d, self.shown[rule.class_name])
 
     def remember(self, rule: AlertRule, d: Detection) -> None:
         shown = self.shown[rule.class_name]

@@ -30,6 +30,7 @@ import json
 import math
 import re
 import sqlite3
+import time
 from pathlib import Path
 
 from flight.products import Event, Housekeeping, ImageChip
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     lat_deg REAL, lon_deg REAL, frame_id INT, time_s REAL, received_wall REAL, message TEXT,
     area_px INT, received_s REAL, latency_s REAL, throttled INT NOT NULL DEFAULT 0, rule INT,
     satellite_id INT NOT NULL DEFAULT 1, station TEXT);
+CREATE INDEX IF NOT EXISTS alerts_class_time ON alerts (class, time_s);
 CREATE TABLE IF NOT EXISTS telemetry (product_id INT, time_s REAL, channel INT, value REAL, satellite_id INT NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS events (
     product_id INT, time_s REAL, event_id INT, severity INT, frame_id INT, message TEXT,
@@ -132,9 +134,24 @@ class Db:
 
     def create_schema(self) -> None:
         if self.dialect == "sqlite":
-            self.execute("PRAGMA journal_mode=WAL")
-            for stmt in schema_sql("sqlite"):
-                self.execute(stmt)
+            for attempt in range(200):
+                try:
+                    self.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError:
+                    # stations opening one new file at once: the switch to WAL fails at once while
+                    # another connection holds a lock (no busy wait), 15 % of such starts here
+                    if attempt == 199:
+                        raise
+                    time.sleep(0.05)
+            self.begin()
+            try:
+                for stmt in schema_sql("sqlite"):
+                    self.execute(stmt)
+                self.commit()
+            except BaseException:
+                self.rollback()
+                raise
             return
         # several stations may start at once: one creates the schema, the others wait for it
         self.begin()
@@ -149,6 +166,28 @@ class Db:
 
     def close(self) -> None:
         self.conn.close()
+
+
+TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
+
+
+def copy_archive(source: str | Path, dest: Path) -> int:
+    """Copy every row of an archive (a constellation's PostgreSQL one, before its throwaway server
+    is deleted) into a new SQLite archive at `dest`, same schema and ids, so the operator tools
+    can still read the run afterwards. Returns the number of products copied."""
+    src, dst = Db(source, read_only=True), Archive(dest)
+    try:
+        dst.db.begin()
+        for table in TABLES:
+            cur = src.execute(f"SELECT * FROM {table}")
+            cols = [c[0] for c in cur.description]
+            dst.db.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                               [tuple(r) for r in cur.fetchall()])
+        dst.db.commit()
+        return dst.db.execute("SELECT count(*) FROM products").fetchone()[0]
+    finally:
+        src.close()
+        dst.close()
 
 
 def _jsonable(product) -> dict:
@@ -239,6 +278,28 @@ class Archive:
         row.setdefault("station", self.station)
         self.db.execute(f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES ({', '.join('?' * len(ALERT_COLUMNS))})",
                         [row.get(c) for c in ALERT_COLUMNS])
+
+    def alert_unless_repeat(self, record: dict, window_s: float, is_repeat) -> bool:
+        """Archive an alert of a ground of several stations, throttled when `is_repeat(shown)` finds
+        it repeats an alert of its class that any station has shown, captured within `window_s` of
+        it (`shown`: rows of capture time s, lat, lon). Returns whether it was throttled. Check and
+        insert are one transaction the stations take in turn (SQLite's write lock, a PostgreSQL
+        advisory lock), so two sightings of one fire reaching two stations at once show once."""
+        t = record["capture_time_s"]
+        db = self.db
+        db.begin()
+        try:
+            if db.dialect == "postgresql":
+                db.execute("SELECT pg_advisory_xact_lock(18019)")
+            shown = db.execute("SELECT time_s, lat_deg, lon_deg FROM alerts WHERE class = ? AND throttled = 0 "
+                               "AND time_s BETWEEN ? AND ?", (record["class"], t - window_s, t + window_s)).fetchall()
+            throttled = bool(record["throttled"]) or bool(is_repeat(shown))
+            self.alert(dict(record, throttled=throttled))
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
+        return throttled
 
     def close(self) -> None:
         self.db.close()

@@ -130,6 +130,12 @@ def run_epoch(run_dir: Path) -> tuple[datetime | None, str]:
     from flight.config import load_scenario
 
     path = Path(run_dir) / "launch.json"
+    constellation = Path(run_dir) / "constellation.json"
+    if not path.exists() and constellation.exists():  # a constellation's run folder (issue #18)
+        try:
+            return parse_epoch(json.loads(constellation.read_text())["epoch"]), ""
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return None, f"{constellation}: no epoch ({exc})"
     try:
         rec = json.loads(path.read_text())
     except OSError:
@@ -387,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"query: {archive}: not a readable archive ({exc})", file=sys.stderr)
         return 2
     if args.format:  # exports (issue #14): ground_link/export.py
+        if (archive.parent / "constellation.json").exists():
+            # exports and partner rules find chips and their detections by product id alone, and
+            # product ids of different satellites collide (docs/ground.md)
+            print("query: exports (--format) are for a one-satellite archive; a constellation's can be listed "
+                  "(without --format), not exported yet", file=sys.stderr)
+            return 2
         from ground_link.export import write_export
 
         return write_export(archive, args.kind, args.format, rows, args.out, args.partner, args.partners, epoch)

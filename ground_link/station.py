@@ -20,7 +20,9 @@ products are archived once per (satellite id, product id) across all stations. E
 acks are signed with its own key, and carry, besides every product this station received, the
 products of that satellite the other stations archived in the last `station.shared_ack_s` wall
 seconds (while this station hears it): a product archived via Baku is acknowledged by Astana too,
-so the satellite does not send it again.
+so the satellite does not send it again. Only the station whose insert created the product raises
+its alert, and a named station judges repeats (throttling) against the alerts every station has
+shown, read from the shared archive in the same transaction as its own alert's insert.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from flight.config import Scenario
 from flight.products import Detection, PacketError, decode_tm
 from flight.security import KeyMaterialError, SecureContext, load_mission_key
 from flight.service import Service, common_args, setup
-from ground_link.alerts import Throttle, alert_record, match_rule
+from ground_link.alerts import Throttle, alert_record, is_repeat_of, match_rule
 from ground_link.archive import Archive
 
 FEED_TOPIC = b"alert"
@@ -152,14 +154,20 @@ class Station:
                 self.raise_alert(product, *match, now, sid)
 
     def raise_alert(self, d: Detection, rule_index: int, rule, now: float, satellite_id: int | None = None) -> None:
-        throttled = self.throttle.is_repeat(rule, d)
         received_s = self.clock.now_s() if self.clock else None
-        rec = alert_record(d, rule_index, rule, now, received_s, throttled)
         if self.name:  # a constellation's alert says which satellite and which station
+            rec = alert_record(d, rule_index, rule, now, received_s, False)
             sid = self.default_sat if satellite_id is None else satellite_id
             rec["satellite_id"], rec["station"] = sid, self.name
             rec["message"] += f"  sat {sid} via {self.name}"
-        self.archive.alert(rec)
+            # a repeat is judged against what every station has shown (the shared archive), not
+            # only this one: the same fire seen by two satellites via two stations is shown once
+            throttled = rec["throttled"] = self.archive.alert_unless_repeat(
+                rec, rule.throttle_s, lambda shown: is_repeat_of(rule, d, shown))
+        else:
+            throttled = self.throttle.is_repeat(rule, d)
+            rec = alert_record(d, rule_index, rule, now, received_s, throttled)
+            self.archive.alert(rec)
         if throttled:
             self.counts["alerts_throttled"] += 1
             return

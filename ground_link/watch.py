@@ -89,11 +89,17 @@ def constellation_screen(run_dir: Path, db: str | None, rows: int = 10) -> str:
         when = f"; next AOS {min(nxt)[1]} at t={min(nxt)[0]:.0f} s" if nxt else ""
         lines.append(f"sat {sat}: in view of {view}{when}  down out {chan.get('down_packets_out', 0)}  "
                      f"lost {chan.get('down_lost', 0)}")
+    try:
+        per = station_latency(db, info)
+    except Exception:  # noqa: BLE001 (not created yet, or the server gone after the run)
+        per = {}
     for name in info["stations"]:
         st = read_status(run_dir / name, "station")
         lines.append(f"station {name}: packets {st.get('packets_received', 0)}  archived {st.get('products_archived', 0)}  "
                      f"duplicates {st.get('duplicates', 0)}  acks {st.get('acks_sent', 0)} (ground-wide "
                      f"{st.get('acks_shared', 0)})  alerts {st.get('alerts', 0)}")
+        if name in per:
+            lines.append("  " + per[name])
     lines.append("latest alerts (shared archive):")
     try:
         alerts = query(db, "alerts", limit=rows)
@@ -102,6 +108,32 @@ def constellation_screen(run_dir: Path, db: str | None, rows: int = 10) -> str:
     if alerts is not None:
         lines += ["  " + format_row(a) for a in reversed(alerts)] or ["  (none)"]
     return "\n".join(lines)
+
+
+def station_latency(db: str, info: dict) -> dict[str, str]:
+    """Per station, from the shared archive: products archived by satellite, and the latency from
+    capture to archive (scenario seconds: the station's received_wall on the run's clock, less the
+    capture time) as median and maximum. The station's own counts restart with it; these do not."""
+    import statistics
+
+    from ground_link.archive import Db
+
+    rate, t0 = info["clock_rate"], info["clock_start"]
+    conn = Db(db, read_only=True)
+    try:
+        rows = conn.execute("SELECT station, satellite_id, time_s, received_wall FROM products").fetchall()
+    finally:
+        conn.close()
+    out = {}
+    for name in info["stations"]:
+        mine = [r for r in rows if r[0] == name]
+        lat = [(r[3] - t0) * rate - r[2] for r in mine if r[2] is not None and r[3] is not None]
+        by_sat = "  ".join(f"sat {s} {sum(1 for r in mine if r[1] == s)}" for s in info["satellites"])
+        text = f"archive: {len(mine)} products ({by_sat})"
+        if lat:
+            text += f"  capture to archive: median {statistics.median(lat):.0f} s, max {max(lat):.0f} s (scenario)"
+        out[name] = text
+    return out
 
 
 def _seconds(text: str) -> float:

@@ -18,12 +18,19 @@ A scenario with `[[constellation.satellites]]` runs, on loopback ZeroMQ with fre
   deleted at the end) unless `constellation.archive` names a server or "sqlite"; without
   PostgreSQL it says so and falls back to one SQLite file shared by the stations (one machine).
 
+Each flight is given its contact plan before launch (its windows with every station, the same
+sgp4 passes its radio uses; flight/contacts.py, unless flight.use_contact_plan is off), as the
+single-satellite launcher does: products wait in the store between passes and go at AOS.
+
 Faults (`[faults]`): `kill_station = "baku"`, `kill_station_at_s = T` SIGKILLs that station at
 scenario time T; `restart_station_at_s = T2` starts it again (same name, source id and archive).
 The run ends when every satellite's camera is done and its store was empty once after its last
-frame (housekeeping made after its last pass waits for a pass that is not in the run). The summary
+frame (housekeeping made after its last pass waits for a pass that is not in the run). It fails
+at once, saying which satellite, when a satellite is past its last pass in the run (plus
+LOS_GRACE_WALL_S) with products still on board: nothing can bring them down any more. The summary
 has totals, and per satellite and per station counts, and the capture-to-archive latency per
-station.
+station. A throwaway PostgreSQL archive is copied into RUN_DIR/archive.sqlite before its server
+is deleted, for ground_link.query and ground_link.watch after the run.
 """
 
 from __future__ import annotations
@@ -177,8 +184,8 @@ def ground_stations(scenario) -> list:
     return stations
 
 
-def pair_contacts(scenario, station_names: list[str]) -> dict:
-    """{station: ContactPlan} of this scenario's satellite (its orbit table) with each station."""
+def pair_contacts(scenario, station_names: list[str], tle: tuple[str, str] | None = None) -> dict:
+    """{station: ContactPlan} of a satellite (`tle`, else the scenario's orbit table) with each station."""
     from flight.clock import parse_epoch
     from ground_link.linkmodel import ContactPlan, Window, make_contacts, scenario_horizon_s
     from payload_sim.orbit import DEFAULT_TLE, Orbit, contact_windows
@@ -187,13 +194,38 @@ def pair_contacts(scenario, station_names: list[str]) -> dict:
         plan = make_contacts(scenario)
         return {name: plan for name in station_names}
     orbit_cfg = scenario.extra.get("orbit", {})
-    orbit = Orbit(orbit_cfg.get("tle1", DEFAULT_TLE[0]), orbit_cfg.get("tle2", DEFAULT_TLE[1]),
-                  parse_epoch(scenario.scenario.epoch))
+    tle1, tle2 = tle or (orbit_cfg.get("tle1", DEFAULT_TLE[0]), orbit_cfg.get("tle2", DEFAULT_TLE[1]))
+    orbit = Orbit(tle1, tle2, parse_epoch(scenario.scenario.epoch))
     by_name = {s.name: s for s in ground_stations(scenario)}
     horizon = scenario_horizon_s(scenario)
     return {name: ContactPlan([Window(c.station, c.aos_s, c.los_s)
                                for c in contact_windows(orbit, (by_name[name],), 0.0, horizon)])
             for name in station_names}
+
+
+def last_los_s(plans: dict) -> float | None:
+    """The end of a satellite's last contact with any station in the run (None: always in contact)."""
+    if any(plan.windows is None for plan in plans.values()):
+        return None
+    return max((w.los_s for plan in plans.values() for w in plan.windows), default=0.0)
+
+
+def preload_sat_plan(scenario, state_dir: Path, plans: dict) -> int:
+    """Write a satellite's onboard contact plan (flight/contacts.py: its windows with every station,
+    overlaps allowed) into its state folder before launch, as the single-satellite launcher does
+    (payload_sim.ops_support.preload_contact_plan). Without it the flight sends into the gaps and,
+    while nothing is acknowledged, probes once per timeout: a short last pass may end before the
+    backlog is down. Returns the number of windows written (0: none, the flight plans nothing)."""
+    from flight.clock import parse_epoch
+    from flight.contacts import keep_plan_file, plan_json
+
+    if not scenario.flight.use_contact_plan or last_los_s(plans) is None:
+        return 0  # (each launch is a new run: a plan an earlier run left in the folder is replaced)
+    windows = sorted(((w.station, w.aos_s, w.los_s) for plan in plans.values() for w in plan.windows),
+                     key=lambda w: w[1])
+    if windows:
+        keep_plan_file(state_dir, plan_json(windows, parse_epoch(scenario.scenario.epoch)))
+    return len(windows)
 
 
 # --- the satellite's radio: one emulated link per (satellite, station) pair ---------------------------
@@ -326,6 +358,8 @@ class Launch:
             common.append(f"security.curve_dir={_toml(str(generate_curve_keys(run_dir / 'curve').resolve()))}")
         self.clock_start = time.time() + 3.0
         self.argv: dict[str, list[str]] = {}  # process name -> command line
+        self.last_los: dict[int, float | None] = {}  # satellite id -> end of its last pass in the run
+        self.plan_windows: dict[int, int] = {}  # satellite id -> windows in its preloaded contact plan
         self.procs: dict = {}
         base = [scenario_path, "--clock-start", repr(self.clock_start)]
         links: dict[str, list[str]] = {name: [] for name in self.stations}
@@ -346,6 +380,10 @@ class Launch:
             tle1, tle2 = sat.tle1 or orbit.get("tle1", ""), sat.tle2 or orbit.get("tle2", "")
             if tle1 and tle2:
                 so += [f"orbit.tle1={_toml(tle1)}", f"orbit.tle2={_toml(tle2)}"]
+            # the same passes as this satellite's radio computes (pair_contacts, same horizon)
+            plans = pair_contacts(scenario, self.stations, (tle1, tle2) if tle1 and tle2 else None)
+            self.last_los[sat.id] = last_los_s(plans)
+            self.plan_windows[sat.id] = preload_sat_plan(scenario, d, plans)
             pairs = []
             for name in self.stations:
                 pair = {"station": name, "ground_out": f"tcp://127.0.0.1:{free_port()}",
@@ -362,11 +400,16 @@ class Launch:
             self.argv[f"flight{sat.id}"] = [sys.executable, "-m", "flight", *base, "--run-dir", str(d), *sets,
                                             "--calibration", str(calibration)]
             self.argv[f"camera{sat.id}"] = [sys.executable, "-m", "payload_sim.camera", *base, "--run-dir", str(d), *sets]
+        # an alert feed (network.feed) per station: one address cannot be bound twice; each alert is
+        # published by the one station that raised it, so a subscriber to every feed gets it once
+        self.feeds = {name: f"tcp://127.0.0.1:{free_port()}" for name in self.stations} if scenario.network.feed else {}
         for k, name in enumerate(self.stations):
             d = (run_dir / name).resolve()
             d.mkdir(parents=True, exist_ok=True)
             so = [*common, f"station.name={_toml(name)}", f"station.archive={_toml(str(self.archive))}",
                   f"station.links=[{', '.join(links[name])}]", f"security.ack_source_id={k + 1}"]
+            if name in self.feeds:
+                so.append(f"network.feed={_toml(self.feeds[name])}")
             self.argv[f"station-{name}"] = [sys.executable, "-m", "ground_link.station", *base, "--run-dir", str(d),
                                             *[x for o in so for x in ("--set", o)], *(["--json"] if as_json else [])]
 
@@ -490,6 +533,9 @@ def summarize(launch: Launch, wall_s: float, station_before: dict[str, dict], sa
     }
 
 
+LOS_GRACE_WALL_S = 3.0  # after a satellite's last LOS: its last acks and status files catch up
+
+
 def _sat_finished(d: Path) -> tuple[bool, str]:
     from flight.service import read_status
 
@@ -498,6 +544,27 @@ def _sat_finished(d: Path) -> tuple[bool, str]:
     done_flight = fl.get("frames_processed", 0) + fl.get("frames_rejected", 0)
     ok = bool(cam.get("done")) and fl.get("eos", False) and done_flight >= captured and fl.get("store_products") == 0
     return ok, f"{captured}/{fl.get('frames_processed', 0)}/{fl.get('store_products', '-')}"
+
+
+def keep_archive(launch: Launch, info: dict) -> str | None:
+    """A throwaway PostgreSQL archive is deleted with its server at the end of the run: copy it
+    into RUN_DIR/archive.sqlite first (same schema), and point constellation.json at the copy, so
+    ground_link.query and ground_link.watch still read the run. The path, or None (not copied)."""
+    from ground_link.archive import copy_archive
+
+    if launch.pg is None:
+        return None
+    dest = launch.run_dir / "archive.sqlite"
+    try:
+        n = copy_archive(launch.archive, dest)
+    except Exception as exc:  # noqa: BLE001 (the run's result stands; only the copy for the tools is missing)
+        print(f"constellation: the archive could not be copied to {dest}: {exc}", file=sys.stderr)
+        return None
+    info |= {"archive": str(dest.resolve()), "dialect": "sqlite", "archive_during_run": launch.archive}
+    (launch.run_dir / "constellation.json").write_text(json.dumps(info, indent=1) + "\n")
+    print(f"constellation: archive copied to {dest} ({n} products): the throwaway PostgreSQL server is deleted",
+          file=sys.stderr)
+    return str(dest)
 
 
 def run(args, scenario, expect: dict) -> int:
@@ -524,13 +591,21 @@ def run(args, scenario, expect: dict) -> int:
         print(f"constellation: faults.kill_station = {kill_name!r} is not one of {launch.stations}", file=sys.stderr)
         launch.close()
         return 2
-    (run_dir / "constellation.json").write_text(json.dumps({  # for ground_link.watch and the operator
+    info = {  # for ground_link.watch, ground_link.query and the operator
         "archive": launch.archive, "dialect": "postgresql" if launch.archive.startswith("postgres") else "sqlite",
         "satellites": [s.id for s in launch.sats], "stations": launch.stations, "clock_start": launch.clock_start,
-        "clock_rate": scenario.scenario.clock_rate}, indent=1) + "\n")
+        "clock_rate": scenario.scenario.clock_rate, "epoch": scenario.scenario.epoch,
+        "scenario": str(Path(args.scenario).resolve()), "feeds": launch.feeds}
+    (run_dir / "constellation.json").write_text(json.dumps(info, indent=1) + "\n")
     print(f"constellation: scenario {scenario.scenario.name}: {len(launch.sats)} satellites x {len(launch.stations)} "
           f"stations ({', '.join(launch.stations)}), {scenario.scenario.frames} frames each, run folder {run_dir}",
           file=sys.stderr)
+    if launch.feeds:
+        print("constellation: alert feeds (topic alert; subscribe to all): "
+              + ", ".join(f"{n} {u}" for n, u in launch.feeds.items()), file=sys.stderr)
+    if any(launch.plan_windows.values()):
+        print("constellation: contact plans preloaded into the flights' state folders (flight.use_contact_plan): "
+              + ", ".join(f"sat{i} {n} windows" for i, n in launch.plan_windows.items()), file=sys.stderr)
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.monotonic()
     code, failure = 0, None
@@ -582,6 +657,15 @@ def run(args, scenario, expect: dict) -> int:
             archived = sum(read_status(run_dir / n, "station").get("products_archived", 0) for n in launch.stations)
             if len(sat_done) == len(launch.sats):
                 break
+            # a satellite past its last pass in the run with products still on board can never
+            # finish: fail now, saying why, instead of waiting for max_wall_s
+            late = [f"sat{sat.id} (LOS {los:.0f} s): {text}" for sat, text in zip(launch.sats, progress, strict=True)
+                    if sat.id not in sat_done and (los := launch.last_los.get(sat.id)) is not None
+                    and t_s > los + LOS_GRACE_WALL_S * scenario.scenario.clock_rate]
+            if late:
+                failure, code = (f"past the last pass in the run with products still on board (nothing can bring "
+                                 f"them down): {'; '.join(late)} (captured/processed/in store)"), 1
+                break
             if time.monotonic() - t0 > scenario.scenario.max_wall_s:
                 failure, code = (f"scenario did not finish within {scenario.scenario.max_wall_s:.0f} s: "
                                  f"{'  '.join(progress)} (captured/processed/in store)"), 1
@@ -600,6 +684,7 @@ def run(args, scenario, expect: dict) -> int:
         print(f"constellation: FAILED: {failure}", file=sys.stderr, flush=True)
     try:
         summary = summarize(launch, time.monotonic() - t0, station_before, sat_done)
+        summary["archive_copy"] = keep_archive(launch, info)
     finally:
         launch.close()
     summary["station_killed"] = kill_name if killed else None

@@ -129,3 +129,26 @@ def test_concurrent_stations_archive_each_product_exactly_once(target):
     per_station = a.db.execute("SELECT station, count(*) FROM products GROUP BY station ORDER BY station").fetchall()
     assert {r[0]: r[1] for r in per_station} == {f"st{i}": len(w) for i, w in enumerate(won) if w}
     a.close()
+
+
+def test_stations_opening_one_new_sqlite_file_at_once_both_start(tmp_path):
+    """The launcher's SQLite fallback starts every station at once on one new file: switching it
+    to WAL failed at once ("database is locked", no busy wait) in about 15 % of such starts."""
+    errors: list[BaseException] = []
+    for i in range(60):
+        target = tmp_path / f"a{i}.sqlite"
+        start = threading.Barrier(3)
+
+        def open_it(name: str, target=target, start=start) -> None:
+            try:
+                start.wait(10)
+                Archive(target, name).close()
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it, args=(n,)) for n in ("baku", "astana", "third")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors[:3]

@@ -42,9 +42,9 @@ def test_three_satellites_two_stations_every_product_archived_exactly_once(tmp_p
     with PgCluster() as pg:  # a server of the test's own, so the archive can be read after the run
         cmd = [sys.executable, "-m", "payload_sim.hil", str(SCENARIO), "--run-dir", str(run_dir), "--quiet",
                "--set", f'constellation.archive="{pg.dsn}"',
-               # captures 0..6000 s, housekeeping only at the start: the first two passes bring
-               # everything down (the flight, not told the passes, probes a gap once per timeout, so
-               # a product made just after a pass may miss the short third one)
+               # captures 0..6000 s, housekeeping only at the start: the run ends after the second
+               # passes, about 60 s of wall time instead of 110 s for the whole scenario (whose short
+               # third passes docs/ground.md measures)
                "--set", "scenario.frames=16", "--set", "flight.housekeeping_period_s=86400.0"]
         try:
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=360)
@@ -60,6 +60,7 @@ def test_three_satellites_two_stations_every_product_archived_exactly_once(tmp_p
         db.close()
     assert summary["ok"] and summary["archive"] == "postgresql" and summary["station_killed"] == "baku"
     assert "SIGKILLed" in proc.stderr and "restarted" in proc.stderr
+    assert "contact plans preloaded" in proc.stderr  # each flight knows its passes over both stations
     assert summary["frames_processed"] == summary["frames_captured"] == 48
     # exactly once: one row per (satellite, product), every product a flight made is either in the
     # archive or still on board (housekeeping made after the last pass), none lost
@@ -91,3 +92,64 @@ def test_three_satellites_two_stations_every_product_archived_exactly_once(tmp_p
     assert summary["acks_rejected"] == 0
     # an alert is raised by the station that archived the product, once
     assert len(alerts) == len(set(alerts))
+
+
+@pytest.mark.timeout(200)
+def test_a_product_left_on_board_after_the_last_pass_fails_the_run_at_once(tmp_path):
+    """Two satellites, one contact window (0-500 s) and a capture at 800 s: that frame's products
+    can never come down in the run. The launcher says so soon after the last LOS, with `ok` false,
+    instead of waiting for max_wall_s (shared SQLite archive: no PostgreSQL needed). With
+    network.feed set, each station publishes on a feed of its own, and a subscriber to both gets
+    every alert shown exactly once."""
+    import time
+
+    import zmq
+
+    run_dir = tmp_path / "run"
+    sets = ["constellation.satellites=[{id=1}, {id=2}]", 'constellation.archive="sqlite"', "scenario.frames=3",
+            'link.contacts="schedule"', "link.schedule=[[0.0, 500.0]]", "scenario.max_wall_s=150",
+            'network.feed="tcp://127.0.0.1:5999"']
+    cmd = [sys.executable, "-m", "payload_sim.hil", str(SCENARIO), "--run-dir", str(run_dir), "--quiet",
+           *[x for s in sets for x in ("--set", s)]]
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"alert")
+    received = []
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = run_dir / "constellation.json"
+        deadline = time.monotonic() + 60
+        while not info.exists() and time.monotonic() < deadline:  # written before any process starts
+            time.sleep(0.05)
+        feeds = json.loads(info.read_text())["feeds"]
+        assert set(feeds) == {"baku", "astana"} and len(set(feeds.values())) == 2
+        for url in feeds.values():
+            sub.connect(url)
+        while proc.poll() is None:
+            if sub.poll(100):
+                received.append(json.loads(sub.recv_multipart()[1]))
+        while sub.poll(200):
+            received.append(json.loads(sub.recv_multipart()[1]))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.close()
+        ctx.term()
+        left = kill_leftovers(run_dir)
+    assert not left, f"processes left behind: {left}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert proc.returncode == 1 and not summary["ok"], err[-3000:]
+    assert "past the last pass in the run with products still on board" in summary["failure"]
+    assert "LOS 500 s" in summary["failure"]
+    # 500 s + 3 wall s of grace at 120x is t = 860 s, about 7 wall s after capture 0; far from 150 s
+    assert summary["wall_s"] < 60
+    assert summary["archive"] == "sqlite" and summary["products_delivered"] > 0 and summary["exactly_once"]
+    db = Db(run_dir / "archive.sqlite", read_only=True)
+    shown = db.execute("SELECT satellite_id, product_id, station FROM alerts WHERE throttled = 0").fetchall()
+    db.close()
+    # each alert shown once, by the station that raised it, on that station's feed (a subscriber
+    # joining at start-up can miss nothing here: no alert comes before the first frame is down)
+    assert sorted((a["satellite_id"], a["product_id"], a["station"]) for a in received) == sorted(map(tuple, shown))
+    assert received  # the seeded scenes have fires in the first frames (2 alerts in runs here)

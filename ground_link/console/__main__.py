@@ -28,6 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.path.exists():
         print(f"console: {args.path} does not exist", file=sys.stderr)
         return 2
+    run_dir = args.path if args.path.is_dir() else args.path.parent
+    if (run_dir / "constellation.json").exists():
+        # the console keys chips, telemetry and its feed by product id alone and shows one link;
+        # a constellation's archive holds several satellites whose ids collide (docs/ground.md)
+        print(f"console: {run_dir} is a constellation's run: the console shows one satellite's archive and "
+              "cannot show this one yet; use python -m ground_link.watch or ground_link.query on it",
+              file=sys.stderr)
+        return 2
     ctx = run_context(args.path)
     if ctx.note:
         print(f"console: {ctx.note}", file=sys.stderr)
