@@ -157,22 +157,44 @@ class UplinkPacer:
 
 
 class Commander:
-    def __init__(self, scenario: Scenario, clock: ScenarioClock, run_dir: Path, key: bytes | None = None):
+    def __init__(self, scenario: Scenario, clock: ScenarioClock, run_dir: Path, key: bytes | None = None,
+                 route: dict | None = None):
+        """`route`: a constellation satellite's (payload_sim.constellation writes it into
+        RUN/sat<ID>/launch.json): {"satellite_id", "uplinks": {station: endpoint}, "archive"}.
+        Each command goes up through a station the satellite's radio has in view, and the reports
+        are read from the shared archive, this satellite's only."""
         self.sc, self.clock, self.run_dir = scenario, clock, Path(run_dir)
+        self.route = route
         self.pacer = UplinkPacer(scenario.link.uplink_rate_bps, make_contacts(scenario), clock,
                                  scenario.link.uplink_bulk_queue_s, self.run_dir / "channel.status.json")
         self._file_sock: zmq.Socket | None = None
         self._senders: list[FileSender] = []  # file transfers still answering the flight
         self._space_seq = 0  # sequence count of our file-transfer space packets
         self.key = key if key is not None else load_mission_key(scenario.security, self.run_dir)
-        self.archive = self.run_dir / "archive.sqlite"
+        self.archive: Path | str = route["archive"] if route else self.run_dir / "archive.sqlite"
         self.ctx = SecureContext(scenario.security, "commander", self.run_dir)
-        self.sock = self.ctx.socket(zmq.PUSH)
-        self.sock.setsockopt(zmq.LINGER, 2000)  # what is queued at close still goes out
-        self.sock.setsockopt(zmq.SNDHWM, 10000)
-        self.ctx.client(self.sock, "channel")
-        self.sock.connect(scenario.network.ground_in)
+        endpoints = route["uplinks"] if route else {"": scenario.network.ground_in}
+        self.uplinks = {name: self._push(url) for name, url in endpoints.items()}  # station -> its uplink
+        self.sock = next(iter(self.uplinks.values()))
         self.sent: dict[int, bytes] = {}  # counter -> packet, for tools and tests (replays)
+
+    def _push(self, endpoint: str) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 2000)  # what is queued at close still goes out
+        sock.setsockopt(zmq.SNDHWM, 10000)
+        self.ctx.client(sock, "channel")
+        sock.connect(endpoint)
+        return sock
+
+    def station_in_view(self) -> str:
+        """A constellation satellite's uplink: the first station its radio has in view now (its
+        RUN/sat<ID>/channel.status.json), else the first station (the pacer holds bulk data for AOS;
+        a command sent out of view is lost and `run_reliably` sends it again)."""
+        try:
+            seen = json.loads((self.run_dir / "channel.status.json").read_text()).get("stations_in_view") or []
+        except (OSError, ValueError):
+            seen = []
+        return next((n for n in seen if n in self.uplinks), next(iter(self.uplinks)))
 
     @staticmethod
     def from_run_dir(run_dir: Path, key: bytes | None = None) -> Commander:
@@ -182,12 +204,13 @@ class Commander:
             raise CommanderError(f"{run_dir}/launch.json unreadable ({exc}): is a run going there?") from None
         sc = load_scenario(rec["scenario"], rec["overrides"])
         clock = ScenarioClock(parse_epoch(sc.scenario.epoch), sc.scenario.clock_rate, rec["clock_start"])
-        return Commander(sc, clock, Path(run_dir), key)
+        return Commander(sc, clock, Path(run_dir), key, rec.get("route"))
 
     def close(self) -> None:
         if self._file_sock is not None:
             self._file_sock.close(linger=0)
-        self.sock.close()
+        for sock in self.uplinks.values():
+            sock.close()
         self.ctx.term()
 
     # -- sending -----------------------------------------------------------------------------------
@@ -216,6 +239,8 @@ class Commander:
             raise CommanderError(f"uplink socket {self.sc.network.ground_in} not ready within {timeout_s} s")
 
     def send_raw(self, packet: bytes, timeout_s: float = 5.0) -> None:
+        if self.route:
+            self.sock = self.uplinks[self.station_in_view()]
         self._writable(timeout_s)
         self.sock.send(packet)
         self.pacer.sent(len(packet), time.time())
@@ -284,7 +309,23 @@ class Commander:
 
     def reports(self, counter: int | None = None) -> list[dict]:
         """Verification reports archived so far (all, or one command's), oldest first."""
-        if not self.archive.exists():
+        route = getattr(self, "route", None)
+        if route:  # a constellation's shared archive (SQLite or PostgreSQL): this satellite's reports
+            from ground_link.archive import Db
+
+            try:
+                db = Db(self.archive, read_only=True)
+            except Exception:  # noqa: BLE001 (not created yet, or its server not up yet: no reports yet)
+                return []
+            try:
+                rows = db.execute("SELECT fields FROM products WHERE kind = 'CommandReport' AND satellite_id = ? "
+                                  "ORDER BY product_id", (route["satellite_id"],)).fetchall()
+            except db.Error:
+                rows = []
+            finally:
+                db.close()
+            return Commander._decode_reports(rows, counter)
+        if not Path(self.archive).exists():
             return []
         db = sqlite3.connect(f"file:{self.archive}?mode=ro", uri=True, timeout=5)
         try:
@@ -293,6 +334,10 @@ class Commander:
             rows = []
         finally:
             db.close()
+        return Commander._decode_reports(rows, counter)
+
+    @staticmethod
+    def _decode_reports(rows, counter: int | None) -> list[dict]:
         out = []
         for (fields,) in rows:
             r = json.loads(fields)
@@ -380,6 +425,9 @@ class Commander:
         at AOS; lost PDUs are asked for again by the flight (NAK) and re-sent selectively.
         CommanderError when the flight reports the file incomplete, or at `timeout_s`."""
         log = log or (lambda _m: None)
+        if self.route:  # the constellation's radio does not route CFDP replies to the ground yet
+            raise CommanderError("file transfer to a constellation satellite is not supported yet; "
+                                 "upload with --chunks (the command-based upload)")
         link = self.sc.link
         timers = timers_for(link.uplink_rate_bps, link.downlink_rate_bps, link.delay_ms / 1e3, self.pacer.queue_s,
                             segment_bytes)
@@ -703,10 +751,11 @@ def _run(a: argparse.Namespace) -> int:
         raise CommanderError(f"no contact plan file at {a.plan}")
     check_run_dir(a.run_dir, a.cmd, live=a.cmd in ("send", "upload", "contact-plan"))
     if a.cmd == "reports":  # reads the archive only: no key, no link
-        archive = a.run_dir / "archive.sqlite"
-        if not archive.exists():
+        route = json.loads((a.run_dir / "launch.json").read_text()).get("route")  # a constellation satellite's
+        archive = route["archive"] if route else a.run_dir / "archive.sqlite"
+        if not route and not archive.exists():
             print(f"commander: no archive in {a.run_dir} yet", file=sys.stderr)
-        for rep in Commander.reports(SimpleNamespace(archive=archive), a.counter):  # type: ignore[arg-type]
+        for rep in Commander.reports(SimpleNamespace(archive=archive, route=route), a.counter):  # type: ignore[arg-type]
             print(json.dumps(rep))
         return 0
     cmd = Commander.from_run_dir(a.run_dir)

@@ -394,7 +394,10 @@ class Launch:
             sets = [x for o in so for x in ("--set", o)]
             from payload_sim.ops_support import write_launch_record
 
-            write_launch_record(d, scenario_path, so, self.clock_start)  # ground_link.commander --run-dir RUN/satN
+            # ground_link.commander --run-dir RUN/satN: commands go up through a station in view
+            route = {"satellite_id": sat.id, "uplinks": {p["station"]: p["ground_in"] for p in pairs},
+                     "archive": str(self.archive)}
+            write_launch_record(d, scenario_path, so, self.clock_start, route)
             self.argv[f"radio{sat.id}"] = [sys.executable, "-m", "payload_sim.constellation", "radio", *base, "--run-dir",
                                            str(d), *sets, "--satellite", str(sat.id), "--pairs", json.dumps(pairs)]
             self.argv[f"flight{sat.id}"] = [sys.executable, "-m", "flight", *base, "--run-dir", str(d), *sets,

@@ -84,9 +84,11 @@ def preload_contact_plan(scenario: Scenario, state_dir: Path) -> str | None:
     return f"contact plan ({windows} windows) preloaded into the flight's state folder {state_dir}"
 
 
-def write_launch_record(run_dir: Path, scenario_path: str, overrides: list[str], clock_start: float) -> None:
+def write_launch_record(run_dir: Path, scenario_path: str, overrides: list[str], clock_start: float,
+                        route: dict | None = None) -> None:
+    """`route`: a constellation satellite's uplinks and shared archive (ground_link.commander)."""
     record = {"scenario": str(Path(scenario_path).resolve()), "overrides": overrides, "clock_start": clock_start,
-              "run_dir": str(run_dir.resolve())}
+              "run_dir": str(run_dir.resolve())} | ({"route": route} if route else {})
     tmp = run_dir / "launch.json.tmp"
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(run_dir / "launch.json")

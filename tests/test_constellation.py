@@ -153,3 +153,55 @@ def test_a_product_left_on_board_after_the_last_pass_fails_the_run_at_once(tmp_p
     # joining at start-up can miss nothing here: no alert comes before the first frame is down)
     assert sorted((a["satellite_id"], a["product_id"], a["station"]) for a in received) == sorted(map(tuple, shown))
     assert received  # the seeded scenes have fires in the first frames (2 alerts in runs here)
+
+
+@pytest.mark.timeout(200)
+def test_an_operator_commands_one_satellite_of_the_constellation_through_a_station_in_view(tmp_path):
+    """`ground_link.commander --run-dir RUN/sat2` reaches satellite 2 only: its command goes up
+    through a station its radio has in view (RUN/sat2/launch.json names each station's uplink), is
+    signed with satellite 2's key and counter, and its reports are read from the shared archive,
+    satellite 2's only (shared SQLite archive: no PostgreSQL needed)."""
+    import time
+
+    run_dir = tmp_path / "run"
+    sets = ["constellation.satellites=[{id=1}, {id=2}]", 'constellation.archive="sqlite"', "scenario.frames=12",
+            "scenario.clock_rate=40.0", "scenario.capture_interval_s=100.0", 'link.contacts="schedule"', "link.schedule=[[0.0, 1000000.0]]",
+            "scenario.max_wall_s=150"]
+    cmd = [sys.executable, "-m", "payload_sim.hil", str(SCENARIO), "--run-dir", str(run_dir), "--quiet",
+           *[x for s in sets for x in ("--set", s)]]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    commander = [sys.executable, "-m", "ground_link.commander", "--run-dir", str(run_dir / "sat2"), "--timeout", "40"]
+    try:
+        route = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # satellite 2 is live once its flight has processed a frame
+            status = run_dir / "sat2" / "flight.status.json"
+            if status.exists() and json.loads(status.read_text() or "{}").get("frames_processed", 0) >= 1:
+                route = json.loads((run_dir / "sat2" / "launch.json").read_text()).get("route")
+                break
+            time.sleep(0.2)
+        assert route and route["satellite_id"] == 2 and set(route["uplinks"]) == {"baku", "astana"}
+        sent = subprocess.run([*commander, "send", "set_param", "param=housekeeping_period_s", "value=1234"],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert sent.returncode == 0, sent.stderr[-2000:]
+        rep = json.loads(sent.stdout.strip().splitlines()[-1])
+        assert rep["kind"] == "COMPLETED" and rep["counter"] == 1, rep
+        up = subprocess.run([*commander, "upload", str(REPO / "models" / "cloud_screen.card.json")], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+        assert up.returncode == 2 and "not supported yet" in up.stderr and "Traceback" not in up.stderr, up.stderr
+        out, err = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        left = kill_leftovers(run_dir)
+    assert not left, f"processes left behind: {left}"
+    assert proc.returncode == 0, err[-3000:]
+    db = Db(run_dir / "archive.sqlite", read_only=True)
+    events = db.execute("SELECT satellite_id, message FROM events").fetchall()
+    db.close()
+    done = [(sat, m) for sat, m in events if "SET_PARAM completed" in m]
+    assert [sat for sat, _ in done] == [2], done  # satellite 1 never got it
+    assert any(sat == 2 and "housekeeping_period_s = 1234" in m for sat, m in events)
+    reports = subprocess.run([*commander, "reports"], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert reports.returncode == 0 and [json.loads(x)["kind"] for x in reports.stdout.splitlines()] == \
+        ["ACCEPTED", "COMPLETED"], reports.stdout + reports.stderr
