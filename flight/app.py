@@ -299,11 +299,15 @@ class FlightApp:
                 self.plan_ended_reported = True
                 self.emit("CONTACT_PLAN_ENDED", last=self.utc_text(plan.ends_s))
             return None
-        los = plan.los_after(t)
-        if los is None:
+        contact = plan.contact_at(t)
+        if contact is None:
             return float("-inf")
+        aos, los = contact
         timer = self.link_timer
         rtt = timer.srtt_s if timer.srtt_s is not None else timer.rto_s
+        # a pass shorter than a few round trips still carries products (their acks may come in a
+        # later pass): never keep more than a quarter of it back
+        rtt = min(rtt, (los - aos) / self.clock.rate / 4)
         return self.clock.wall_time_of(los - self.cfg.contact_margin_s) - rtt
 
     @property

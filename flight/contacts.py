@@ -121,8 +121,9 @@ class ContactPlan:
         """Is there a plan that still covers t_s? (After its last LOS it is ignored.)"""
         return bool(self.windows) and t_s < self._reach[-1]
 
-    def los_after(self, t_s: float) -> float | None:
-        """The LOS of the contact open at t_s (overlapping windows joined), None outside contact."""
+    def contact_at(self, t_s: float) -> tuple[float, float] | None:
+        """(AOS, LOS) of the contact open at t_s, overlapping windows joined (AOS: of the last
+        window opened before t_s, so never earlier than the contact's start); None outside contact."""
         i = bisect.bisect_right(self._aos, t_s) - 1
         if i < 0 or self._reach[i] <= t_s:
             return None
@@ -131,7 +132,12 @@ class ContactPlan:
         while j < len(self.windows) and self.windows[j].aos_s <= los:
             los = max(los, self.windows[j].los_s)
             j += 1
-        return los
+        return self.windows[i].aos_s, los
+
+    def los_after(self, t_s: float) -> float | None:
+        """The LOS of the contact open at t_s, None outside contact."""
+        c = self.contact_at(t_s)
+        return c[1] if c else None
 
     def next_aos(self, t_s: float) -> float | None:
         i = bisect.bisect_right(self._aos, t_s)

@@ -52,6 +52,7 @@ def test_overlapping_passes_of_two_stations_join_into_one_contact():
     assert p.los_after(550.0) is None and p.los_after(650.0) == 700.0
     inside = plan(("a", 0.0, 1000.0), ("b", 100.0, 200.0))  # a short pass inside a long one
     assert inside.los_after(150.0) == 1000.0 and inside.los_after(500.0) == 1000.0
+    assert p.contact_at(280.0) == (250.0, 500.0) and p.contact_at(550.0) is None
 
 
 def test_no_plan_governs_nothing():
