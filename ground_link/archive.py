@@ -171,6 +171,56 @@ class Db:
 TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
 
 
+def reader(target: str | Path) -> Db:
+    """A read-only connection whose rows read by column name (`row["product_id"]`) on both back ends:
+    what the console and the exports read a (shared) archive through."""
+    db = Db(target, read_only=True)
+    try:
+        if db.dialect == "sqlite":
+            db.conn.row_factory = sqlite3.Row
+            _pre18_views(db)
+        else:
+            from psycopg.rows import dict_row
+
+            db.conn.row_factory = dict_row
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _pre18_views(db: Db) -> None:
+    """An SQLite archive written before issue #18 (one satellite; no satellite or station columns):
+    temporary views that add satellite 1 and no station, so a reader queries every archive alike.
+    Temporary objects shadow the file's tables and need no write access to it."""
+    for table, wanted in (("products", ("satellite_id", "station")), ("alerts", ("satellite_id", "station")),
+                          ("telemetry", ("satellite_id",)), ("chips", ("satellite_id",))):
+        have = {r[1] for r in db.execute(f"PRAGMA main.table_info({table})")}
+        missing = [c for c in wanted if have and c not in have]
+        if missing:
+            extra = ", ".join(f"{'1' if c == 'satellite_id' else 'NULL'} AS {c}" for c in missing)
+            db.execute(f"CREATE TEMP VIEW {table} AS SELECT *, {extra} FROM main.{table}")
+
+
+def archive_target(path: str | Path) -> str | Path:
+    """The archive a path means: a postgresql:// URL as is; a run folder: the archive its
+    constellation.json names (a constellation's shared archive: its PostgreSQL server while the run
+    goes on, RUN/archive.sqlite, the copy, after it), else its archive.sqlite; a file: itself."""
+    if is_postgres(path):
+        return str(path)
+    path = Path(path)
+    if path.is_dir():
+        info = path / "constellation.json"
+        if info.exists():
+            try:
+                named = json.loads(info.read_text())["archive"]
+                return named if is_postgres(named) else Path(named)
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        return path / "archive.sqlite"
+    return path
+
+
 def copy_archive(source: str | Path, dest: Path) -> int:
     """Copy every row of an archive (a constellation's PostgreSQL one, before its throwaway server
     is deleted) into a new SQLite archive at `dest`, same schema and ids, so the operator tools

@@ -17,6 +17,12 @@
 - **PNG**: every image chip and quicklook as a file named
   `frame<frame>_<epoch>-<n>_<class>.png` (class fire, ship, requested or quicklook).
 
+A constellation's archive (issue #18: several satellites, several stations, docs/ground.md) holds
+products of several satellites whose product ids collide, so everything here is keyed by
+(satellite id, product id): chips are read by both, and each alert, feature, row and CAP info says
+which satellite and which station (`satellite_id`, `station`). An archive of one station (rows
+without a station) exports exactly as before.
+
 Scenario seconds become UTC through the scenario epoch: `run_context` reads RUN_DIR/launch.json
 (the scenario file and its overrides, written by the launcher); without it the default epoch of
 flight.config is used and a note goes to stderr.
@@ -29,7 +35,6 @@ import dataclasses
 import io
 import json
 import math
-import sqlite3
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -60,16 +65,30 @@ CHIP_CLASS = {1: "ship", 2: "fire", 0: "requested", 255: "quicklook"}
 class RunContext:
     """What exports and the console know about the run an archive came from."""
 
-    archive: Path
+    archive: Path | str  # an SQLite file, or a postgresql:// URL (a constellation's shared archive)
     run_dir: Path
     scenario: Scenario | None
     epoch: datetime
     clock_start: float | None = None  # wall time of scenario t = 0 (launch.json)
     note: str = ""  # why the scenario could not be loaded, when it could not
+    constellation: dict | None = None  # RUN_DIR/constellation.json of a constellation's run (issue #18)
+    follow: bool = False  # read the archive constellation.json names each time (see target())
 
     @property
     def rate(self) -> float:
+        if self.constellation is not None:
+            return float(self.constellation.get("clock_rate", 1.0))
         return self.scenario.scenario.clock_rate if self.scenario else 1.0
+
+    def target(self) -> Path | str:
+        """The archive to read now. A constellation's launcher points constellation.json at the
+        SQLite copy when its throwaway PostgreSQL server is deleted at the end of the run, so a
+        reader that follows the run folder looks again each time."""
+        if not self.follow:
+            return self.archive
+        from ground_link.archive import archive_target
+
+        return archive_target(self.run_dir)
 
     def now_s(self, wall: float) -> float | None:
         """Scenario seconds at this wall time (None without the run's clock)."""
@@ -80,11 +99,20 @@ class RunContext:
 
 
 def run_context(path: str | Path) -> RunContext:
-    """From a run folder or its archive.sqlite: the scenario (launch.json) and its epoch."""
+    """From a run folder or its archive.sqlite: the scenario (launch.json) and its epoch. A
+    constellation's run folder: its constellation.json (issue #18). A postgresql:// URL alone: the
+    default epoch (give the run folder, or query's --epoch)."""
+    from ground_link.archive import is_postgres
+
+    default = parse_epoch(ScenarioSection().epoch)
+    if is_postgres(path):
+        return RunContext(str(path), Path("."), None, default,
+                          note=f"an archive URL without its run folder: times use the default epoch {ScenarioSection().epoch}")
     path = Path(path)
     run_dir, archive = (path, path / "archive.sqlite") if path.is_dir() else (path.parent, path)
     launch = run_dir / "launch.json"
-    default = parse_epoch(ScenarioSection().epoch)
+    if not launch.exists() and (run_dir / "constellation.json").exists():
+        return constellation_context(run_dir, None if path.is_dir() else archive)
     if not launch.exists():
         return RunContext(archive, run_dir, None, default,
                           note=f"no {launch.name} beside the archive: times use the default epoch {ScenarioSection().epoch}")
@@ -95,6 +123,25 @@ def run_context(path: str | Path) -> RunContext:
         return RunContext(archive, run_dir, None, default, record_clock(launch),
                           note=f"{launch}: {exc}: times use the default epoch {ScenarioSection().epoch}")
     return RunContext(archive, run_dir, scenario, parse_epoch(scenario.scenario.epoch), record_clock(launch))
+
+
+def constellation_context(run_dir: Path, archive: Path | None = None) -> RunContext:
+    """A constellation's run folder: archive, epoch, clock and scenario from its constellation.json
+    (payload_sim.constellation writes it). `archive` given: that file, else the one the run folder
+    names, followed as it moves from the PostgreSQL server to the copy."""
+    from ground_link.archive import archive_target
+
+    path = run_dir / "constellation.json"
+    info = json.loads(path.read_text())
+    epoch = parse_epoch(info.get("epoch", ScenarioSection().epoch))
+    clock = info.get("clock_start")
+    scenario, note = None, ""
+    try:
+        scenario = load_scenario(info["scenario"], info.get("overrides", []))
+    except (OSError, ValueError, KeyError, ConfigError) as exc:
+        note = f"{path}: scenario not loaded ({exc}): no sensor, contact plan or partners file from it"
+    return RunContext(archive if archive is not None else archive_target(run_dir), run_dir, scenario, epoch,
+                      None if clock is None else float(clock), note, constellation=info, follow=archive is None)
 
 
 def record_clock(launch: Path) -> float | None:
@@ -139,9 +186,10 @@ def _pos(rec: dict) -> tuple[float, float] | None:
 
 
 def alert_properties(rec: dict, epoch: datetime) -> dict:
-    """The fields every export carries for one alert (a row of ground_link.query's alerts)."""
+    """The fields every export carries for one alert (a row of ground_link.query's alerts). A row of
+    a constellation's archive (it has a station) adds which satellite and which station."""
     pid = rec.get("product_id")
-    return {
+    props = {
         "id": rec.get("id"),
         "product_id": pid,
         "product": product_label(pid) if isinstance(pid, int) else None,
@@ -160,6 +208,13 @@ def alert_properties(rec: dict, epoch: datetime) -> dict:
         "throttled": bool(rec.get("throttled")),
         "message": rec.get("message"),
     }
+    if rec.get("station"):  # product ids repeat across satellites: the satellite makes it one product
+        props |= {"satellite_id": rec.get("satellite_id"), "station": rec["station"]}
+    return props
+
+
+def _constellation(rows: list[dict]) -> bool:
+    return any(r.get("station") for r in rows)
 
 
 def alerts_geojson(rows: list[dict], epoch: datetime) -> dict:
@@ -179,6 +234,9 @@ def alerts_geojson(rows: list[dict], epoch: datetime) -> dict:
 def alerts_csv(rows: list[dict], epoch: datetime) -> str:
     cols = ["latitude", "longitude", "acq_datetime_utc", "confidence", "class", "severity", "frame_id", "product",
             "product_id", "area_px", "received_utc", "capture_time_s", "alert_id"]
+    multi = _constellation(rows)  # a constellation's archive: two more columns (one station's: as before)
+    if multi:
+        cols += ["satellite_id", "station"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
@@ -187,7 +245,8 @@ def alerts_csv(rows: list[dict], epoch: datetime) -> str:
         pos = _pos(rec)
         w.writerow([f"{pos[0]:.6f}" if pos else "", f"{pos[1]:.6f}" if pos else "", p["capture_time"] or "",
                     p["confidence"], p["class"], p["severity"], p["frame_id"], p["product"], p["product_id"],
-                    p["area_px"], p["received_time"] or "", p["capture_time_s"], p["id"]])
+                    p["area_px"], p["received_time"] or "", p["capture_time_s"], p["id"]]
+                   + ([p.get("satellite_id", ""), p.get("station", "")] if multi else []))
     return buf.getvalue()
 
 
@@ -228,6 +287,8 @@ def alerts_kml(rows: list[dict], epoch: datetime, name: str = "Onboard payload a
 def cap_identifier(rec: dict, sender: str = CAP_SENDER) -> str:
     pid = rec.get("product_id")
     label = product_label(pid).replace(":", "-") if isinstance(pid, int) else f"alert-{rec.get('id')}"
+    if rec.get("station") and rec.get("satellite_id") is not None:  # ids repeat across satellites
+        label = f"sat{rec['satellite_id']}.{label}"
     return f"{sender.split('@')[-1]}.alert.{label}"
 
 
@@ -268,10 +329,13 @@ def cap_alert(rec: dict, epoch: datetime, sender: str = CAP_SENDER, scope: str =
     pos = _pos(rec)
     where = f"{pos[0]:.5f}, {pos[1]:.5f}" if pos else "position unknown"
     ET.SubElement(info, c("headline")).text = f"{EVENT_TEXT.get(cls, cls)} ({sev}), confidence {conf:.2f}"
+    via = f" of satellite {p['satellite_id']}, received via {p['station']}" if "station" in p else ""
     ET.SubElement(info, c("description")).text = (
-        f"{EVENT_TEXT.get(cls, cls)} at {where} in frame {p['frame_id']} captured {p['capture_time'] or 'unknown'}, "
+        f"{EVENT_TEXT.get(cls, cls)} at {where} in frame {p['frame_id']}{via} captured {p['capture_time'] or 'unknown'}, "
         f"confidence {conf:.2f}, {p['area_px']} pixels. Product {p['product']}.")
-    for name in ("confidence", "frame_id", "product", "area_px", "capture_time"):
+    for name in ("confidence", "frame_id", "product", "area_px", "capture_time", "satellite_id", "station"):
+        if name not in p:  # satellite and station: a constellation's alerts only
+            continue
         if p[name] is not None:
             par = ET.SubElement(info, c("parameter"))
             ET.SubElement(par, c("valueName")).text = name
@@ -334,16 +398,22 @@ def render_alerts(rows: list[dict], fmt: str, epoch: datetime, **cap_kw) -> str:
 def chip_filename(rec: dict) -> str:
     pid = rec["product_id"]
     label = CHIP_CLASS.get(int(rec.get("class_id", -1)), "chip")
-    return f"frame{rec.get('frame_id', 0):05d}_{product_label(pid).replace(':', '-')}_{label}.png"
+    # a constellation's chip: frame and product ids repeat across satellites, the prefix keeps them apart
+    sat = f"sat{rec.get('satellite_id', 1)}_" if rec.get("station") else ""
+    return f"{sat}frame{rec.get('frame_id', 0):05d}_{product_label(pid).replace(':', '-')}_{label}.png"
 
 
-def chip_png(archive: str | Path, product_id: int) -> bytes | None:
-    db = sqlite3.connect(f"file:{archive}?mode=ro", uri=True)
+def chip_png(archive: str | Path, product_id: int, satellite_id: int = 1) -> bytes | None:
+    """The PNG of one chip, by (satellite id, product id); `archive` a file or a postgresql:// URL."""
+    from ground_link.archive import reader
+
+    db = reader(archive)  # (an archive from before issue #18 reads as satellite 1)
     try:
-        row = db.execute("SELECT png FROM chips WHERE product_id = ?", (product_id,)).fetchone()
+        row = db.execute("SELECT png FROM chips WHERE satellite_id = ? AND product_id = ?",
+                         (satellite_id, product_id)).fetchone()
     finally:
         db.close()
-    return bytes(row[0]) if row else None
+    return bytes(row["png"]) if row else None
 
 
 def export_pngs(archive: str | Path, rows: list[dict], out_dir: Path) -> list[Path]:
@@ -351,7 +421,8 @@ def export_pngs(archive: str | Path, rows: list[dict], out_dir: Path) -> list[Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for rec in rows:
-        data = chip_png(archive, rec["product_id"])
+        # query() rows of a one-station archive carry no satellite id: satellite 1
+        data = chip_png(archive, rec["product_id"], rec.get("satellite_id", 1))
         if data is None:
             continue
         path = out_dir / chip_filename(rec)
@@ -363,12 +434,15 @@ def export_pngs(archive: str | Path, rows: list[dict], out_dir: Path) -> list[Pa
 # --- the query CLI's entry --------------------------------------------------------------------------
 
 
-def write_export(archive: Path, kind: str, fmt: str, rows: list[dict], out: Path | None,
-                 partner: str | None = None, partners_file: Path | None = None, epoch: datetime | None = None) -> int:
+def write_export(archive: Path | str, kind: str, fmt: str, rows: list[dict], out: Path | None,
+                 partner: str | None = None, partners_file: Path | None = None, epoch: datetime | None = None,
+                 ctx: RunContext | None = None) -> int:
     """`python -m ground_link.query ... --format FMT [--out PATH] [--partner NAME]`: rows are what
     query() returned for the other filters. With a partner, only what its rule allows is kept
-    (ground_link.partners). `epoch` (query's --epoch) overrides the run's. Returns the exit status."""
-    ctx = run_context(archive)
+    (ground_link.partners). `epoch` (query's --epoch) overrides the run's. `archive`: a file or a
+    postgresql:// URL; `ctx`: the run it belongs to when not beside it (query --db). Returns the
+    exit status."""
+    ctx = run_context(archive) if ctx is None else dataclasses.replace(ctx, archive=archive, follow=False)
     if epoch is not None:
         ctx = dataclasses.replace(ctx, epoch=epoch, note="")
     if ctx.note:

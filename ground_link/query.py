@@ -329,6 +329,27 @@ def format_row(rec: dict, epoch: datetime | None = None) -> str:
     return "  ".join(head + names + fields)
 
 
+def _export(args, target: str, epoch: datetime | None) -> int:
+    """Export from a shared PostgreSQL archive (--db, or a live constellation run folder's): rows by
+    query() as for a file, the run's epoch and scenario from the run folder when one is given."""
+    from ground_link.export import run_context, write_export
+
+    ctx = run_context(args.archive if args.archive is not None else target)
+    known = epoch is not None or ctx.scenario is not None or ctx.constellation is not None
+    if not known and any(isinstance(v, datetime) for v in (args.since, args.until)):
+        print("query: --since/--until as a UTC time needs the scenario epoch (--epoch)", file=sys.stderr)
+        return 2
+    ref = epoch or ctx.epoch
+    window = [(v - ref).total_seconds() if isinstance(v, datetime) else v for v in (args.since, args.until)]
+    try:
+        rows = query(target, args.kind, window[0], window[1], args.cls, args.region, args.frame, args.throttled,
+                     args.limit)
+    except Exception as exc:  # noqa: BLE001 (psycopg's errors, an unreachable server)
+        print(f"query: {target}: not a readable archive ({exc})", file=sys.stderr)
+        return 2
+    return write_export(target, args.kind, args.format, rows, args.out, args.partner, args.partners, epoch, ctx=ctx)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = CliParser(prog="python -m ground_link.query", description="Query the ground archive (names and UTC times)",
                   epilog="Times: UTC needs the scenario epoch, from --epoch or the run's launch.json beside the "
@@ -355,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partner", help="export only what this partner's access rule allows (ground_link/partners.py)")
     p.add_argument("--partners", type=Path, help="partners file for --partner (default: the scenario's, else the demo's)")
     args = p.parse_args(join_negative(sys.argv[1:] if argv is None else list(argv), {"--region"}))
-    if args.db:  # issue #18: a constellation's shared archive (listing; exports read archive files)
+    if args.db and args.format:  # a shared archive exported (issue #18); the run folder, if given, for its epoch
+        return _export(args, args.db, args.epoch)
+    if args.db:  # issue #18: a constellation's shared archive
         try:
             rows = query(args.db, args.kind, args.since if not isinstance(args.since, datetime) else None,
                          args.until if not isinstance(args.until, datetime) else None, args.cls, args.region,
@@ -371,6 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         print("query: the following arguments are required: archive (a run folder or its archive.sqlite), "
               "or --db postgresql://...", file=sys.stderr)
         return 2
+    from ground_link.archive import archive_target
+
+    # a constellation's run folder: the archive its constellation.json names (its PostgreSQL
+    # server while the run goes on, the copy RUN/archive.sqlite after)
+    target = archive_target(args.archive)
+    if isinstance(target, str) and args.format:
+        return _export(args, target, args.epoch)
     archive = args.archive / "archive.sqlite" if args.archive.is_dir() else args.archive
     if not archive.exists():
         where = f"{args.archive} holds no archive.sqlite" if args.archive.is_dir() else f"no archive at {archive}"
@@ -393,12 +423,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"query: {archive}: not a readable archive ({exc})", file=sys.stderr)
         return 2
     if args.format:  # exports (issue #14): ground_link/export.py
-        if (archive.parent / "constellation.json").exists():
-            # exports and partner rules find chips and their detections by product id alone, and
-            # product ids of different satellites collide (docs/ground.md)
-            print("query: exports (--format) are for a one-satellite archive; a constellation's can be listed "
-                  "(without --format), not exported yet", file=sys.stderr)
-            return 2
         from ground_link.export import write_export
 
         return write_export(archive, args.kind, args.format, rows, args.out, args.partner, args.partners, epoch)

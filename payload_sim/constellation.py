@@ -580,8 +580,6 @@ def run(args, scenario, expect: dict) -> int:
 
     run_dir = args.run_dir or Path("runs") / f"{scenario.scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    if args.console or args.console_stay:
-        print("constellation: --console is not available for a constellation yet (docs/ground.md)", file=sys.stderr)
     faults = scenario.extra.get("faults", {}) or {}
     kill_name, kill_at = faults.get("kill_station"), faults.get("kill_station_at_s")
     restart_at = faults.get("restart_station_at_s")
@@ -598,8 +596,16 @@ def run(args, scenario, expect: dict) -> int:
         "archive": launch.archive, "dialect": "postgresql" if launch.archive.startswith("postgres") else "sqlite",
         "satellites": [s.id for s in launch.sats], "stations": launch.stations, "clock_start": launch.clock_start,
         "clock_rate": scenario.scenario.clock_rate, "epoch": scenario.scenario.epoch,
-        "scenario": str(Path(args.scenario).resolve()), "feeds": launch.feeds}
+        "scenario": str(Path(args.scenario).resolve()), "feeds": launch.feeds,
+        "overrides": list(args.overrides)}  # the console loads the same scenario (sensor, passes, partners)
     (run_dir / "constellation.json").write_text(json.dumps(info, indent=1) + "\n")
+    # the operator console (--console, ground.console_port): one more process, on this run folder, so
+    # on the shared archive constellation.json names (issue #18, docs/console.md); as in hil.py it
+    # is optional (its death never fails the run), stops with the run or, with --console-stay,
+    # serves the archive's copy afterwards until Ctrl-C
+    from ground_link.console.launch import ConsoleProcess
+
+    console = ConsoleProcess.start(scenario, run_dir, enabled=args.console or args.console_stay)
     print(f"constellation: scenario {scenario.scenario.name}: {len(launch.sats)} satellites x {len(launch.stations)} "
           f"stations ({', '.join(launch.stations)}), {scenario.scenario.frames} frames each, run folder {run_dir}",
           file=sys.stderr)
@@ -691,7 +697,10 @@ def run(args, scenario, expect: dict) -> int:
     finally:
         launch.close()
     summary["station_killed"] = kill_name if killed else None
-    return write_summary(summary, expect, code, failure, run_dir, "constellation")
+    code = write_summary(summary, expect, code, failure, run_dir, "constellation")
+    if console is not None:  # after keep_archive: constellation.json names the copy the console now reads
+        console.finish(stay=args.console_stay and code != 130)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

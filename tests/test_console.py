@@ -611,7 +611,7 @@ def browser_login(d, base: str, name: str, password: str) -> None:
 def alerts_in_page(d) -> list[dict]:
     return d.execute_script("return Array.from(window.consoleState.alerts.values()).map(a => "
                             "({id: a.id, cls: a.class, via: a.via, seen_ms: a.seen_ms, received_wall: a.received_wall, "
-                            "product_id: a.product_id, chip: window.consoleState.chipsByDetection.get(a.product_id)}))")
+                            "product_id: a.product_id, chip: window.consoleState.chipsByDetection.get(a.key)}))")
 
 
 def markers(d, css: str) -> int:

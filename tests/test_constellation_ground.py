@@ -207,7 +207,13 @@ def test_a_kept_copy_of_the_archive_serves_the_tools_after_the_run(target, tmp_p
         assert query.main([str(run_dir), "--kind", "alerts"]) == 0
         out = capsys.readouterr()
         assert "2026-11-28T18:30:00" in out.out and "sat 1 via baku" in out.out and "epoch" not in out.err
-        assert query.main([str(run_dir), "--kind", "alerts", "--format", "csv"]) == 2
-        assert "not exported yet" in capsys.readouterr().err
-    assert console_main([str(run_dir)]) == 2
-    assert "constellation" in capsys.readouterr().err
+        # exports key by (satellite, product) now (tests/test_console_constellation.py): each row says which
+        assert query.main([str(run_dir), "--kind", "alerts", "--format", "csv"]) == 0
+        rows = capsys.readouterr().out.splitlines()
+        assert rows[0].endswith(",satellite_id,station") and len(rows) == 3
+    # the console serves a constellation's run folder now: its context reads the archive constellation.json names
+    from ground_link.export import run_context
+
+    ctx = run_context(run_dir)
+    assert ctx.constellation is not None and ctx.target() == copy
+    assert console_main([str(run_dir / "nowhere")]) == 2

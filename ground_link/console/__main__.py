@@ -1,5 +1,8 @@
 """python -m ground_link.console RUN_DIR_OR_ARCHIVE [--port N] [--host H] [--partners FILE]
 
+RUN_DIR may be a constellation's run folder (issue #18): the console then reads the shared archive
+its constellation.json names (PostgreSQL while the run goes on, the SQLite copy after it).
+
 Serves the operator console on the archive of a run (live while the station writes it, or after
 the run has ended) until Ctrl-C or SIGTERM. Prints `console: http://HOST:PORT/` once it listens.
 """
@@ -28,15 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.path.exists():
         print(f"console: {args.path} does not exist", file=sys.stderr)
         return 2
-    run_dir = args.path if args.path.is_dir() else args.path.parent
-    if (run_dir / "constellation.json").exists():
-        # the console keys chips, telemetry and its feed by product id alone and shows one link;
-        # a constellation's archive holds several satellites whose ids collide (docs/ground.md)
-        print(f"console: {run_dir} is a constellation's run: the console shows one satellite's archive and "
-              "cannot show this one yet; use python -m ground_link.watch or ground_link.query on it",
-              file=sys.stderr)
+    try:
+        # a constellation's run folder (issue #18): the shared archive its constellation.json names
+        ctx = run_context(args.path)
+    except (OSError, ValueError) as exc:
+        print(f"console: {args.path}: {exc}", file=sys.stderr)
         return 2
-    ctx = run_context(args.path)
     if ctx.note:
         print(f"console: {ctx.note}", file=sys.stderr)
     try:
@@ -51,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     def ready(server) -> None:
-        print(f"console: http://{args.host}:{bound_port(server)}/  (archive {ctx.archive}, "
-              f"{len(partners)} logins)", flush=True)
+        what = f"archive {ctx.archive}"
+        if ctx.constellation is not None:
+            c = ctx.constellation
+            what = (f"constellation: {len(c.get('satellites', []))} satellites x {len(c.get('stations', []))} stations, "
+                    f"shared archive {'PostgreSQL' if isinstance(ctx.archive, str) else ctx.archive}")
+        print(f"console: http://{args.host}:{bound_port(server)}/  ({what}, {len(partners)} logins)", flush=True)
 
     try:
         serve(ctx, partners, args.host, args.port, exit_with_parent=args.exit_with_parent, on_ready=ready)

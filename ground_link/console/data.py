@@ -8,6 +8,13 @@ archived a product); records carry both and their UTC text. The live feed follow
 with a cursor `(last alert id, last product received_wall)`: the station archives one product at
 a time, so received_wall grows with the order products become visible, and a partner's delay
 (`received_wall <= now - delay_s`) releases products in that same order.
+
+A constellation's archive (issue #18, docs/ground.md) holds several satellites, on SQLite or
+PostgreSQL (read through ground_link.archive.reader, rows by column name on both). Product ids
+and frame ids repeat across satellites, so every product is keyed by (satellite id, product id)
+and every frame by (satellite id, frame id): records carry `satellite_id`, `station` (None for a
+one-station archive), `key` ("sat:product") and `frame_key` ("sat:frame"); a chip is matched to
+detections and frames of its own satellite only; the feed's cursor remembers (satellite, product).
 """
 
 from __future__ import annotations
@@ -15,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,12 +31,14 @@ from typing import Any
 from flight.config import Scenario
 from flight.dictionary import EVENTS_BY_ID, TELEMETRY_BY_ID, DetectionClass, Mode, Severity
 from flight.products import product_label
+from ground_link.archive import reader
 from ground_link.export import CHIP_CLASS, RunContext, wall_text
 from ground_link.partners import DEMO_FILE, Partner, load_partners
 
 CHIP_MATCH_PX = 32.0  # a chip belongs to the detection of its class nearest its centre, within this
 STATUS_FRESH_S = 3.0  # a status file older than this: the process is not running (the run ended)
 LIMIT = 5000  # newest rows per kind in a snapshot
+PRODUCT_COLS = "kind, product_id, frame_id, time_s, received_wall, fields, satellite_id, station"
 
 
 def partners_for(path: str | Path | None, scenario: Scenario | None) -> dict[str, Partner]:
@@ -48,6 +56,22 @@ def class_of(class_id: int | None) -> str | None:
 
 def _num(v) -> float | None:
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+
+
+def chip_url(sat: int, pid: int) -> str:
+    """`/api/chips/<pid>.png` is satellite 1 (a one-station archive's only one); others name theirs."""
+    return f"/api/chips/{pid}.png" if sat == 1 else f"/api/chips/{sat}/{pid}.png"
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between ranks, as numpy's default (the run's summary uses numpy)."""
+    if not values:
+        return None
+    v = sorted(values)
+    x = (len(v) - 1) * q / 100.0
+    lo = math.floor(x)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (x - lo)
 
 
 # --- housekeeping display ------------------------------------------------------------------------
@@ -97,7 +121,7 @@ def channel_state(cid: int, value: float) -> str:
 class Cursor:
     alert_id: int = 0
     wall: float = 0.0
-    seen: set[int] = field(default_factory=set)  # products at exactly `wall` already sent
+    seen: set[tuple[int, int]] = field(default_factory=set)  # (satellite, product) at exactly `wall` already sent
 
     def text(self) -> str:
         return f"{self.alert_id}:{self.wall!r}"
@@ -110,12 +134,12 @@ class Cursor:
         except ValueError:
             return None
 
-    def advance(self, rows: list[tuple[int, float]]) -> None:
-        """rows: (product_id, received_wall) read since the cursor, in received_wall order."""
-        for pid, wall in rows:
+    def advance(self, rows: list[tuple[tuple[int, int], float]]) -> None:
+        """rows: ((satellite_id, product_id), received_wall) read since the cursor, in received_wall order."""
+        for key, wall in rows:
             if wall > self.wall:
                 self.wall, self.seen = wall, set()
-            self.seen.add(pid)
+            self.seen.add(key)
 
 
 class ArchiveView:
@@ -126,25 +150,30 @@ class ArchiveView:
 
     # --- reading -------------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection | None:
-        if not self.ctx.archive.exists():
+    @property
+    def multi(self) -> bool:
+        """A constellation's run (several satellites and stations)."""
+        return self.ctx.constellation is not None
+
+    def _connect(self):
+        target = self.ctx.target()  # a constellation's: PostgreSQL during the run, the SQLite copy after
+        if not isinstance(target, str) and not target.exists():
             return None
-        db = sqlite3.connect(f"file:{self.ctx.archive}?mode=ro", uri=True, timeout=2.0)
-        db.row_factory = sqlite3.Row
-        return db
+        return reader(target)
 
     def _read(self, fn, default):
-        """fn(db) on a fresh read-only connection; `default` while there is no archive or its
-        tables are being created."""
+        """fn(db) on a fresh read-only connection (SQLite or PostgreSQL); `default` while there is
+        no archive, its tables are being created, or its server is gone (a constellation's, at the
+        end of the run, until constellation.json names the copy)."""
         try:
             db = self._connect()
-        except sqlite3.Error:
+        except Exception:  # noqa: BLE001 (sqlite3 or psycopg: no archive to read yet, or any more)
             return default
         if db is None:
             return default
         try:
             return fn(db)
-        except sqlite3.Error:
+        except db.Error:
             return default
         finally:
             db.close()
@@ -160,8 +189,10 @@ class ArchiveView:
         return self.ctx.utc(now_s) if now_s is not None else wall_text(wall)
 
     def alert_record(self, row) -> dict:
-        pid = row["product_id"]
-        return {"id": row["id"], "product_id": pid, "product": product_label(pid), "severity": row["severity"],
+        pid, sat = row["product_id"], row["satellite_id"]
+        return {"id": row["id"], "product_id": pid, "product": product_label(pid), "satellite_id": sat,
+                "station": row["station"], "key": f"{sat}:{pid}", "frame_key": f"{sat}:{row['frame_id']}",
+                "severity": row["severity"],
                 "class": row["class"], "confidence": row["confidence"], "lat": _num(row["lat_deg"]),
                 "lon": _num(row["lon_deg"]), "frame_id": row["frame_id"], "capture_time_s": row["time_s"],
                 "capture_utc": self.ctx.utc(row["time_s"]), "received_wall": row["received_wall"],
@@ -173,9 +204,12 @@ class ArchiveView:
     def product_record(self, row) -> dict | None:
         """A products row (kind, product_id, frame_id, time_s, received_wall, fields) as shown."""
         f = json.loads(row["fields"])
-        pid, wall = row["product_id"], row["received_wall"]
+        pid, wall, sat = row["product_id"], row["received_wall"], row["satellite_id"]
         base = {"product_id": pid, "product": product_label(pid), "received_wall": wall,
-                "received_utc": self.received_utc(wall)}
+                "received_utc": self.received_utc(wall), "satellite_id": sat, "station": row["station"],
+                "key": f"{sat}:{pid}"}
+        if f.get("frame_id") is not None:
+            base["frame_key"] = f"{sat}:{f['frame_id']}"
         kind = row["kind"]
         if kind == "Detection":
             return base | {"kind": "detection", "frame_id": f["frame_id"], "class": class_of(f["class_id"]),
@@ -196,8 +230,8 @@ class ArchiveView:
                            "class_id": f["class_id"], "class": class_of(f["class_id"]), "label": label,
                            "row_px": f["row_px"], "col_px": f["col_px"], "height_px": f["height_px"],
                            "width_px": f["width_px"], "capture_time_s": f["capture_time_s"],
-                           "capture_utc": self.ctx.utc(f["capture_time_s"]), "url": f"/api/chips/{pid}.png",
-                           "detection_id": None, "lat": None, "lon": None}
+                           "capture_utc": self.ctx.utc(f["capture_time_s"]), "url": chip_url(sat, pid),
+                           "detection_id": None, "detection_key": None, "lat": None, "lon": None}
         if kind == "Housekeeping":
             return base | {"kind": "housekeeping", "time_s": f["time_s"], "time_utc": self.ctx.utc(f["time_s"])}
         if kind == "Event":
@@ -215,36 +249,37 @@ class ArchiveView:
         """Give each chip the position (and detection) it is judged by: the detection of its class
         nearest its centre in the same frame, else (quicklooks, requested chips) the frame's
         centre. Mutates and returns the records."""
+        wanted = {c["frame_key"] for c in chips}  # frames of the chips' own satellites only
         frames = sorted({c["frame_id"] for c in chips})
         if not frames:
             return chips
-        dets: dict[int, list[dict]] = {}
-        centres: dict[int, dict] = {}
+        dets: dict[str, list[dict]] = {}
+        centres: dict[str, dict] = {}
         for i in range(0, len(frames), 500):
             part = frames[i:i + 500]
-            sql = ("SELECT kind, product_id, frame_id, time_s, received_wall, fields FROM products "
+            sql = (f"SELECT {PRODUCT_COLS} FROM products "
                    f"WHERE kind IN ('Detection', 'FrameSummary') AND frame_id IN ({', '.join('?' * len(part))})")
             for row in db.execute(sql, part):
                 rec = self.product_record(row)
-                if rec is None:
+                if rec is None or rec["frame_key"] not in wanted:
                     continue
                 if rec["kind"] == "detection":
-                    dets.setdefault(rec["frame_id"], []).append(rec)
+                    dets.setdefault(rec["frame_key"], []).append(rec)
                 else:
-                    centres[rec["frame_id"]] = rec
+                    centres[rec["frame_key"]] = rec
         for c in chips:
             best = None
             if c["class"] is not None:
                 cands = [(math.hypot(d["row_px"] - c["row_px"], d["col_px"] - c["col_px"]), d)
-                         for d in dets.get(c["frame_id"], []) if d["class"] == c["class"]]
+                         for d in dets.get(c["frame_key"], []) if d["class"] == c["class"]]
                 cands = [x for x in cands if x[0] <= CHIP_MATCH_PX]
                 if cands:
                     best = min(cands, key=lambda x: x[0])[1]
             if best is not None:
-                c.update(detection_id=best["product_id"], lat=best["lat"], lon=best["lon"],
+                c.update(detection_id=best["product_id"], detection_key=best["key"], lat=best["lat"], lon=best["lon"],
                          judged_wall=max(c["received_wall"], best["received_wall"]))
-            elif c["frame_id"] in centres:
-                fr = centres[c["frame_id"]]
+            elif c["frame_key"] in centres:
+                fr = centres[c["frame_key"]]
                 c.update(lat=fr["lat"], lon=fr["lon"], judged_wall=max(c["received_wall"], fr["received_wall"]))
             else:
                 c["judged_wall"] = c["received_wall"]
@@ -308,8 +343,8 @@ class ArchiveView:
         now = time.time() if now is None else now
 
         def read(db):
-            sql = (f"SELECT kind, product_id, frame_id, time_s, received_wall, fields FROM products WHERE kind IN "
-                   f"({', '.join('?' * len(kinds))}) AND received_wall <= ? ORDER BY time_s DESC, product_id DESC LIMIT ?")
+            sql = (f"SELECT {PRODUCT_COLS} FROM products WHERE kind IN ({', '.join('?' * len(kinds))}) AND "
+                   "received_wall <= ? ORDER BY time_s DESC, satellite_id DESC, product_id DESC LIMIT ?")
             recs = [r for r in (self.product_record(row) for row in db.execute(sql, (*kinds, self.horizon(p, now), limit)))
                     if r is not None]
             recs.reverse()
@@ -319,20 +354,22 @@ class ArchiveView:
 
         return self._visible(p, self._read(read, []), now)
 
-    def chip(self, p: Partner, product_id: int, now: float | None = None) -> tuple[dict, bytes] | None:
-        """(record, PNG) of a chip or quicklook this partner may see; None for anything else,
-        whether it exists or not (a guessed id tells nothing)."""
+    def chip(self, p: Partner, product_id: int, now: float | None = None,
+             satellite_id: int = 1) -> tuple[dict, bytes] | None:
+        """(record, PNG) of a chip or quicklook this partner may see, by (satellite, product); None
+        for anything else, whether it exists or not (a guessed id tells nothing)."""
         now = time.time() if now is None else now
 
         def read(db):
-            row = db.execute("SELECT kind, product_id, frame_id, time_s, received_wall, fields FROM products "
-                             "WHERE product_id = ? AND kind = 'ImageChip'", (product_id,)).fetchone()
-            png = db.execute("SELECT png FROM chips WHERE product_id = ?", (product_id,)).fetchone()
+            key = (satellite_id, product_id)
+            row = db.execute(f"SELECT {PRODUCT_COLS} FROM products "
+                             "WHERE satellite_id = ? AND product_id = ? AND kind = 'ImageChip'", key).fetchone()
+            png = db.execute("SELECT png FROM chips WHERE satellite_id = ? AND product_id = ?", key).fetchone()
             if row is None or png is None:
                 return None
             rec = self.product_record(row)
             self._resolve_chips(db, [rec])
-            return rec, bytes(png[0])
+            return rec, bytes(png["png"])
 
         got = self._read(read, None)
         if got is None or not self.allows(p, got[0], now):
@@ -340,27 +377,28 @@ class ArchiveView:
         return got
 
     def housekeeping(self, p: Partner, now: float | None = None) -> list[dict] | None:
-        """The latest value of every channel, with name, unit, text and limit state; None when the
-        partner may not see housekeeping."""
+        """The latest value of every channel of every satellite, with name, unit, text and limit
+        state; None when the partner may not see housekeeping."""
         now = time.time() if now is None else now
         if not p.allows("housekeeping", None, None, None, 0.0, math.inf):  # the flag; delay applies below
             return None
 
         def read(db):
+            # each satellite's own telemetry: the join is on (satellite, product)
             rows = db.execute(
-                "SELECT t.channel, t.value, t.time_s, p.received_wall FROM telemetry t JOIN products p "
-                "ON p.product_id = t.product_id WHERE p.received_wall <= ? ORDER BY t.time_s, p.received_wall",
-                (self.horizon(p, now),)).fetchall()
-            latest: dict[int, sqlite3.Row] = {}
+                "SELECT t.channel, t.value, t.time_s, t.satellite_id, p.received_wall FROM telemetry t JOIN products p "
+                "ON p.product_id = t.product_id AND p.satellite_id = t.satellite_id WHERE p.received_wall <= ? "
+                "ORDER BY t.time_s, p.received_wall", (self.horizon(p, now),)).fetchall()
+            latest: dict[tuple[int, int], Any] = {}
             for r in rows:
-                latest[r["channel"]] = r
+                latest[(r["satellite_id"], r["channel"])] = r
             return latest
 
         out = []
-        for cid, r in sorted(self._read(read, {}).items()):
+        for (sat, cid), r in sorted(self._read(read, {}).items(), key=lambda kv: (kv[0][1], kv[0][0])):
             ch = TELEMETRY_BY_ID.get(cid)
             name = ch.name if ch else f"channel_{cid}"
-            out.append({"id": cid, "name": name, "description": ch.description if ch else "",
+            out.append({"id": cid, "satellite_id": sat, "name": name, "description": ch.description if ch else "",
                         "unit": channel_unit(name), "value": r["value"], "text": channel_text(name, r["value"]),
                         "state": channel_state(cid, r["value"]), "time_s": r["time_s"],
                         "time_utc": self.ctx.utc(r["time_s"]),
@@ -386,17 +424,21 @@ class ArchiveView:
             "events": [r for r in prods if r["kind"] == "event"][-200:],
             "housekeeping": self.housekeeping(p, now),
             "cursor": cursor.text(),
+            # which satellites and stations (a constellation's run), else None: the page adds columns
+            "constellation": None if not self.multi else {
+                "satellites": list(self.ctx.constellation.get("satellites", [])),
+                "stations": list(self.ctx.constellation.get("stations", []))},
         }
 
     def _start_cursor(self, db, p: Partner, now: float) -> Cursor:
         """Read before the snapshot's rows: whatever the snapshot misses after it, the feed sends
         (the client drops what it already has)."""
         h = self.horizon(p, now)
-        a = db.execute("SELECT max(id) FROM alerts WHERE received_wall <= ?", (h,)).fetchone()[0] or 0
-        rows = db.execute("SELECT product_id, received_wall FROM products WHERE received_wall = "
+        a = db.execute("SELECT max(id) AS last FROM alerts WHERE received_wall <= ?", (h,)).fetchone()["last"] or 0
+        rows = db.execute("SELECT satellite_id, product_id, received_wall FROM products WHERE received_wall = "
                           "(SELECT max(received_wall) FROM products WHERE received_wall <= ?)", (h,)).fetchall()
         c = Cursor(a, 0.0)
-        c.advance([(r[0], r[1]) for r in rows])
+        c.advance([((r["satellite_id"], r["product_id"]), r["received_wall"]) for r in rows])
         return c
 
     def poll(self, p: Partner, cursor: Cursor, now: float | None = None) -> list[tuple[str, dict]]:
@@ -414,20 +456,22 @@ class ArchiveView:
                 cursor.alert_id = max(cursor.alert_id, r["id"])
                 if not r["throttled"]:
                     out.append(("alert", self.alert_record(r)))
-            prows = db.execute("SELECT kind, product_id, frame_id, time_s, received_wall, fields FROM products "
-                               "WHERE received_wall >= ? AND received_wall <= ? ORDER BY received_wall, product_id",
-                               (cursor.wall, h)).fetchall()
-            prows = [r for r in prows if not (r["received_wall"] == cursor.wall and r["product_id"] in cursor.seen)]
-            cursor.advance([(r["product_id"], r["received_wall"]) for r in prows])
+            prows = db.execute(f"SELECT {PRODUCT_COLS} FROM products WHERE received_wall >= ? AND received_wall <= ? "
+                               "ORDER BY received_wall, satellite_id, product_id", (cursor.wall, h)).fetchall()
+            key = lambda r: (r["satellite_id"], r["product_id"])  # noqa: E731 (ids repeat across satellites)
+            prows = [r for r in prows if not (r["received_wall"] == cursor.wall and key(r) in cursor.seen)]
+            cursor.advance([(key(r), r["received_wall"]) for r in prows])
             recs = [rec for rec in (self.product_record(r) for r in prows) if rec is not None]
-            touched = {r["frame_id"] for r in recs if r["kind"] in ("detection", "frame", "chip", "quicklook")}
-            chips: dict[int, dict] = {}
+            touched = {r["frame_key"] for r in recs if r["kind"] in ("detection", "frame", "chip", "quicklook")}
+            chips: dict[str, dict] = {}
             if touched:
-                part = sorted(touched)[:500]
-                sql = ("SELECT kind, product_id, frame_id, time_s, received_wall, fields FROM products WHERE "
+                part = sorted({int(k.split(":")[1]) for k in touched})[:500]
+                sql = (f"SELECT {PRODUCT_COLS} FROM products WHERE "
                        f"kind = 'ImageChip' AND received_wall <= ? AND frame_id IN ({', '.join('?' * len(part))})")
                 for r in db.execute(sql, (h, *part)):
-                    chips[r["product_id"]] = self.product_record(r)
+                    rec = self.product_record(r)
+                    if rec["frame_key"] in touched:  # the same frame id of another satellite is another frame
+                        chips[rec["key"]] = rec
                 self._resolve_chips(db, list(chips.values()))
             for rec in recs:
                 if rec["kind"] in ("chip", "quicklook", "housekeeping"):
@@ -486,6 +530,8 @@ class ArchiveView:
 
     def link(self, p: Partner, now: float | None = None) -> dict:
         now = time.time() if now is None else now
+        if self.multi:
+            return self.constellation_link(p, now)
         chan, chan_age = self._status("channel")
         station, _ = self._status("station")
         active = chan_age is not None and chan_age < STATUS_FRESH_S
@@ -512,6 +558,101 @@ class ArchiveView:
                 out["queue"] = {"products": int(q["value"]), "time_utc": q["time_utc"]}
         return out
 
+    # --- link state of a constellation (issue #18) ----------------------------------------------------
+
+    def constellation_passes(self, now_s: float | None) -> list[dict]:
+        """The next pass of each (satellite, station) pair: the same sgp4 windows the launcher gives
+        each satellite's radio and flight (payload_sim.constellation.pair_contacts)."""
+        sc = self.ctx.scenario
+        if sc is None or now_s is None:
+            return []
+        with self._passes_lock:
+            if self._passes is None:
+                try:
+                    from payload_sim.constellation import pair_contacts
+
+                    orbit = sc.extra.get("orbit", {})
+                    names = list(self.ctx.constellation.get("stations", []))
+                    passes = []
+                    for sat in sc.constellation.satellites:
+                        if sat.id not in self.ctx.constellation.get("satellites", [sat.id]):
+                            continue  # a run of fewer satellites than the scenario file lists
+                        tle1, tle2 = sat.tle1 or orbit.get("tle1", ""), sat.tle2 or orbit.get("tle2", "")
+                        for plan in pair_contacts(sc, names, (tle1, tle2) if tle1 and tle2 else None).values():
+                            passes += [(sat.id, w) for w in plan.windows or []]  # None: always in contact
+                    self._passes = sorted(passes, key=lambda x: x[1].aos_s)
+                except Exception as exc:  # noqa: BLE001 - a bad orbit table must not stop the console
+                    self._passes = []
+                    print(f"console: no contact plan: {exc}", flush=True)
+        nxt: dict[tuple[int, str], Any] = {}
+        for sat, w in self._passes:
+            if w.los_s > now_s and (sat, w.station) not in nxt:
+                nxt[(sat, w.station)] = w
+        return [{"satellite_id": sat, "station": w.station, "aos_s": w.aos_s, "los_s": w.los_s,
+                 "aos_utc": self.ctx.utc(w.aos_s), "los_utc": self.ctx.utc(w.los_s), "in_progress": w.aos_s <= now_s}
+                for (sat, _), w in sorted(nxt.items(), key=lambda kv: (kv[1].aos_s, kv[0]))]
+
+    def station_stats(self, now: float) -> list[dict]:
+        """Per station, from the shared archive: products archived (by satellite) and the latency
+        from capture to archive in scenario seconds (its received_wall on the run's clock less the
+        capture time; the wait for a pass included), as ground_link.watch and the run's summary
+        count it; with the station's own counts from its status file. Cached for a second: every
+        open feed asks once a second."""
+        cached = getattr(self, "_stations_cache", None)
+        if cached is not None and now - cached[0] < 1.0:
+            return cached[1]
+        info = self.ctx.constellation or {}
+        t0, rate, sats = self.ctx.clock_start, self.ctx.rate, list(info.get("satellites", []))
+        rows = self._read(lambda db: db.execute("SELECT station, satellite_id, time_s, received_wall FROM products")
+                          .fetchall(), [])
+        out = []
+        for name in info.get("stations", []):
+            st, age = self._status(f"{name}/station")
+            mine = [r for r in rows if r["station"] == name]
+            lat = [(r["received_wall"] - t0) * rate - r["time_s"] for r in mine
+                   if t0 is not None and r["time_s"] is not None and r["received_wall"] is not None]
+            out.append({"station": name, "running": age is not None and age < STATUS_FRESH_S,
+                        "products_archived": len(mine),
+                        "by_satellite": {str(s): sum(1 for r in mine if r["satellite_id"] == s) for s in sats},
+                        "duplicates": st.get("duplicates"), "acks_shared": st.get("acks_shared"),
+                        "alerts": st.get("alerts"),
+                        **{f"latency_s_{k}": None if (v := percentile(lat, q)) is None else round(v, 1)
+                           for k, q in (("p50", 50), ("p99", 99), ("max", 100))}})
+        self._stations_cache = (now, out)
+        return out
+
+    def constellation_link(self, p: Partner, now: float) -> dict:
+        """Each satellite's link (stations in view, LOS, next AOS: its radio's status file while the
+        run goes on), the next pass of each pair, each satellite's onboard queue as last reported,
+        and (operators) each station's counts and capture-to-archive latency."""
+        info = self.ctx.constellation or {}
+        now_s = self.ctx.now_s(now)
+        hk = self.housekeeping(p, now)
+        queues = {c["satellite_id"]: c for c in hk or [] if c["name"] == "store_products"}
+        sats, active = [], False
+        for sat in info.get("satellites", []):
+            chan, age = self._status(f"sat{sat}/channel")
+            fresh = age is not None and age < STATUS_FRESH_S
+            active |= fresh
+            per = chan.get("stations", {}) if fresh else {}
+            in_view = [n for n, v in per.items() if v.get("link_up")]
+            los = [per[n]["los_s"] for n in in_view if per[n].get("los_s") is not None]
+            nxt = sorted((v["next_aos_s"], n) for n, v in per.items() if v.get("next_aos_s") is not None)
+            q = queues.get(sat)
+            sats.append({"satellite_id": sat, "link_up": bool(in_view) if fresh else None, "stations_in_view": in_view,
+                         "los_utc": self.ctx.utc(max(los)) if los else None,
+                         "next_aos_utc": self.ctx.utc(nxt[0][0]) if nxt else None,
+                         "next_station": nxt[0][1] if nxt else None,
+                         "queue": None if q is None else {"products": int(q["value"]), "time_utc": q["time_utc"]}})
+        contacts = self.ctx.scenario.link.contacts if self.ctx.scenario else None
+        out = {"run_active": active, "scenario_s": None if now_s is None else round(now_s, 1),
+               "scenario_utc": self.ctx.utc(now_s), "contacts": contacts,
+               "link_up": any(s["link_up"] for s in sats) if active else None,
+               "satellites": sats, "passes": self.constellation_passes(now_s), "queue": None}
+        if p.operator:  # a station's counts cover every product, whatever a partner's rule
+            out["stations"] = self.station_stats(now)
+        return out
+
     # --- the query CLI's --partner ------------------------------------------------------------------
 
     def keep_for(self, p: Partner, kind: str, rows: list[dict], now: float | None = None) -> list[dict]:
@@ -527,18 +668,21 @@ class ArchiveView:
                 if self.allows(p, rec, now):
                     kept.append(r)
             return kept
-        pids = {r["product_id"] for r in rows if isinstance(r.get("product_id"), int)}
+        # query() rows of a one-station archive carry no satellite id: satellite 1
+        keys = {f"{r.get('satellite_id', 1)}:{r['product_id']}" for r in rows if isinstance(r.get("product_id"), int)}
+        pids = sorted({int(k.split(":")[1]) for k in keys})
 
         def read(db):
             ok = set()
             for i in range(0, len(pids), 500):
-                part = sorted(pids)[i:i + 500]
-                sql = ("SELECT kind, product_id, frame_id, time_s, received_wall, fields FROM products "
+                part = pids[i:i + 500]
+                sql = (f"SELECT {PRODUCT_COLS} FROM products "
                        f"WHERE product_id IN ({', '.join('?' * len(part))})")
-                recs = [self.product_record(r) for r in db.execute(sql, part)]
-                self._resolve_chips(db, [r for r in recs if r and r["kind"] in ("chip", "quicklook")])
-                ok |= {r["product_id"] for r in recs if r is not None and self.allows(p, r, now)}
+                recs = [r for r in (self.product_record(row) for row in db.execute(sql, part))
+                        if r is not None and r["key"] in keys]  # the same id of another satellite: another product
+                self._resolve_chips(db, [r for r in recs if r["kind"] in ("chip", "quicklook")])
+                ok |= {r["key"] for r in recs if self.allows(p, r, now)}
             return ok
 
         ok = self._read(read, set())
-        return [r for r in rows if r.get("product_id") in ok]
+        return [r for r in rows if f"{r.get('satellite_id', 1)}:{r.get('product_id')}" in ok]

@@ -219,11 +219,15 @@ def create_app(ctx: RunContext, partners: dict[str, Partner], stopping: list[boo
 
     async def chip(request: Request):
         p = who(request)
-        got = await run_in_threadpool(view.chip, p, request.path_params["product_id"])
+        # /api/chips/<pid>.png is satellite 1; a constellation's chips of other satellites name theirs
+        sat = request.path_params.get("satellite_id", 1)
+        got = await run_in_threadpool(view.chip, p, request.path_params["product_id"], None, sat)
         if got is None:
             return _json({"error": "not found"}, 404)
         rec, png = got
         name = f"{rec['label']}_{rec['product'].replace(':', '-')}_frame{rec['frame_id']}.png"
+        if rec.get("station"):  # a constellation's: product and frame ids repeat across satellites
+            name = f"sat{rec['satellite_id']}_{name}"
         return Response(png, media_type="image/png",
                         headers={"Cache-Control": "private, no-store", "Content-Disposition": f'inline; filename="{name}"'})
 
@@ -306,6 +310,7 @@ def create_app(ctx: RunContext, partners: dict[str, Partner], stopping: list[boo
         Route("/api/housekeeping", housekeeping),
         Route("/api/link", link),
         Route("/api/chips/{product_id:int}.png", chip),
+        Route("/api/chips/{satellite_id:int}/{product_id:int}.png", chip),
         Route("/api/export/alerts.{fmt:str}", export),
         Route("/api/cap/{alert_id:int}.xml", cap_one),
         Route("/api/stream", stream),

@@ -1,6 +1,8 @@
 // The operator console page: a snapshot of what this login may see, then live updates by
 // server-sent events (/api/stream). Everything is served by the console itself: Leaflet and the
 // Natural Earth base map are vendored under /static/vendor, nothing comes from the internet.
+// Products are keyed by `key` ("satellite:product") and frames by `frame_key` ("satellite:frame"):
+// in a constellation's archive (several satellites, issue #18) product and frame ids repeat.
 "use strict";
 
 const SEV_COLOUR = {critical: "#d7191c", warning: "#f28e2b", info: "#2c7bb6"};
@@ -11,7 +13,7 @@ const S = {
   me: null, sensor: null,
   alerts: new Map(), detections: new Map(), frames: new Map(), chips: new Map(),
   chipsByDetection: new Map(), quicklookByFrame: new Map(), events: [],
-  markers: new Map(), openAlert: null, feed: null,
+  markers: new Map(), openAlert: null, feed: null, constellation: null,
 };
 window.consoleState = S;  // read by the browser tests
 
@@ -83,12 +85,16 @@ function exportQuery(f) {
   return q.toString();
 }
 
+// which satellite and which station (a constellation's run only)
+const viaRows = (r) => r.station ? `<tr><th>satellite</th><td>${esc(r.satellite_id)}</td></tr>` +
+  `<tr><th>via station</th><td>${esc(r.station)}</td></tr>` : "";
+
 // --- popups -------------------------------------------------------------------------------------------
-function chipHtml(detId, frameId) {
-  const chip = S.chips.get(S.chipsByDetection.get(detId));
-  const ql = S.chips.get(S.quicklookByFrame.get(frameId));
+function chipHtml(detKey, frameKey) {
+  const chip = S.chips.get(S.chipsByDetection.get(detKey));
+  const ql = S.chips.get(S.quicklookByFrame.get(frameKey));
   let html = "";
-  if (chip) html += `<figure><img class="chip-img" data-chip-id="${chip.product_id}" src="${chip.url}" alt="image chip">` +
+  if (chip) html += `<figure><img class="chip-img" data-chip-id="${esc(chip.key)}" src="${chip.url}" alt="image chip">` +
     `<figcaption>chip ${chip.width_px}×${chip.height_px} px · <a href="${chip.url}" download>PNG</a></figcaption></figure>`;
   else html += `<div class="muted small no-chip">no image chip downlinked for this detection</div>`;
   if (ql) html += `<figure><img class="quicklook-img" src="${ql.url}" alt="frame quicklook">` +
@@ -100,22 +106,22 @@ function alertPopup(a) {
     `${esc(a.class)}</div><table class="small"><tr><th>confidence</th><td>${(a.confidence * 100).toFixed(0)} %</td></tr>` +
     `<tr><th>captured</th><td>${utc(a.capture_utc)}</td></tr><tr><th>received</th><td>${utc(a.received_utc)}</td></tr>` +
     `<tr><th>position</th><td>${latlon(a.lat, a.lon)}</td></tr><tr><th>frame</th><td>${a.frame_id}</td></tr>` +
-    `<tr><th>product</th><td>${esc(a.product)}</td></tr><tr><th>area</th><td>${a.area_px} px</td></tr></table>` +
-    chipHtml(a.product_id, a.frame_id) + `<div class="small"><a href="/api/cap/${a.id}.xml">CAP 1.2</a></div></div>`;
+    `<tr><th>product</th><td>${esc(a.product)}</td></tr>${viaRows(a)}<tr><th>area</th><td>${a.area_px} px</td></tr></table>` +
+    chipHtml(a.key, a.frame_key) + `<div class="small"><a href="/api/cap/${a.id}.xml">CAP 1.2</a></div></div>`;
 }
 function detectionPopup(d) {
   return `<div class="popup"><div class="ptitle">detection: ${esc(d.class)}</div><table class="small">` +
     `<tr><th>confidence</th><td>${(d.confidence * 100).toFixed(0)} %</td></tr><tr><th>captured</th><td>${utc(d.capture_utc)}</td></tr>` +
     `<tr><th>position</th><td>${latlon(d.lat, d.lon)}</td></tr><tr><th>frame</th><td>${d.frame_id}</td></tr>` +
-    `<tr><th>product</th><td>${esc(d.product)}</td></tr></table>${chipHtml(d.product_id, d.frame_id)}</div>`;
+    `<tr><th>product</th><td>${esc(d.product)}</td></tr>${viaRows(d)}</table>${chipHtml(d.key, d.frame_key)}</div>`;
 }
 function framePopup(fr) {
-  const ql = S.chips.get(S.quicklookByFrame.get(fr.frame_id));
+  const ql = S.chips.get(S.quicklookByFrame.get(fr.frame_key));
   const counts = [fr.fires != null ? `${fr.fires} fires` : null, fr.ships != null ? `${fr.ships} ships` : null].filter(Boolean);
   return `<div class="popup"><div class="ptitle">frame ${fr.frame_id}</div><table class="small">` +
     `<tr><th>captured</th><td>${utc(fr.capture_utc)}</td></tr><tr><th>cloud</th><td>${(fr.cloud_fraction * 100).toFixed(1)} %` +
     `${fr.discarded ? " (discarded)" : ""}</td></tr><tr><th>found</th><td>${counts.join(", ") || "-"}</td></tr>` +
-    `<tr><th>centre</th><td>${latlon(fr.lat, fr.lon)}</td></tr></table>` +
+    `<tr><th>centre</th><td>${latlon(fr.lat, fr.lon)}</td></tr>${viaRows(fr)}</table>` +
     (ql ? `<figure><img class="quicklook-img" src="${ql.url}" alt="quicklook"></figure>` : "") + `</div>`;
 }
 
@@ -134,7 +140,7 @@ function drawAlert(a, f) {
   S.markers.set(a.id, m);
 }
 function drawDetection(d, f, alerted) {
-  if (!f.dets || d.lat == null || alerted.has(d.product_id) || !passes(d, f, false)) return;
+  if (!f.dets || d.lat == null || alerted.has(d.key) || !passes(d, f, false)) return;
   L.circleMarker([d.lat, d.lon], {radius: 3.5, color: CLASS_COLOUR[d.class] || "#555", weight: 1, fillOpacity: 0.4,
     className: `det-marker cls-${d.class}`}).bindPopup(() => detectionPopup(d), {maxWidth: 320}).addTo(detLayer);
 }
@@ -151,7 +157,7 @@ function redraw() {
   const f = filters();
   alertLayer.clearLayers(); detLayer.clearLayers(); frameLayer.clearLayers(); S.markers.clear();
   for (const fr of S.frames.values()) drawFrame(fr, f);
-  const alerted = new Set([...S.alerts.values()].map((a) => a.product_id));
+  const alerted = new Set([...S.alerts.values()].map((a) => a.key));
   for (const d of S.detections.values()) drawDetection(d, f, alerted);
   for (const a of S.alerts.values()) drawAlert(a, f);
   renderAlertTable(f);
@@ -163,7 +169,8 @@ function renderAlertTable(f) {
   document.querySelector("#alert-table tbody").innerHTML = rows.slice(0, MAX_ROWS).map((a) =>
     `<tr class="alert-row sev-${esc(a.severity)}" data-alert-id="${a.id}"><td>${hms(a.capture_utc)}</td>` +
     `<td><span class="dot" style="background:${SEV_COLOUR[a.severity] || "#666"}"></span>${esc(a.severity)}</td>` +
-    `<td>${esc(a.class)}</td><td>${a.confidence.toFixed(2)}</td><td class="pos">${latlon(a.lat, a.lon, 3)}</td></tr>`).join("");
+    `<td>${esc(a.class)}</td><td>${a.confidence.toFixed(2)}</td><td class="pos">${latlon(a.lat, a.lon, S.constellation ? 2 : 3)}</td>` +
+    (S.constellation ? `<td class="via">${esc(a.satellite_id)} · ${esc(a.station)}</td>` : "") + `</tr>`).join("");
 }
 function openAlert(id) {
   const m = S.markers.get(id);
@@ -178,9 +185,9 @@ document.querySelector("#alert-table tbody").addEventListener("click", (ev) => {
 
 // --- records in ---------------------------------------------------------------------------------------
 function addChip(c) {
-  S.chips.set(c.product_id, c);
-  if (c.kind === "quicklook") S.quicklookByFrame.set(c.frame_id, c.product_id);
-  else if (c.detection_id != null) S.chipsByDetection.set(c.detection_id, c.product_id);
+  S.chips.set(c.key, c);
+  if (c.kind === "quicklook") S.quicklookByFrame.set(c.frame_key, c.key);
+  else if (c.detection_key != null) S.chipsByDetection.set(c.detection_key, c.key);
 }
 function addAlert(a, via) {
   if (S.alerts.has(a.id)) return false;
@@ -195,9 +202,36 @@ function refreshOpenPopup() {
 }
 
 // --- panels ---------------------------------------------------------------------------------------------
+function renderConstellationLink(l) {
+  // each satellite's link, the next pass of each (satellite, station) pair, each station's archive
+  const el = document.getElementById("link-state");
+  const up = l.satellites.filter((s) => s.link_up);
+  el.textContent = !l.run_active ? "run ended: showing the archive" : `${up.length} of ${l.satellites.length} satellites in contact`;
+  el.className = !l.run_active ? "state-idle" : up.length ? "state-up" : "state-down";
+  const satRow = (s) => {
+    let state = "-";
+    if (s.link_up) state = `AOS via ${s.stations_in_view.join(", ")}` + (s.los_utc ? `, LOS ${hms(s.los_utc)}` : "");
+    else if (s.link_up === false) state = s.next_aos_utc ? `LOS: next AOS ${esc(s.next_station)} ${hms(s.next_aos_utc)}` : "LOS";
+    const q = s.queue ? `${s.queue.products} (${hms(s.queue.time_utc)})` : "-";
+    return `<tr class="sat-row" data-satellite="${s.satellite_id}"><td>sat ${s.satellite_id}</td>` +
+      `<td class="${s.link_up ? "state-up" : ""}">${esc(state)}</td><td class="num">${esc(q)}</td></tr>`;
+  };
+  let html = `<tr><th>satellite</th><th>link</th><th>onboard queue</th></tr>` + l.satellites.map(satRow).join("");
+  html += (l.passes || []).length ? `<tr><th>next pass</th><th>AOS (UTC)</th><th>LOS</th></tr>` + l.passes.map((p) =>
+    `<tr class="pass-row"><td>sat ${p.satellite_id} · ${esc(p.station)}</td><td>${p.in_progress ? "in pass" : hms(p.aos_utc)}</td>` +
+    `<td>${hms(p.los_utc)}</td></tr>`).join("") : `<tr><td colspan="3" class="muted">no pass within the scenario's horizon</td></tr>`;
+  if (l.stations) html += `<tr><th>station</th><th>archived</th><th>capture→archive p50/p99/max</th></tr>` +
+    l.stations.map((st) => `<tr class="station-row" data-station="${esc(st.station)}"><td>${esc(st.station)}` +
+      `${st.running ? "" : ` <span class="muted">(not running)</span>`}</td><td>${st.products_archived} (` +
+      Object.entries(st.by_satellite).map(([k, n]) => `sat ${esc(k)} ${n}`).join(", ") + `)</td>` +
+      `<td class="num">${[st.latency_s_p50, st.latency_s_p99, st.latency_s_max].map((v) => v == null ? "-" : `${Math.round(v)} s`).join(" / ")}</td></tr>`).join("");
+  document.getElementById("passes").innerHTML = html;
+  document.getElementById("queue").textContent = "";
+}
 function renderLink(l) {
   S.link = l;
   document.getElementById("clock").textContent = l.scenario_utc ? `mission time ${utc(l.scenario_utc)}` : "";
+  if (l.satellites) { renderConstellationLink(l); return; }
   const el = document.getElementById("link-state");
   let text, cls;
   if (!l.run_active) { text = "run ended: showing the archive"; cls = "state-idle"; }
@@ -221,15 +255,17 @@ function renderHousekeeping(hk) {
   document.getElementById("hk-time").textContent = latest ? `as of ${utc(latest)}` : "(none yet)";
   const order = {alarm: 0, warn: 1, ok: 2};
   const rows = [...hk].sort((a, b) => order[a.state] - order[b.state] || a.id - b.id);
-  document.getElementById("hk-table").innerHTML = `<tr><th></th><th>channel</th><th>value</th><th>unit</th></tr>` +
+  const sat = (c) => S.constellation ? `<td>${esc(c.satellite_id)}</td>` : "";  // every satellite's channels
+  document.getElementById("hk-table").innerHTML = `<tr><th></th>${S.constellation ? "<th>sat</th>" : ""}<th>channel</th><th>value</th><th>unit</th></tr>` +
     rows.map((c) => `<tr class="hk-${c.state}" title="${esc(c.description)}"><td><span class="dot hk-dot-${c.state}"></span></td>` +
-      `<td>${esc(c.name)}</td><td class="num">${esc(c.text)}</td><td>${esc(c.unit)}</td></tr>`).join("");
+      `${sat(c)}<td>${esc(c.name)}</td><td class="num">${esc(c.text)}</td><td>${esc(c.unit)}</td></tr>`).join("");
 }
 function renderEvents() {
   const panel = document.getElementById("events-panel");
   if (!(S.me && S.me.housekeeping)) { panel.classList.add("hidden"); return; }
   document.getElementById("event-table").innerHTML = S.events.slice(-100).reverse().map((e) =>
-    `<tr class="ev-${esc(e.severity).toLowerCase()}"><td>${hms(e.time_utc)}</td><td>${esc(e.name)}</td><td>${esc(e.message)}</td></tr>`).join("");
+    `<tr class="ev-${esc(e.severity).toLowerCase()}"><td>${hms(e.time_utc)}</td>${S.constellation ? `<td>sat ${esc(e.satellite_id)}</td>` : ""}` +
+    `<td>${esc(e.name)}</td><td>${esc(e.message)}</td></tr>`).join("");
 }
 function renderCloud() {
   const svg = document.getElementById("cloud-chart");
@@ -243,10 +279,14 @@ function renderCloud() {
     `<text x="${L0 - 4}" y="${y(v) + 4}" text-anchor="end" class="axis">${v * 100}%</text>`;
   for (let i = 0; i <= 4; i++) { const t = t0 + (t1 - t0) * i / 4;
     g += `<text x="${x(t)}" y="${H - 6}" text-anchor="middle" class="axis">${new Date(t).toISOString().slice(11, 19)}</text>`; }
-  const pts = frames.map((f) => `${x(Date.parse(f.capture_utc)).toFixed(1)},${y(f.cloud_fraction).toFixed(1)}`);
-  g += `<polyline points="${pts.join(" ")}" class="cloud-line"/>`;
+  const bySat = new Map();  // one line per satellite (a constellation's frames interleave in time)
+  for (const f of frames) { const k = f.satellite_id || 1; if (!bySat.has(k)) bySat.set(k, []); bySat.get(k).push(f); }
+  for (const [k, fs] of bySat) {
+    const pts = fs.map((f) => `${x(Date.parse(f.capture_utc)).toFixed(1)},${y(f.cloud_fraction).toFixed(1)}`);
+    g += `<polyline points="${pts.join(" ")}" class="cloud-line sat-${esc(k)}"/>`;
+  }
   g += frames.map((f) => `<circle cx="${x(Date.parse(f.capture_utc)).toFixed(1)}" cy="${y(f.cloud_fraction).toFixed(1)}" r="3" ` +
-    `class="cloud-pt${f.discarded ? " discarded" : ""}"><title>frame ${f.frame_id}: ${(f.cloud_fraction * 100).toFixed(1)} %` +
+    `class="cloud-pt${f.discarded ? " discarded" : ""}"><title>${f.station ? `sat ${esc(f.satellite_id)} ` : ""}frame ${f.frame_id}: ${(f.cloud_fraction * 100).toFixed(1)} %` +
     `${f.discarded ? " (discarded)" : ""}</title></circle>`).join("");
   svg.innerHTML = g;
 }
@@ -270,12 +310,13 @@ async function start() {
   const r = await fetch("/api/snapshot", {credentials: "same-origin"});
   if (r.status === 401) { window.location.assign("/login"); return; }
   const snap = await r.json();
-  S.me = snap.me; S.sensor = snap.sensor;
+  S.me = snap.me; S.sensor = snap.sensor; S.constellation = snap.constellation || null;
+  document.body.classList.toggle("constellation", !!S.constellation);
   document.getElementById("who").textContent = `${snap.me.title} (${snap.me.name})`;
   drawRule(snap.me);
   for (const c of snap.chips) addChip(c);
-  for (const d of snap.detections) S.detections.set(d.product_id, d);
-  for (const fr of snap.frames) S.frames.set(fr.frame_id, fr);
+  for (const d of snap.detections) S.detections.set(d.key, d);
+  for (const fr of snap.frames) S.frames.set(fr.frame_key, fr);
   for (const a of snap.alerts) addAlert(a, "snapshot");
   S.events = snap.events || [];
   renderHousekeeping(snap.housekeeping);
@@ -302,22 +343,22 @@ function connect(cursor) {
   });
   es.addEventListener("detection", (ev) => {
     const d = JSON.parse(ev.data);
-    if (S.detections.has(d.product_id)) return;
-    S.detections.set(d.product_id, d);
-    const alerted = new Set([...S.alerts.values()].map((a) => a.product_id));
+    if (S.detections.has(d.key)) return;
+    S.detections.set(d.key, d);
+    const alerted = new Set([...S.alerts.values()].map((a) => a.key));
     drawDetection(d, filters(), alerted);
   });
   es.addEventListener("frame", (ev) => {
     const fr = JSON.parse(ev.data);
-    const had = S.frames.has(fr.frame_id);
-    S.frames.set(fr.frame_id, fr);
+    const had = S.frames.has(fr.frame_key);
+    S.frames.set(fr.frame_key, fr);
     if (!had) drawFrame(fr, filters());
     later();
   });
   for (const kind of ["chip", "quicklook"]) es.addEventListener(kind, (ev) => { addChip(JSON.parse(ev.data)); refreshOpenPopup(); });
   es.addEventListener("event", (ev) => {
     const e = JSON.parse(ev.data);
-    if (S.events.some((x) => x.product_id === e.product_id)) return;
+    if (S.events.some((x) => x.key === e.key)) return;
     S.events.push(e);
     later();
   });
