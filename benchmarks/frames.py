@@ -70,9 +70,17 @@ def calibration_file(height: int, width: int) -> Path:
     return path
 
 
-def frame_set(seed: int, covers: list[tuple[int, float]], height: int, width: int, strip_rows: int,
-              calibration_version: str = "sim-v1") -> list[dict]:
-    """One cached raw frame per (index, cloud cover); returns what a child needs to read them."""
+def _scene_tag(scene: dict) -> str:
+    """Cache-name part for a frame's scene arguments: cc0.00 for a typical frame, more for the worst case."""
+    short = {"cloud_cover": "cc", "water_fraction": "w", "ships": "ships", "fires": "fires"}
+    return "-".join(f"{short[k]}{v:.2f}" if isinstance(v, float) else f"{short[k]}{v}" for k, v in sorted(scene.items()))
+
+
+def frame_set(seed: int, frames: list[tuple[int, dict]], height: int, width: int, strip_rows: int,
+              calibration_version: str = "sim-v1", worst_case: int | None = None) -> list[dict]:
+    """One cached raw frame per (index, scene arguments for synthetic_scene: cloud_cover, and for
+    the worst case water_fraction, ships, fires); returns what a child needs to read them.
+    ``worst_case``: the index of the frame that is the latency worst case (marked in its entry)."""
     from flight.frames import FrameMeta
     from payload_sim.scenes import synthetic_scene
     from payload_sim.sensor import Sensor, SensorConfig
@@ -80,11 +88,11 @@ def frame_set(seed: int, covers: list[tuple[int, float]], height: int, width: in
     CACHE.mkdir(parents=True, exist_ok=True)
     sensor = None
     out = []
-    for k, cc in covers:
-        stem = f"raw-{seed}-{k}-cc{cc:.2f}-{height}x{width}-s{strip_rows}-{_sim_hash()}"
+    for k, scene_kw in frames:
+        stem = f"raw-{seed}-{k}-{_scene_tag(scene_kw)}-{height}x{width}-s{strip_rows}-{_sim_hash()}"
         path, info_path = CACHE / f"{stem}.u16", CACHE / f"{stem}.json"
         if not (path.exists() and info_path.exists()):
-            scene = synthetic_scene(seed, k, height, width, GSD_M, cloud_cover=cc)
+            scene = synthetic_scene(seed, k, height, width, GSD_M, **scene_kw)
             sensor = sensor or Sensor(SensorConfig(), height, width)
             raw = sensor.expose(scene.reflectance, np.random.default_rng([seed, k, 1]))
             assert raw.dtype == np.uint16 and raw.shape == (6, height, width), (raw.dtype, raw.shape)
@@ -100,6 +108,7 @@ def frame_set(seed: int, covers: list[tuple[int, float]], height: int, width: in
         info = json.loads(info_path.read_text())
         meta = FrameMeta(frame_id=0, capture_time_s=100.0 + k, height=height, width=width, gsd_m=GSD_M,
                          footprint=footprint(height, width), calibration_version=calibration_version)
-        out.append({"path": str(path), "height": height, "width": width, "distinct": k, "cloud_cover": cc,
+        out.append({"path": str(path), "height": height, "width": width, "distinct": k,
+                    "cloud_cover": scene_kw.get("cloud_cover"), "scene": dict(scene_kw), "worst_case": k == worst_case,
                     "header": json.loads(meta.to_json()), **info})
     return out

@@ -183,10 +183,13 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
     print(f"benchmark: profile {p.name}{' (smoke)' if p.smoke else ''}: generating frames (cached in runs/bench-cache)...",
           file=sys.stderr)
     prune_cache()  # frames from an older simulator would only fill the disk
-    covers = list(enumerate(p.cloud_cover))
-    sizes = {(p.height, p.width): covers, **{(s, s): covers[::2] for s in p.scaling_sizes if (s, s) != (p.height, p.width)}}
+    covers = [(k, {"cloud_cover": cc}) for k, cc in enumerate(p.cloud_cover)]
+    worst = len(covers) if p.worst_case else None  # the worst-case frame is cycled with the typical ones
+    ref_frames = covers + ([(worst, dict(p.worst_case))] if p.worst_case else [])
+    sizes = {(p.height, p.width): ref_frames,
+             **{(s, s): covers[::2] for s in p.scaling_sizes if (s, s) != (p.height, p.width)}}
     cals = {hw: str(calibration_file(*hw)) for hw in sizes}
-    sets = {hw: frame_set(p.seed, cv, *hw, min(p.strip_rows, hw[0])) for hw, cv in sizes.items()}
+    sets = {hw: frame_set(p.seed, cv, *hw, min(p.strip_rows, hw[0]), worst_case=worst) for hw, cv in sizes.items()}
 
     limit = MemoryLimit(p.memory_ceiling_mib)
     n_models = len(models)
@@ -199,6 +202,7 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
             rn = Runner(p, bar, limit, Path(tmp))
             _pin_self(rn.cores)
             ref = sets[(p.height, p.width)]
+            runs["frames"] = ref
 
             def pipeline(frames, warmup, n, **kw):
                 h = frames[0]["height"]
@@ -236,7 +240,8 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
             runs["scaling"] = {}
             for s in p.scaling_sizes:
                 bar.set_postfix_str(f"scaling {s}")
-                runs["scaling"][s] = optional(f"scaling {s}", lambda s=s: pipeline(sets[(s, s)], 2, p.scaling_frames))
+                typical = [f for f in sets[(s, s)] if not f["worst_case"]]  # scaling compares like with like
+                runs["scaling"][s] = optional(f"scaling {s}", lambda typical=typical: pipeline(typical, 2, p.scaling_frames))
             runs["ukis"] = None
             if not ukis_skip:
                 bar.set_postfix_str("ukis-csmask")
@@ -267,7 +272,7 @@ def assemble(p: Profile, runs: dict, models: list[str], cv2_prec: str, ukis_skip
         "machine": machine(),
         "profile": {k: getattr(p, k) for k in ("name", "description", "board", "cores", "threads", "memory_ceiling_mib",
                                                "height", "width", "bands", "bits", "strip_rows", "warmup", "frames",
-                                               "cloud_cover", "scenario")},
+                                               "cloud_cover", "worst_case", "scenario")},
         "smoke": p.smoke,
         "cores_used": rn.cores, "cores_note": rn.cores_note,
         "memory_limit": {"enforced": limit.path is not None, "ceiling_mib": p.memory_ceiling_mib, "note": limit.note},
@@ -318,9 +323,13 @@ def assemble(p: Profile, runs: dict, models: list[str], cv2_prec: str, ukis_skip
         comps.append({"name": "inference stage vs INT8 roofline", "ratio": res["roofline_fraction"],
                       "baseline": f"MatMulInteger {rf['n']}^3, one core",
                       "detail": f"{res['achieved_gmacs']:.1f} of {rf['int8_gmacs']:.1f} GMAC/s (FP32 roofline {rf['fp32_gmacs']:.1f})"})
+    res["model_throughput"] = report.model_throughput(main, rf["int8_gmacs"] if rf else None)
     mrows = (runs.get("models") or {}).get("models", {})
     for name, row in mrows.items():
         row["macs_per_tile"] = main["macs_per_tile"].get(name)
+        if row.get("ort_int8_ms_per_tile") and row["macs_per_tile"]:  # the same model alone, batches of one frame's tiles
+            row["ort_int8_gmacs"] = row["macs_per_tile"] / row["ort_int8_ms_per_tile"] / 1e6
+            row["ort_int8_roofline_fraction"] = row["ort_int8_gmacs"] / rf["int8_gmacs"] if rf else None
         diff = row.get("cv2_int8_max_abs_diff_vs_ort")
         if diff is not None and diff > 0.01:  # same file, two runtimes: a speed ratio means little if results differ
             notes.append(f"OpenCV DNN runs {name}'s INT8 file but its outputs differ from onnxruntime's by up to {diff:.2g} "
@@ -363,8 +372,8 @@ def assemble(p: Profile, runs: dict, models: list[str], cv2_prec: str, ukis_skip
                       "baseline": "ukis-csmask 4-band model, same frames",
                       "detail": f"cloud fraction differs by {res['ukis_csmask']['cloud_fraction_diff_pp']:.1f} pp on average"})
     res["comparisons"] = comps
-    res["per_frame"] = [{"distinct": k, "cloud_fraction": d["cloud_fraction"], "truth_cloud_fraction": d["truth_cloud_fraction"],
-                         "latency_ms_p50": d["latency_ms"]} for k, d in sorted(report.per_distinct(main).items())]
+    res["per_frame"] = report.per_frame(main, runs["frames"])
+    res["worst_case_frame"] = next((f for f in res["per_frame"] if f["worst_case"]), None)
     res["rss_growth_mib"] = report.rss_growth_mib(main)
     res["memory_story"] = report.memory_story(main)
     res["peak_when"] = report.peak_when(main)

@@ -52,6 +52,8 @@ class Profile:
     ukis_frames: int
     roofline_n: int
     budgets: dict[str, float]
+    # Scene of the latency worst-case frame, cycled with the others (synthetic_scene arguments)
+    worst_case: dict | None = None
     smoke: bool = False
 
     def cores_here(self) -> tuple[list[int], str | None]:
@@ -76,6 +78,8 @@ _RANGES = {
     "roofline_n": (int, 16, 8192),
 }
 _TUPLES = {"cores", "cloud_cover", "scaling_sizes"}
+_WORST_CASE = {"cloud_cover": (float, 0.0, 1.0), "water_fraction": (float, 0.0, 1.0), "ships": (int, 0, 500),
+               "fires": (int, 0, 200)}  # synthetic_scene's own ranges
 
 
 def _check(key: str, value, name: str):
@@ -104,7 +108,7 @@ def load_profile(name: str, smoke: bool = False, path: Path = BUDGETS_FILE) -> P
     if unknown:
         k = sorted(unknown)[0]
         raise ProfileError(f"{name}.{k}", raw[k], f"unknown key; known keys: {sorted(fields)}")
-    missing = fields - set(raw)
+    missing = fields - set(raw) - {"worst_case"}
     if missing:
         raise ProfileError(f"{name}.{sorted(missing)[0]}", None, "is required")
     kw = {}
@@ -118,6 +122,17 @@ def load_profile(name: str, smoke: bool = False, path: Path = BUDGETS_FILE) -> P
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                     raise ProfileError(f"{name}.budgets.{k}", v, "must be a positive number")
             kw[key] = {k: float(v) for k, v in value.items()}
+        elif key == "worst_case":
+            if not isinstance(value, dict) or not value or set(value) - set(_WORST_CASE):
+                raise ProfileError(f"{name}.worst_case", value, f"keys must be among {sorted(_WORST_CASE)}")
+            wc = {}
+            for k, v in value.items():
+                typ, lo, hi = _WORST_CASE[k]
+                v = float(v) if typ is float and type(v) is int else v
+                if type(v) is not typ or not lo <= v <= hi:
+                    raise ProfileError(f"{name}.worst_case.{k}", value[k], f"must be {typ.__name__} in [{lo}, {hi}]")
+                wc[k] = v
+            kw[key] = wc
         else:
             if not isinstance(value, str):
                 raise ProfileError(f"{name}.{key}", value, "must be a string")

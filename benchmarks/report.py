@@ -60,6 +60,24 @@ def achieved_gmacs(run: dict) -> float:
     return total_macs / total_s / 1e9 if total_s > 0 else float("nan")
 
 
+def model_throughput(run: dict, int8_roofline_gmacs: float | None) -> dict[str, dict]:
+    """Per model in this run: tiles and ms per frame, ms per tile, achieved GMAC/s (card MACs x tiles
+    it really ran / time inside its run(), input quantization included) and its fraction of the
+    INT8 roofline; "all" is the inference stage as a whole (the MAC-weighted mix)."""
+    recs = timed(run)
+    out = {}
+    for name in [*run["macs_per_tile"], "all"]:
+        names = list(run["macs_per_tile"]) if name == "all" else [name]
+        tiles = {n: sum(r["model_tiles"][n] for r in recs) for n in names}
+        ms = sum(r["model_ms"][n] for r in recs for n in names)
+        macs = sum(run["macs_per_tile"][n] * tiles[n] for n in names)
+        gmacs = macs / (ms / 1e3) / 1e9 if ms > 0 else None
+        out[name] = {"tiles_per_frame": sum(tiles.values()) / len(recs), "ms_per_frame": ms / len(recs),
+                     "ms_per_tile": ms / sum(tiles.values()) if sum(tiles.values()) else None, "gmacs": gmacs,
+                     "roofline_fraction": gmacs / int8_roofline_gmacs if gmacs and int8_roofline_gmacs else None}
+    return out
+
+
 def cadence(run: dict) -> float:
     return len(timed(run)) / run["timed_wall_s"]
 
@@ -123,6 +141,25 @@ def per_distinct(run: dict) -> dict[int, dict]:
     return out
 
 
+def per_frame(run: dict, frames: list[dict]) -> list[dict]:
+    """Per distinct frame of the cycled set: its scene, whether it is the worst case, our and the
+    true cloud fraction, detections, tiles per model, and its own latency p50 / p99 / max."""
+    out = []
+    for f in frames:
+        recs = [r for r in timed(run) if r["distinct"] == f["distinct"]]
+        if not recs:
+            continue
+        lat = np.array([r["latency_ms"] for r in recs])
+        out.append({"distinct": f["distinct"], "scene": f.get("scene", {}), "worst_case": bool(f.get("worst_case")),
+                    "objects": f.get("objects"), "cloud_fraction": recs[0]["cloud_fraction"],
+                    "truth_cloud_fraction": f.get("truth_cloud_fraction"), "detections": recs[0]["detections"],
+                    "model_tiles": recs[0]["model_tiles"], "n": int(lat.size),
+                    "latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p99": float(np.percentile(lat, 99)),
+                    "latency_ms_max": float(lat.max()),
+                    "stage_ms_p50": {st: float(np.median([r["stage_ms"].get(st, 0.0) for r in recs])) for st in STAGES}})
+    return out
+
+
 def _get(d: dict, dotted: str):
     for part in dotted.split("."):
         d = d[part]
@@ -170,6 +207,11 @@ def _f(v, fmt=".1f", none="n/a"):
     return format(v, fmt)
 
 
+def _scene(scene: dict) -> str:
+    names = {"cloud_cover": "cloud cover", "water_fraction": "water", "ships": "ships", "fires": "fires"}
+    return ", ".join(f"{names.get(k, k)} {v:g}" for k, v in scene.items())
+
+
 def markdown(res: dict) -> str:
     m, p = res["machine"], res["profile"]
     lines = [
@@ -182,7 +224,8 @@ def markdown(res: dict) -> str:
         f"{p['threads']} onnxruntime thread(s). Board it stands for: {p['board']} -- CPU speed here differs; "
         "the budgets apply to this machine.",
         f"Frame {' x '.join(map(str, res['frame_shape']))} (bands x rows x cols), {p['bits']}-bit, "
-        f"{res['frames_timed']} timed frames after {p['warmup']} warm-up, {len(p['cloud_cover'])} distinct frames cycled.",
+        f"{res['frames_timed']} timed frames after {p['warmup']} warm-up, {len(res['per_frame'])} distinct frames cycled "
+        f"({len(p['cloud_cover'])} cloud covers{' and the worst case' if p.get('worst_case') else ''}).",
         f"Memory ceiling {p['memory_ceiling_mib']} MiB: {res['memory_limit']['note']}",
         f"Run: {res['started']}, {res['duration_s']:.0f} s.",
         "",
@@ -215,6 +258,21 @@ def markdown(res: dict) -> str:
               f"({rf.get('n', '?')}^3, best of {rf.get('int8_runs', '?')}/{rf.get('fp32_runs', '?')} runs). "
               f"Inference stage achieved {_f(res.get('achieved_gmacs'))} GMAC/s = "
               f"{_f(100 * res['roofline_fraction'] if res.get('roofline_fraction') is not None else None)} % of the INT8 roofline.", ""]
+    mt = res.get("model_throughput") or {}
+    if mt:
+        iso = res.get("models") or {}
+        lines += ["Each model's own MACs/s: in the main run (card MACs x the tiles it ran / its time inside `run()`, input "
+                  "quantization included), and isolated (batches of tiles of the reference frame, per-model table below).", "",
+                  "| model | MACs/tile | tiles/frame | ms/frame | ms/tile | GMAC/s | % INT8 roofline | isolated GMAC/s | isolated % |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, t in mt.items():
+            row = iso.get(name, {})
+            lines.append(f"| {'inference stage (all)' if name == 'all' else name} | {row.get('macs_per_tile', '') if name != 'all' else ''} | "
+                         f"{t['tiles_per_frame']:.0f} | {t['ms_per_frame']:.1f} | {_f(t['ms_per_tile'], '.4f')} | {_f(t['gmacs'])} | "
+                         f"{_f(100 * t['roofline_fraction'] if t['roofline_fraction'] is not None else None)} | "
+                         f"{_f(row.get('ort_int8_gmacs'))} | "
+                         f"{_f(100 * row['ort_int8_roofline_fraction'] if row.get('ort_int8_roofline_fraction') is not None else None)} |")
+        lines.append("")
     if res.get("models"):
         lines += ["## Per model (ms per tile, batch of tiles from the reference frame)", "",
                   "| model | MACs/tile | ORT INT8 | ORT FP32 | OpenCV INT8 | OpenCV FP32 | note |", "|---|---|---|---|---|---|---|"]
@@ -235,9 +293,20 @@ def markdown(res: dict) -> str:
     lines += ["", "## Data reduction", "",
               f"Raw {red['raw_bytes_per_frame'] / 2**20:.1f} MiB per frame -> {red['packet_bytes_per_frame']:.0f} bytes "
               f"in {red['packets_per_frame']:.1f} packets: ratio {res['reduction_ratio']:.0f} : 1.", "",
-              "## The distinct frames (cycled)", "", "| frame | cloud fraction ours | truth | latency p50 ms |", "|---|---|---|---|"]
+              "## The distinct frames (cycled; each frame's own latency)", ""]
+    wc = res.get("worst_case_frame")
+    if wc:
+        lines += [f"Worst case for latency: frame {wc['distinct']} ({_scene(wc['scene'])}: {wc['detections']} detections kept, "
+                  f"tiles {', '.join(f'{n} {t}' for n, t in wc['model_tiles'].items())}): p50 {wc['latency_ms_p50']:.1f} ms, "
+                  f"p99 {wc['latency_ms_p99']:.1f} ms, max {wc['latency_ms_max']:.1f} ms over {wc['n']} frames. It is cycled with the "
+                  "others in the main run, so the latency budgets above cover it.", ""]
+    lines += ["| frame | scene | cloud fraction ours | truth | detections | p50 ms | p99 ms | max ms | detect p50 | localize p50 |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for f in res["per_frame"]:
-        lines.append(f"| {f['distinct']} | {f['cloud_fraction']:.3f} | {_f(f['truth_cloud_fraction'], '.3f')} | {f['latency_ms_p50']:.1f} |")
+        lines.append(f"| {f['distinct']}{' (worst case)' if f['worst_case'] else ''} | {_scene(f['scene'])} | {f['cloud_fraction']:.3f} | "
+                     f"{_f(f['truth_cloud_fraction'], '.3f')} | {f['detections']} | {f['latency_ms_p50']:.1f} | "
+                     f"{f['latency_ms_p99']:.1f} | {f['latency_ms_max']:.1f} | {f['stage_ms_p50']['detect']:.1f} | "
+                     f"{f['stage_ms_p50']['localize']:.1f} |")
     ph = res["rss_phases_mib"]
     lines += ["", "## Memory", "",
               "| after | resident MiB | anonymous | file-backed (libraries) | peak so far |", "|---|---|---|---|---|"]

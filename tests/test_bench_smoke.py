@@ -33,6 +33,14 @@ def test_smoke_run_reports_every_key(tmp_path):
     assert set(res["within_budget"]) == set(res["budgets"])
     assert all({"pixels", "latency_ms_p50", "peak_rss_mib"} <= set(s) for s in res["scaling"]) and res["scaling"]
     assert res["peak_rss_mib"] > 10 and res["reduction_ratio"] > 1
+    # the latency worst case is one of the cycled frames, reported on its own
+    worst = [f for f in res["per_frame"] if f["worst_case"]]
+    assert len(worst) == 1 and worst[0] == res["worst_case_frame"] and worst[0]["n"] >= 1
+    assert worst[0]["scene"] == load_profile("default").worst_case and {"latency_ms_p99", "latency_ms_max"} <= set(worst[0])
+    # each model's own MACs/s and roofline fraction, next to the inference stage as a whole
+    assert set(res["model_throughput"]) == set(res["models_used"]) | {"all"}
+    assert all(t["gmacs"] > 0 and 0 < t["roofline_fraction"] for t in res["model_throughput"].values() if t["tiles_per_frame"])
+    assert res["model_throughput"]["all"]["gmacs"] == pytest.approx(res["achieved_gmacs"])
     for name in ("latest.md", "latency_hist.png", "stages.png", "scaling.png"):
         assert (tmp_path / name).stat().st_size > 0, name
 
@@ -73,6 +81,10 @@ def test_profiles_load_and_bad_values_fail_fast(tmp_path):
         load_profile("default", path=bad)
     with pytest.raises(ProfileError, match="profile"):
         load_profile("no-such-board")
+    assert d.worst_case == {"cloud_cover": 0.0, "water_fraction": 1.0, "ships": 500}
+    bad.write_text((REPO / "benchmarks" / "budgets.toml").read_text().replace("ships = 500", "ships = 501", 1))
+    with pytest.raises(ProfileError, match="default.worst_case.ships"):
+        load_profile("default", path=bad)
 
 
 def test_frame_packets_decode_to_the_frame_products():

@@ -10,7 +10,7 @@ from flight.calibrate import Calibrator
 from flight.config import load_scenario
 from flight.dictionary import DetectionClass
 from flight.frames import BANDS, Footprint
-from flight.inference import TileModel, model_path
+from flight.inference import TileModel, heatmap_peaks, merge_peaks, model_path
 from flight.pipeline import STAGES, FramePipeline, encode_chip, tile_ndwi, tiles_of
 from payload_sim.scenes import synthetic_scene
 from payload_sim.sensor import Sensor, SensorConfig
@@ -101,3 +101,84 @@ def test_strip_height_does_not_change_the_result(world, pipeline):
     a, b = run_frame(pipeline, raw, 1, 128), run_frame(pipeline, raw, 2, 64)
     assert np.array_equal(a.tile_cloud, b.tile_cloud)
     assert [(d.row_px, d.col_px) for d in a.detections] == [(d.row_px, d.col_px) for d in b.detections]
+
+
+# -- the frame path of issue #16 against the computation it replaced ---------------------------------
+
+
+class Recorder:
+    """A model that keeps a copy of every input it is given."""
+
+    def __init__(self, model):
+        self.model, self.card, self.inputs = model, model.card, []
+
+    def run(self, tiles):
+        self.inputs.append(tiles.copy())
+        return self.model.run(tiles)
+
+
+def _reference(cfg, calibrator, models, raw, strip_rows):
+    """The frame computed as before issue #16, from its parts: every peak of the frame merged, then
+    the strongest kept. Returns tile cloud, detections and chips."""
+    tp, clouds, found, chips = cfg.tile_px, [], [], []
+    for r0 in range(0, raw.shape[1], strip_rows):
+        cal = calibrator.calibrate_strip(np.ascontiguousarray(raw[:, r0 : r0 + strip_rows]), r0)
+        for r in range(0, strip_rows, tp):
+            strip = cal[:, r : r + tp]
+            tiles = tiles_of(strip, tp)
+            cloud = models["cloud_screen"].run(tiles)
+            clouds.append(cloud)
+            clear, water = cloud < cfg.clear_tile_max_cloud, tile_ndwi(strip, tp) > cfg.water_ndwi_min
+            for step in cfg.cascade[1:]:
+                idx = np.flatnonzero(clear & (water if step.when == "clear_water" else ~water))
+                if idx.size == 0:
+                    continue
+                m = models[step.model]
+                heat = m.run(tiles[idx])
+                cls = {"ship_detect": DetectionClass.SHIP, "fire_detect": DetectionClass.FIRE}[step.model]
+                for k, rr, cc, score in heatmap_peaks(heat, m.card.threshold, m.card.stride):
+                    col = int(idx[k]) * tp + cc
+                    area = int((heat[k] >= m.card.threshold).sum()) * m.card.stride**2
+                    found.append((int(cls), float(score), float(r0 + r + rr), float(col), area))
+                    if cls.name.lower() in cfg.chip_classes and len(chips) < cfg.chips_per_frame:
+                        chip = encode_chip(strip, rr, col, cfg.chip_px, cfg.chip_max_bytes)
+                        if chip is not None:
+                            chips.append((int(cls), float(r0 + r + rr), float(col), chip[1]))
+    merged = []
+    for cls in {f[0] for f in found}:
+        peaks = [(row, col, score, area) for c, score, row, col, area in found if c == cls]
+        merged += [(cls, score, row, col, area) for row, col, score, area in merge_peaks(peaks, cfg.merge_px)]
+    return np.stack(clouds), sorted(merged, key=lambda f: -f[1])[: cfg.max_detections_per_frame], chips
+
+
+@pytest.mark.parametrize("case", [
+    dict(scene=dict(cloud_cover=0.3, water_fraction=0.0, fires=12), limit=64, strip_rows=128),
+    dict(scene=dict(cloud_cover=0.0, water_fraction=0.5, ships=60, fires=30), limit=64, strip_rows=64),
+    # the benchmark's worst case, small: hundreds of peaks, and a cap far below them (early stop)
+    dict(scene=dict(cloud_cover=0.0, water_fraction=1.0, ships=300), limit=5, strip_rows=128),
+    dict(scene=dict(cloud_cover=0.0, water_fraction=1.0, ships=300), limit=64, strip_rows=64),
+])
+def test_frame_path_is_bit_identical_to_the_previous_computation(world, case):
+    sensor, calibrator = world
+    cfg = load_scenario(None, ['flight.cascade=[{model="cloud_screen"}, {model="ship_detect", when="clear_water"},'
+                               ' {model="fire_detect", when="clear_land"}]', 'flight.chip_classes=["fire", "ship"]',
+                               'flight.chips_per_frame=4', f'flight.max_detections_per_frame={case["limit"]}']).flight
+    nets = {s.model: TileModel(model_path(s.model)) for s in cfg.cascade}
+    new, old = {n: Recorder(m) for n, m in nets.items()}, {n: Recorder(m) for n, m in nets.items()}
+    pipe = FramePipeline(cfg, calibrator, new)
+    for seed in (21, 22):
+        scene = synthetic_scene(seed, 1, H, W, **case["scene"])
+        raw = sensor.expose(scene.reflectance, np.random.default_rng(seed))
+        for rec in (*new.values(), *old.values()):
+            rec.inputs.clear()
+        r = run_frame(pipe, raw, seed, case["strip_rows"])
+        cloud, found, chips = _reference(cfg, calibrator, old, raw, case["strip_rows"])
+        for n in nets:  # calibrated tiles and every model input, bit for bit
+            assert len(new[n].inputs) == len(old[n].inputs), n
+            assert all(np.array_equal(a, b) for a, b in zip(new[n].inputs, old[n].inputs, strict=True)), n
+        assert np.array_equal(r.tile_cloud, cloud)
+        assert [(d.class_id, d.confidence, d.row_px, d.col_px, d.area_px) for d in r.detections] == found
+        assert [(c.class_id, c.row_px, c.col_px, c.png) for c in r.chips] == chips
+    if case["limit"] == 5:
+        assert len(found) == 5 and len(old["ship_detect"].inputs) > 0  # the cap did bite
+
