@@ -3,21 +3,25 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SCENARIO ?= payload_sim/scenarios/demo.toml
+# The tested versions (constraints/lock-dev.txt): results and speed do not drift with a new
+# release between two runs. `make test LOCK=` installs the newest allowed by pyproject.toml.
+LOCK ?= constraints/lock-dev.txt
+PIP_LOCK := $(if $(LOCK),-c $(LOCK))
 
 .PHONY: run test lint models bench bench-smoke verify verify-aarch64 calibration flight-wheel gallery clean
 
-$(VENV)/.runtime: pyproject.toml
+$(VENV)/.runtime: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel  # the packaging test builds a wheel without build isolation
-	$(PY) -m pip install --quiet -e '.[sim,ground]'
+	$(PY) -m pip install --quiet $(PIP_LOCK) -e '.[sim,ground]'
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet $(PIP_LOCK) -e '.[dev]'
 	touch $@
 
 $(VENV)/.train: $(VENV)/.dev
-	$(PY) -m pip install --quiet -e '.[train]'
+	$(PY) -m pip install --quiet $(PIP_LOCK) -e '.[train]'
 	touch $@
 
 RUN_ARGS ?=
