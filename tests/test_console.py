@@ -459,6 +459,12 @@ def test_guessed_ids_answer_like_missing_ones(console, name):
             else:
                 assert (status, body) == (404, missing_alert[2]), path
     assert c.request("/static/../data.py")[0] == 404 and c.request("/static/%2e%2e/data.py")[0] == 404
+    # ids past what the archive's 64-bit columns hold (the URL takes any digits): missing, not an error
+    for huge in (2**63, 2**64, 10**40):
+        for path in (f"/api/chips/{huge}.png", f"/api/chips/{huge}/{E | 4}.png", f"/api/chips/1/{huge}.png"):
+            assert c.request(path)[::2] == (404, missing[2]), path
+        for path in (f"/api/alerts/{huge}", f"/api/cap/{huge}.xml"):
+            assert c.request(path)[::2] == (404, missing_alert[2]), path
 
 
 @pytest.mark.parametrize("name", PARTNERS)

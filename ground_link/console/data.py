@@ -173,7 +173,7 @@ class ArchiveView:
             return default
         try:
             return fn(db)
-        except db.Error:
+        except (db.Error, OverflowError):  # OverflowError: an id from a URL past SQLite's 64-bit integers
             return default
         finally:
             db.close()
