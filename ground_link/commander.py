@@ -156,6 +156,18 @@ class UplinkPacer:
         return "link down" + (f", AOS in {aos - now:.0f} s" if aos is not None else ", no more contacts")
 
 
+def settle(final: dict[int, dict], counters: list[int], since_failure_s: float | None, try_s: float) -> dict | None:
+    """run_reliably's answer from the final reports heard so far (by counter), or None to wait on.
+    A COMPLETED copy wins at once. Otherwise the earliest copy's final report (the one that
+    executed first; later copies of a command that executed fail harmlessly), once every copy has
+    reported or `try_s` of link-up time has passed since the first failure was heard: a copy lost
+    on the uplink never reports, and must not keep the answer back for ever."""
+    done = next((r for r in final.values() if r["kind"] == "COMPLETED"), None)
+    if done is None and final and (len(final) == len(counters) or (since_failure_s or 0.0) >= try_s):
+        done = final[min(final)]
+    return done
+
+
 class Commander:
     def __init__(self, scenario: Scenario, clock: ScenarioClock, run_dir: Path, key: bytes | None = None,
                  route: dict | None = None):
@@ -277,33 +289,39 @@ class Commander:
     def run_reliably(self, name: str, timeout_s: float = 60.0, try_s: float | None = None, log=None, **args) -> dict:
         """Send a command when the link is up and wait for its final report; a command (or its
         report) not heard of within `try_s` of link-up time is sent again with a new counter. The
-        first COMPLETED report of any copy wins; else the first final report once every copy has
-        one (a repeat of a command that did execute fails harmlessly: e.g. "no such upload")."""
+        first COMPLETED report of any copy wins. Else, once some copy has failed, no copy is sent
+        again: the earliest copy's final report is the answer, after one more `try_s` of link-up
+        time for a COMPLETED of an earlier copy still on its way (a copy lost on the uplink never
+        reports; a repeat of a command that did execute fails harmlessly: "no such upload")."""
         log = log or (lambda _m: None)
         deadline = time.monotonic() + timeout_s
         try_s = try_s or max(6.0, 4 * self.pacer.queue_s + 3.0)
         counters: list[int] = []
+        up_s, next_copy_s = 0.0, 0.0  # link-up time waited so far; when the next copy is due
+        failed_s: float | None = None  # link-up time when the first failure was heard
+        last = time.monotonic()
         while True:
-            self.wait_for_contact(deadline)
-            counters.append(self.send(name, **args))
-            waited, last = 0.0, time.monotonic()
-            while waited < try_s:
-                final = {r["counter"]: r for r in self.reports() if r["counter"] in counters
-                         and ReportKind(r["report"]) in FINAL}
-                done = next((r for r in final.values() if r["kind"] == "COMPLETED"), None)
-                if done is None and len(final) == len(counters):
-                    done = final[counters[0]] if counters[0] in final else next(iter(final.values()))
-                if done is not None:
-                    return done
-                if time.monotonic() >= deadline:
-                    raise CommanderError(f"no final report for {name} (counters {counters}) within {timeout_s:.0f} s")
-                self.service_files()
-                time.sleep(0.1)
-                now_m = time.monotonic()
-                if self.pacer.link(time.time())[0]:  # only link-up time counts towards a re-send
-                    waited += now_m - last
-                last = now_m
-            log(f"{name}: no report for counter {counters[-1]} after {try_s:.0f} s of contact: sending it again")
+            if failed_s is None and up_s >= next_copy_s:
+                if counters:
+                    log(f"{name}: no report for counter {counters[-1]} after {try_s:.0f} s of contact: sending it again")
+                self.wait_for_contact(deadline)
+                counters.append(self.send(name, **args))
+                next_copy_s, last = up_s + try_s, time.monotonic()
+            final = {r["counter"]: r for r in self.reports() if r["counter"] in counters
+                     and ReportKind(r["report"]) in FINAL}
+            if final and failed_s is None:
+                failed_s = up_s
+            done = settle(final, counters, None if failed_s is None else up_s - failed_s, try_s)
+            if done is not None:
+                return done
+            if time.monotonic() >= deadline:
+                raise CommanderError(f"no final report for {name} (counters {counters}) within {timeout_s:.0f} s")
+            self.service_files()
+            time.sleep(0.1)
+            now_m = time.monotonic()
+            if self.pacer.link(time.time())[0]:  # only link-up time counts towards a re-send
+                up_s += now_m - last
+            last = now_m
 
     # -- reports -----------------------------------------------------------------------------------
 

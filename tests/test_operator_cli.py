@@ -281,3 +281,19 @@ def test_no_traceback_from_a_process(run_dir, tmp_path, argv):
     proc = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_command_copy_lost_on_the_uplink_does_not_hold_back_the_answer():
+    """run_reliably sends a command again when it hears nothing; copy 1 may be lost on the uplink
+    and never report. A failure of a later copy is then the answer after try_s of contact (the
+    e2e contact-plan test once waited 113 s for copy 1's report), a COMPLETED copy at once."""
+    failed = {"kind": "FAILED", "message": "contact plan refused: not JSON"}
+    again = {"kind": "FAILED", "message": "no received file"}
+    settle = commander.settle
+    assert settle({}, [3, 4], None, 9.0) is None
+    assert settle({4: failed}, [3, 4], 0.0, 9.0) is None  # copy 3 may still report: wait
+    assert settle({4: failed}, [3, 4], 8.9, 9.0) is None
+    assert settle({4: failed, 5: again}, [3, 4, 5], 9.0, 9.0) is failed  # the earliest that executed
+    assert settle({4: failed, 3: again}, [3, 4], 0.0, 9.0) is again  # every copy reported: the earliest
+    done = {"kind": "COMPLETED", "message": "ok"}
+    assert settle({5: done, 4: failed}, [3, 4, 5], 0.0, 9.0) is done
