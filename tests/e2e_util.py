@@ -22,3 +22,19 @@ def run_hil(run_dir: Path, overrides: list[str], timeout_s: float = 180,
     assert not left, f"processes left behind: {left}"
     summary = json.loads((run_dir / "summary.json").read_text())
     return proc.returncode, summary, proc.stderr
+
+
+def wait_console(base: str, proc: subprocess.Popen, timeout_s: float, what: str) -> None:
+    """Until the operator console at `base` serves its login page; fails at once, with the
+    output of `proc` (the console or the launcher that started it), if that process exits."""
+    import urllib.request
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(base + "/login", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            assert proc.poll() is None, (proc.stderr or proc.stdout).read()
+            return False
+
+    wait_for(up, timeout_s, what)

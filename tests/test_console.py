@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from e2e_util import REPO, hil_command, kill_leftovers, wait_for
+from e2e_util import REPO, hil_command, kill_leftovers, wait_console, wait_for
 
 from flight.config import AlertRule
 from flight.dictionary import DetectionClass
@@ -231,16 +231,7 @@ def start_console(run_dir: Path, partners: Path) -> tuple[subprocess.Popen, str]
                              "--partners", str(partners)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(base + "/login", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            assert proc.poll() is None, proc.stdout.read()
-            return False
-
-    wait_for(up, 30, "the console to listen")
+    wait_console(base, proc, 30, "the console to listen")
     return proc, base
 
 
@@ -653,15 +644,7 @@ classes = ["fire"]
     hil = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        def up() -> bool:
-            try:
-                with urllib.request.urlopen(base + "/login", timeout=1) as r:
-                    return r.status == 200
-            except OSError:
-                assert hil.poll() is None, hil.stderr.read()
-                return False
-
-        wait_for(up, 30, "the console of the run")
+        wait_console(base, hil, 30, "the console of the run")
         browser_login(d, base, "operator", "op-pw")
         wait_for(lambda: d.execute_script("return document.getElementById('map').classList.contains('basemap-ready')"),
                  20, "the offline base map")

@@ -22,12 +22,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
+from e2e_util import wait_console
 from pg_util import pg_cluster, pg_dsn  # noqa: F401 (fixtures)
 from test_console import (
     FIRE,
@@ -390,15 +390,7 @@ def test_hil_console_serves_a_live_constellation_and_its_archive_after(tmp_path)
     base = f"http://127.0.0.1:{port}"
     live_dialect = None
     try:
-        def up() -> bool:
-            try:
-                with urllib.request.urlopen(base + "/login", timeout=1) as r:
-                    return r.status == 200
-            except OSError:
-                assert hil.poll() is None, hil.stderr.read()
-                return False
-
-        wait_for(up, 60, "the console of the constellation's run")
+        wait_console(base, hil, 60, "the console of the constellation's run")
         c = Client(base)
         assert c.login("operator", PASSWORDS["operator"]) == 200
         info = json.loads((run_dir / "constellation.json").read_text())
