@@ -245,16 +245,22 @@ def stop_console(proc: subprocess.Popen) -> None:
         raise AssertionError("the console did not stop within 10 s of SIGTERM") from None
 
 
-@pytest.fixture(scope="module")
-def console(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("console_run")
-    info = build_archive(run_dir)
-    proc, base = start_console(run_dir, partners_file(run_dir / "partners.toml"))
+def login_all(base: str) -> dict[str, Client]:
+    """A client logged in as each partner (and the operator)."""
     clients = {}
     for name in PARTNERS:
         c = Client(base)
         assert c.login(name, PASSWORDS[name]) == 200
         clients[name] = c
+    return clients
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("console_run")
+    info = build_archive(run_dir)
+    proc, base = start_console(run_dir, partners_file(run_dir / "partners.toml"))
+    clients = login_all(base)
     yield {"base": base, "info": info, "clients": clients, "run_dir": run_dir}
     stop_console(proc)
 

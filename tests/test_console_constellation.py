@@ -37,8 +37,10 @@ from test_console import (
     Client,
     Feed,
     det,
+    expected_alerts,
     expected_products,
     free_port,
+    login_all,
     partners_file,
     png,
     products,
@@ -108,15 +110,6 @@ def expected_keys(name: str) -> set[str]:
     return {f"{sat}:{pid}" for sat in SATS for pid in expected_products(name, {})}
 
 
-def expected_alerts(name: str, built: dict) -> set[int]:
-    if name == "operator":
-        return set(built["alert_place"])
-    if name == "late":
-        return set()
-    return {a for a, w in built["alert_place"].items()
-            if w == name and (name == "north" or built["alert_class"][a] == "fire")}
-
-
 def write_status(run_dir: Path) -> None:
     """Fresh status files as the radios and stations write them: satellite 1 in view of Baku,
     satellite 2 of none (next AOS Astana)."""
@@ -148,11 +141,7 @@ def cons(request, tmp_path_factory):
     built = build_constellation(run_dir, target)
     write_status(run_dir)
     proc, base = start_console(run_dir, partners_file(run_dir / "partners.toml"))
-    clients = {}
-    for name in PARTNERS:
-        c = Client(base)
-        assert c.login(name, PASSWORDS[name]) == 200
-        clients[name] = c
+    clients = login_all(base)
     yield {"base": base, "built": built, "clients": clients, "run_dir": run_dir, "target": target,
            "backend": request.param}
     stop_console(proc)
