@@ -357,19 +357,29 @@ def heatmap_peaks(heatmaps: np.ndarray, threshold: float, stride: int,
             nb = padded[:, d + dr: d + dr + rows, d + dc: d + dc + cols]
             earlier = dr < 0 or (dr == 0 and dc < 0)
             peak &= (h > nb) if earlier else (h >= nb)
-    result = []
-    for t, r, c in zip(*np.nonzero(peak), strict=True):
-        r0, r1, c0, c1 = max(r - 1, 0), min(r + 2, rows), max(c - 1, 0), min(c + 2, cols)
-        w = np.maximum(h[t, r0:r1, c0:c1], 0.0).astype(np.float64)
-        total = w.sum()
-        if total > 0:
-            rr = (np.arange(r0, r1)[:, None] * w).sum() / total
-            cc = (np.arange(c0, c1)[None, :] * w).sum() / total
-        else:
-            rr, cc = float(r), float(c)
-        result.append((int(t), float((rr + 0.5) * stride), float((cc + 0.5) * stride), float(h[t, r, c])))
-    result.sort(key=lambda p: (p[0], -p[3]))
-    return result
+    t, r, c = np.nonzero(peak)
+    if t.size == 0:
+        return []
+    # Centroid of the 3x3 cells around every peak at once (the worst frame has ~500 peaks; a Python
+    # loop per peak cost 14 ms). Cells outside the tile get weight 0, which is what clipping the
+    # window at the tile edge does.
+    w = np.pad(np.maximum(h, 0.0), ((0, 0), (1, 1), (1, 1)))
+    rr_sum = np.zeros(t.size)
+    cc_sum = np.zeros(t.size)
+    total = np.zeros(t.size)
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            wk = w[t, r + 1 + dr, c + 1 + dc].astype(np.float64)
+            total += wk
+            rr_sum += (r + dr) * wk
+            cc_sum += (c + dc) * wk
+    safe = np.where(total > 0, total, 1.0)
+    rr = np.where(total > 0, rr_sum / safe, r)
+    cc = np.where(total > 0, cc_sum / safe, c)
+    score = h[t, r, c]
+    order = np.lexsort((-score, t))  # stable: by tile, then descending score, then raster order
+    return list(zip(t[order].tolist(), ((rr[order] + 0.5) * stride).tolist(),
+                    ((cc[order] + 0.5) * stride).tolist(), score[order].astype(np.float64).tolist(), strict=True))
 
 
 def merge_peaks(peaks: list[tuple], radius_px: float) -> list[tuple]:

@@ -285,6 +285,53 @@ def test_peaks_are_local_maxima_above_threshold(seed, thr, stride, dist):
     assert len(peaks) >= strict
 
 
+def _peaks_one_by_one(h, threshold, stride, d=1):
+    """heatmap_peaks as it was before it was vectorised (a Python loop per peak): the reference."""
+    n, rows, cols = h.shape
+    padded = np.pad(h, ((0, 0), (d, d), (d, d)), constant_values=-np.inf)
+    peak = h >= np.float32(threshold)
+    for dr in range(-d, d + 1):
+        for dc in range(-d, d + 1):
+            if dr or dc:
+                nb = padded[:, d + dr: d + dr + rows, d + dc: d + dc + cols]
+                peak &= (h > nb) if (dr < 0 or (dr == 0 and dc < 0)) else (h >= nb)
+    result = []
+    for t, r, c in zip(*np.nonzero(peak), strict=True):
+        r0, r1, c0, c1 = max(r - 1, 0), min(r + 2, rows), max(c - 1, 0), min(c + 2, cols)
+        w = np.maximum(h[t, r0:r1, c0:c1], 0.0).astype(np.float64)
+        total = w.sum()
+        if total > 0:
+            rr = (np.arange(r0, r1)[:, None] * w).sum() / total
+            cc = (np.arange(c0, c1)[None, :] * w).sum() / total
+        else:
+            rr, cc = float(r), float(c)
+        result.append((int(t), float((rr + 0.5) * stride), float((cc + 0.5) * stride), float(h[t, r, c])))
+    result.sort(key=lambda p: (p[0], -p[3]))
+    return result
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["random", "plateaus", "signed", "sparse"]),
+       st.floats(-0.5, 1.0), st.sampled_from([1, 2, 4]), st.integers(1, 3), st.integers(1, 5))
+def test_vectorised_peaks_equal_the_one_by_one_reference(seed, kind, thr, stride, dist, n):
+    rng = np.random.default_rng(seed)
+    cells = 64 // stride
+    if kind == "random":
+        h = rng.random((n, cells, cells))
+    elif kind == "plateaus":  # ties everywhere: the raster-order rule and the stable sort decide
+        h = rng.integers(0, 4, (n, cells, cells)) / 4.0
+    elif kind == "signed":  # negative weights are clipped to 0; a threshold <= 0 gives all-zero windows
+        h = rng.normal(0.0, 0.5, (n, cells, cells))
+    else:
+        h = np.where(rng.random((n, cells, cells)) < 0.03, rng.random((n, cells, cells)), 0.0)
+    h = h.astype(np.float32)
+    got = heatmap_peaks(h, thr, stride, dist)
+    want = _peaks_one_by_one(h, thr, stride, dist)
+    assert [(p[0], p[3]) for p in got] == [(p[0], p[3]) for p in want]
+    np.testing.assert_allclose([p[1:3] for p in got], [p[1:3] for p in want], rtol=0, atol=1e-9)
+    assert all(type(v) is int for v in [p[0] for p in got]) and all(type(v) is float for p in got for v in p[1:])
+
+
 def test_merge_peaks_keeps_the_strongest_of_a_border_pair():
     from flight.inference import merge_peaks
 

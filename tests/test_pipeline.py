@@ -64,6 +64,23 @@ def test_ndwi_separates_water_from_land():
     assert ndwi.shape == (2,) and ndwi[0] > 0.5 and ndwi[1] < -0.3
 
 
+@pytest.mark.parametrize("shape", [(6, 64, 2048), (6, 200, 130), (6, 512, 512), (6, 63, 640), (6, 10, 10)])
+def test_ndwi_is_the_exact_tile_mean_over_the_whole_uint16_range(shape):
+    rng = np.random.default_rng(sum(shape))
+    image = rng.integers(0, 2**16, shape, dtype=np.uint16)
+    image[:, :8] = 65535  # saturated rows: the largest sums a tile can have
+    r, c = shape[1] // 64, shape[2] // 64
+
+    def mean(band):  # float64 reference, full tiles only (partial edge tiles are not tiles)
+        return image[band, : r * 64, : c * 64].astype(np.float64).reshape(r, 64, c, 64).mean(axis=(1, 3)).reshape(-1)
+
+    g, n = mean(BANDS.index("green")), mean(BANDS.index("nir"))
+    want = (g - n) / np.maximum(g + n, 1.0)
+    got = tile_ndwi(image, 64)
+    assert got.shape == (r * c,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
 def test_chips_fit_their_byte_cap_and_decode():
     rng = np.random.default_rng(0)
     strip = rng.integers(0, 10000, (6, 64, 256), dtype=np.uint16)  # noise compresses badly
