@@ -348,35 +348,40 @@ def heatmap_peaks(heatmaps: np.ndarray, threshold: float, stride: int,
     n, rows, cols = h.shape
     if n == 0 or rows == 0 or cols == 0:
         return []
-    padded = np.pad(h, ((0, 0), (d, d), (d, d)), constant_values=-np.inf)
-    peak = h >= np.float32(threshold)
+    above = h >= np.float32(threshold)
+    hot = np.flatnonzero(above.reshape(n, -1).any(axis=1))  # tiles with a cell above threshold
+    if hot.size == 0:
+        return []
+    hh, peak = h[hot], above[hot]
+    padded = np.full((hot.size, rows + 2 * d, cols + 2 * d), -np.inf, np.float32)
+    padded[:, d:d + rows, d:d + cols] = hh
     for dr in range(-d, d + 1):
         for dc in range(-d, d + 1):
             if dr == 0 and dc == 0:
                 continue
             nb = padded[:, d + dr: d + dr + rows, d + dc: d + dc + cols]
             earlier = dr < 0 or (dr == 0 and dc < 0)
-            peak &= (h > nb) if earlier else (h >= nb)
-    t, r, c = np.nonzero(peak)
-    if t.size == 0:
+            peak &= (hh > nb) if earlier else (hh >= nb)
+    k, r, c = np.nonzero(peak)
+    if k.size == 0:
         return []
     # Centroid of the 3x3 cells around every peak at once (the worst frame has ~500 peaks; a Python
-    # loop per peak cost 14 ms). Cells outside the tile get weight 0, which is what clipping the
-    # window at the tile edge does.
-    w = np.pad(np.maximum(h, 0.0), ((0, 0), (1, 1), (1, 1)))
-    rr_sum = np.zeros(t.size)
-    cc_sum = np.zeros(t.size)
-    total = np.zeros(t.size)
+    # loop per peak cost 14 ms a frame). Cells outside the tile get weight 0, which is what clipping
+    # the window at the tile edge does.
+    w = np.zeros((hot.size, rows + 2, cols + 2))
+    np.maximum(hh, 0.0, out=w[:, 1:-1, 1:-1])
+    rr_sum, cc_sum, total = np.zeros(k.size), np.zeros(k.size), np.zeros(k.size)
     for dr in (-1, 0, 1):
         for dc in (-1, 0, 1):
-            wk = w[t, r + 1 + dr, c + 1 + dc].astype(np.float64)
+            wk = w[k, r + 1 + dr, c + 1 + dc]
             total += wk
             rr_sum += (r + dr) * wk
             cc_sum += (c + dc) * wk
-    safe = np.where(total > 0, total, 1.0)
-    rr = np.where(total > 0, rr_sum / safe, r)
-    cc = np.where(total > 0, cc_sum / safe, c)
-    score = h[t, r, c]
+    weighted = total > 0
+    safe = np.where(weighted, total, 1.0)
+    rr = np.where(weighted, rr_sum / safe, r)
+    cc = np.where(weighted, cc_sum / safe, c)
+    score, t = hh[k, r, c], hot[k]
     order = np.lexsort((-score, t))  # stable: by tile, then descending score, then raster order
     return list(zip(t[order].tolist(), ((rr[order] + 0.5) * stride).tolist(),
                     ((cc[order] + 0.5) * stride).tolist(), score[order].astype(np.float64).tolist(), strict=True))
