@@ -428,6 +428,13 @@ def test_hil_console_serves_a_live_constellation_and_its_archive_after(tmp_path)
     assert live_dialect == archive
 
 
+def popup_inside_map(d) -> bool:
+    return d.execute_script(
+        "const p = document.querySelector('.leaflet-popup-content-wrapper').getBoundingClientRect();"
+        "const m = document.getElementById('map').getBoundingClientRect();"
+        "return p.top >= m.top - 1 && p.bottom <= m.bottom + 1 && p.height > 50;")
+
+
 def test_browser_shows_a_constellation(cons, tmp_path):
     """Headless Chromium on the constellation archive (SQLite run only: the page is the same on
     both): both satellites' alerts on the map as distinct markers, the satellite and station in the
@@ -459,9 +466,10 @@ def test_browser_shows_a_constellation(cons, tmp_path):
             10, "satellite 2's chip in its alert's popup")
         src = d.execute_script("return document.querySelector('.leaflet-popup img.chip-img').getAttribute('src')")
         assert src.startswith("/api/chips/2/")
-        # textContent, not .text: with the constellation's taller link panel the map is short, and
-        # a popup taller than the map is clipped at its top in a small headless window (CI)
         assert "astana" in d.execute_script("return document.querySelector('.leaflet-popup').textContent")
+        # The whole popup is inside the map (its content scrolls when chip and quicklook are taller
+        # than a short map): before, its top (severity and class) was clipped off in CI's window.
+        wait_for(lambda: popup_inside_map(d), 5, "the alert popup inside the map, not clipped at its top")
         wait_for(lambda: len(d.find_elements(By.CSS_SELECTOR, "#passes tr.sat-row")) == 2, 10, "a row per satellite")
         assert len(d.find_elements(By.CSS_SELECTOR, "#passes tr.station-row")) == 2
         if os.environ.get("CONSOLE_SHOTS"):

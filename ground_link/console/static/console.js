@@ -29,6 +29,14 @@ function latlon(lat, lon, digits = 5) {
 
 // --- the map --------------------------------------------------------------------------------------
 const map = L.map("map", {worldCopyJump: true, zoomSnap: 0.5, minZoom: 2, maxZoom: 14}).setView([-30, 60], 4);
+// A popup taller than the map (chip + quicklook in a short map: small window, a constellation's
+// taller side panel) would be clipped at its top: its content scrolls inside the map's height instead.
+function fitPopupsToMap() {
+  document.documentElement.style.setProperty("--map-h", `${document.getElementById("map").clientHeight}px`);
+}
+fitPopupsToMap();
+window.addEventListener("resize", fitPopupsToMap);
+new ResizeObserver(fitPopupsToMap).observe(document.getElementById("map"));
 map.attributionControl.setPrefix(false);
 map.attributionControl.addAttribution("Natural Earth (world-atlas), Leaflet");
 map.createPane("base").style.zIndex = 200;
