@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sqlite3
@@ -69,27 +70,41 @@ def join_negative(argv: list[str], options: set[str]) -> list[str]:
     return out
 
 
-def parse_region(text: str) -> tuple[float, ...]:
+def region_of(text: str) -> tuple[float, float, float, float]:
+    """LAT0,LON0,LAT1,LON1 in degrees: four finite numbers, -90 <= LAT0 <= LAT1 <= 90, longitudes
+    in [-180, 180] (LON0 > LON1 crosses 180). ValueError says what is wrong (the console's filter
+    and this tool's --region share it)."""
     try:
         region = tuple(float(v) for v in text.split(","))
     except ValueError:
         region = ()
     if len(region) != 4:
-        raise argparse.ArgumentTypeError(f"region {text!r}: expected LAT0,LON0,LAT1,LON1 in degrees")
+        raise ValueError(f"region {text[:60]!r}: expected LAT0,LON0,LAT1,LON1 in degrees")
     lat0, lon0, lat1, lon1 = region
-    if not -90 <= lat0 <= lat1 <= 90:
-        raise argparse.ArgumentTypeError(f"region {text!r}: latitudes must satisfy -90 <= LAT0 <= LAT1 <= 90")
+    if not -90 <= lat0 <= lat1 <= 90:  # also false for nan
+        raise ValueError(f"region {text[:60]!r}: latitudes must satisfy -90 <= LAT0 <= LAT1 <= 90")
     if not (-180 <= lon0 <= 180 and -180 <= lon1 <= 180):
-        raise argparse.ArgumentTypeError(f"region {text!r}: longitudes must be in [-180, 180] (LON0 > LON1 crosses 180)")
-    return region
+        raise ValueError(f"region {text[:60]!r}: longitudes must be in [-180, 180] (LON0 > LON1 crosses 180)")
+    return lat0, lon0, lat1, lon1
+
+
+def parse_region(text: str) -> tuple[float, ...]:
+    try:
+        return region_of(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_time(text: str) -> float | datetime:
     """Scenario seconds, or a UTC time (ISO-8601 with a zone)."""
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        pass
+        seconds = None
+    if seconds is not None:
+        if not math.isfinite(seconds):  # nan would keep every record, inf none
+            raise argparse.ArgumentTypeError(f"{text!r}: a time must be finite")
+        return seconds
     try:
         return parse_epoch(text)
     except ValueError:

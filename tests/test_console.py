@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -28,6 +29,8 @@ import cv2
 import numpy as np
 import pytest
 from e2e_util import REPO, hil_command, kill_leftovers, wait_console, wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flight.config import AlertRule
 from flight.dictionary import DetectionClass
@@ -712,3 +715,75 @@ classes = ["fire"]
         left = kill_leftovers(run_dir)
     assert hil.returncode == 0, hil.stderr.read()[-2000:]
     assert not left, f"processes left behind: {left}"
+
+
+# --- hostile query parameters ----------------------------------------------------------------------
+
+HOSTILE_NUMBERS = ["", "-1", "0", "2**63", str(2**63), str(2**64), str(10**40), "-" + str(2**63 + 1), "1e400", "-1e400",
+                   "nan", "inf", "-inf", "NaN", "0x10", "1_000", " 5 ", "abc", "9" * 5000, "\u0661\u0662", "%00", "'; --"]
+
+
+def test_hostile_filter_values_get_400_never_500(console):
+    """Every filter over the whole range of its type (huge, negative, non-finite, malformed, long):
+    the alert list and every export answer 200 (a usable value) or 400 with a reason, never 500,
+    and the console keeps serving."""
+    c = console["clients"]["operator"]
+    everything = {a["id"] for a in c.json("/api/alerts")}
+    regions = ["1,2", "1,2,3,4,5", "nan,0,1,1", "0,0,inf,1", "-91,0,0,1", "0,-181,1,1", "0,0,91,1", ",,,", "a,b,c,d",
+               "1e400,0,1,1", ",".join(["1"] * 2000)]
+    times = HOSTILE_NUMBERS + ["2026-11-28T06:00:00", "2026-13-40T00:00:00Z", "9999-12-31T23:59:59Z",
+                               "0001-01-01T00:00:00Z", "2026-11-28T06:00:00+99:00", "T" * 3000]
+    cases = [("since", v) for v in times] + [("until", v) for v in times] + [("region", v) for v in regions + HOSTILE_NUMBERS]
+    cases += [("class", "x" * 5000), ("severity", ",,,"), ("class", "\u0000")]
+    for key, value in cases:
+        q = urllib.parse.urlencode({key: value})
+        for path in ("/api/alerts", "/api/export/alerts.geojson", "/api/export/alerts.csv", "/api/export/alerts.cap"):
+            status, _, body = c.request(f"{path}?{q}")
+            assert status in (200, 400), (path, key, value[:40], status, body[:200])
+            if status == 400:
+                assert json.loads(body)["error"], (path, key, value[:40])
+    # usable extremes still filter as asked
+    assert {a["id"] for a in c.json("/api/alerts?since=-1e9&until=1e12")} == everything
+    assert c.json("/api/alerts?since=1e12") == []
+    assert {a["id"] for a in c.json("/api/alerts?region=-90,-180,90,180")} <= everything
+    assert c.request("/api/alerts?since=nan")[0] == 400 and c.request("/api/alerts?region=0,0,nan,1")[0] == 400
+    assert c.json("/api/me")["name"] == "operator"  # still serving
+
+
+@pytest.mark.parametrize("cursor", ["", "x", "1:2:3", str(2**63) + ":0", str(2**64) + ":0", "-5:0", "0:nan", "0:inf",
+                                    "0:-inf", "0:1e400", "1" * 5000 + ":0", "0:" + "9" * 400, ":"])
+def test_hostile_feed_cursors_start_a_fresh_feed(console, cursor):
+    """A cursor from a client (Last-Event-ID or ?cursor=) that does not fit what it is compared
+    with (64-bit alert ids, finite times) is ignored: the feed starts from now, as with none."""
+    c = console["clients"]["operator"]
+    host, port = console["base"].removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", f"/api/stream?cursor={urllib.parse.quote(cursor)}", headers={"Authorization": f"Bearer {c.token}"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        first = resp.readline()
+        assert first.startswith(b"retry:"), first
+        # the stream stays open and sends the link state (every LINK_EVERY_S): it did not die on the cursor
+        deadline, got = time.time() + 8, b""
+        while b"event: link" not in got and time.time() < deadline:
+            got += resp.readline()
+        assert b"event: link" in got, got[-300:]
+    finally:
+        conn.close()
+    assert c.json("/api/me")["name"] == "operator"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30)),
+       st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.text(max_size=30)))
+def test_a_feed_cursor_is_what_sql_can_compare_or_none(alert_id, wall):
+    """Before: a cursor past 64 bits parsed, every poll then failed in SQL (OverflowError, caught
+    as 'nothing new'), and that feed stayed silent for good, even for new alerts."""
+    from ground_link.console.data import Cursor
+
+    cur = Cursor.parse(f"{alert_id}:{wall}")
+    if cur is not None:
+        assert 0 <= cur.alert_id < 2**63 and math.isfinite(cur.wall) and cur.wall >= 0
+        assert Cursor.parse(cur.text()) == cur  # what the feed sends back as its id parses again
+    assert Cursor.parse("17:1234.5") == Cursor(17, 1234.5)

@@ -130,9 +130,13 @@ class Cursor:
     def parse(cls, text: str | None) -> Cursor | None:
         try:
             a, w = (text or "").split(":")
-            return cls(int(a), float(w))
+            alert_id, wall = int(a), float(w)
         except ValueError:
             return None
+        # compared in SQL with 64-bit ids and with wall times: anything else starts a fresh feed
+        if not (0 <= alert_id < 2**63 and math.isfinite(wall) and wall >= 0):
+            return None
+        return cls(alert_id, wall)
 
     def advance(self, rows: list[tuple[tuple[int, int], float]]) -> None:
         """rows: ((satellite_id, product_id), received_wall) read since the cursor, in received_wall order."""

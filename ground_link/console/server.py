@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from datetime import datetime
@@ -92,12 +93,16 @@ def _parse_time(text: str | None, ctx: RunContext) -> float | None:
     if not text:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        pass
+        value = None
+    if value is not None:
+        if not math.isfinite(value):  # nan would keep everything, inf nothing: say so instead
+            raise ValueError(f"{text[:40]!r}: a time must be a finite number of seconds or UTC ISO 8601")
+        return value
     dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if dt.tzinfo is None:
-        raise ValueError(f"{text!r}: give a timezone (Z for UTC)")
+        raise ValueError(f"{text[:40]!r}: give a timezone (Z for UTC)")
     return (dt - ctx.epoch).total_seconds()
 
 
@@ -105,15 +110,14 @@ def alert_filter(params, ctx: RunContext):
     """The console's filters as a predicate over alert records: class, severity (comma lists),
     since/until (scenario seconds or UTC ISO 8601), region lat0,lon0,lat1,lon1."""
     from ground_link.alerts import in_region
+    from ground_link.query import region_of
 
     classes = set(filter(None, params.get("class", "").split(",")))
     severities = set(filter(None, params.get("severity", "").split(",")))
     since, until = _parse_time(params.get("since"), ctx), _parse_time(params.get("until"), ctx)
     region = None
     if params.get("region"):
-        region = tuple(float(v) for v in params["region"].split(","))
-        if len(region) != 4:
-            raise ValueError("region: lat0,lon0,lat1,lon1")
+        region = region_of(params["region"])
 
     def keep(r: dict) -> bool:
         if classes and r["class"] not in classes:

@@ -378,8 +378,14 @@ function connect(cursor) {
 for (const el of document.querySelectorAll("#filters input")) el.addEventListener("change", redraw);
 document.getElementById("f-region").addEventListener("keyup", (ev) => { if (ev.key === "Enter") redraw(); });
 document.getElementById("f-view").addEventListener("click", () => {
+  // The map scrolls past +-180 degrees (worldCopyJump): a region is in -90..90 / -180..180, as the
+  // server requires; west > east then means "across 180 degrees".
   const b = map.getBounds();
-  document.getElementById("f-region").value = [b.getSouth(), b.getWest(), b.getNorth(), b.getEast()].map((v) => v.toFixed(3)).join(",");
+  const wrap = (lon) => ((lon + 180) % 360 + 360) % 360 - 180;
+  const whole = b.getEast() - b.getWest() >= 360;
+  const region = [Math.max(-90, b.getSouth()), whole ? -180 : wrap(b.getWest()),
+                  Math.min(90, b.getNorth()), whole ? 180 : wrap(b.getEast())];
+  document.getElementById("f-region").value = region.map((v) => v.toFixed(3)).join(",");
   redraw();
 });
 document.getElementById("f-clear").addEventListener("click", () => { document.getElementById("f-region").value = ""; redraw(); });
