@@ -356,7 +356,7 @@ def build_one(name: str, log=_log) -> dict:
                               sigma_per_length=plan["sigma_per_length"], pos_weight=plan["pos_weight"],
                               cloudy_boost=plan["cloudy_boost"], stem=plan.get("stem", "patch"), act=plan.get("act", "relu"),
                               qat_epochs=plan.get("qat_epochs", 0), hard_weight=plan.get("hard_weight", 0.0),
-                              name=name, log=log)
+                              stem_c=plan.get("stem_c"), name=name, log=log)
     log(f"  trained ({time.time() - t0:.0f} s)")
 
     fp32 = MODELS_DIR / f"{name}.fp32.onnx"

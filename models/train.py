@@ -59,13 +59,15 @@ class CloudNet(nn.Module):
 
 class HeatNet(nn.Module):
     def __init__(self, stride: int = 2, c: int = 16, depth: int = 2, dilations=(1, 2), stem: str = "patch",
-                 act: str = "relu"):
+                 act: str = "relu", stem_c: int | None = None):
+        """``stem_c``: channels of the "s2" stem's first (2x2 stride-2) convolution; default c // 2."""
         super().__init__()
         if stem == "patch":  # s x s space-to-depth conv: cheapest, but a 3 px ship is a fraction of one cell
             layers = [conv_bn(6, c, stride, stride=stride, act=act)]
         else:  # "s2": 2x2 stride-2 conv, then a 3x3 stride-2 conv, keeps 2 px detail for small objects
             assert stride == 4, "the s2 stem reaches stride 4"
-            layers = [conv_bn(6, c // 2, 2, stride=2, act=act), conv_bn(c // 2, c, 3, stride=2, pad=1, act=act)]
+            sc = stem_c or c // 2
+            layers = [conv_bn(6, sc, 2, stride=2, act=act), conv_bn(sc, c, 3, stride=2, pad=1, act=act)]
         for i in range(depth):
             d = dilations[i % len(dilations)]
             layers.append(conv_bn(c, c, 3, pad=d, dilation=d, act=act))
@@ -187,12 +189,12 @@ def train_heat(data: dict, stride: int, epochs: int = 15, seed: int = 1, c: int 
                sigma_px: float = 1.5, lr: float = 3e-3, batch: int = 64, pos_weight: float = 20.0,
                dilations=(1, 2), sigma_per_length: float = 0.25, cloudy_boost: float = 1.0, name: str = "heat",
                stem: str = "patch", act: str = "relu", qat_epochs: int = 0, hard_weight: float = 0.0,
-               log=print) -> HeatNet:
+               stem_c: int | None = None, log=print) -> HeatNet:
     """Train a heatmap detector; then, if ``qat_epochs``, fine-tune it quantization-aware
     (see ``ActivationFakeQuant``) so that the INT8 file decides like the FP32 one."""
     set_determinism(seed)
     rng = np.random.default_rng(seed)
-    model = HeatNet(stride, c, depth, dilations, stem, act)
+    model = HeatNet(stride, c, depth, dilations, stem, act, stem_c)
     tiles = data["tiles"]
     n = len(tiles)
     tgt, wgt = heat_targets(data["objects"], n, stride, sigma_px, sigma_per_length)
