@@ -332,8 +332,10 @@ async function start() {
   renderCloud();
   redraw();
   const located = [...S.alerts.values(), ...S.frames.values()].filter((x) => x.lat != null);
-  if (located.length) map.fitBounds(L.latLngBounds(located.map((x) => [x.lat, x.lon])).pad(0.8), {maxZoom: 6});
-  else if (snap.me.regions.length) map.fitBounds(ruleLayer.getLayers()[0].getBounds());
+  // Not animated: a zoom animation still running when the operator clicks an alert would, at its
+  // end, undo that alert's setView and leave its popup clipped (seen in the browser test under load).
+  if (located.length) map.fitBounds(L.latLngBounds(located.map((x) => [x.lat, x.lon])).pad(0.8), {maxZoom: 6, animate: false});
+  else if (snap.me.regions.length) map.fitBounds(ruleLayer.getLayers()[0].getBounds(), {animate: false});
   connect(snap.cursor);
 }
 function connect(cursor) {
