@@ -94,7 +94,7 @@ def tile_ndwi(image: np.ndarray, tile_px: int) -> np.ndarray:
 
     def means(band: int) -> np.ndarray:
         # Column sums of each tile row (OpenCV, one pass), then 64-column groups: exact integer sums
-        # in float64, 5x faster than numpy's mean over a strided 4-D view (4.7 -> 0.8 ms a frame).
+        # in float64; about 2x faster than numpy's mean over a strided 4-D view (7.2 -> 3.4 ms a frame).
         out = np.empty((r, c), np.float64)
         for i in range(r):
             cols = cv2.reduce(image[band, i * tile_px:(i + 1) * tile_px, : c * tile_px], 0, cv2.REDUCE_SUM,

@@ -753,8 +753,9 @@ def test_hostile_filter_values_get_400_never_500(console):
 @pytest.mark.parametrize("cursor", ["", "x", "1:2:3", str(2**63) + ":0", str(2**64) + ":0", "-5:0", "0:nan", "0:inf",
                                     "0:-inf", "0:1e400", "1" * 5000 + ":0", "0:" + "9" * 400, ":"])
 def test_hostile_feed_cursors_start_a_fresh_feed(console, cursor):
-    """A cursor from a client (Last-Event-ID or ?cursor=) that does not fit what it is compared
-    with (64-bit alert ids, finite times) is ignored: the feed starts from now, as with none."""
+    """A cursor from a client (Last-Event-ID or ?cursor=) over the whole range of its fields: the
+    feed answers and keeps sending. That a cursor which does not fit what SQL compares it with is
+    ignored (the feed starts from now) is test_a_feed_cursor_is_what_sql_can_compare_or_none."""
     c = console["clients"]["operator"]
     host, port = console["base"].removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
