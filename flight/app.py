@@ -285,8 +285,8 @@ class FlightApp:
         self.emit("CONTACT_PLAN_LOADED", source=source, windows=len(plan.windows),
                   first=self.utc_text(plan.windows[0].aos_s), last=self.utc_text(plan.ends_s))
 
-    def utc_text(self, t_s: float) -> str:
-        return self.clock.utc(t_s).strftime("%Y-%m-%dT%H:%M:%SZ")
+    def utc_text(self, t_s: float | None) -> str:
+        return "-" if t_s is None else self.clock.utc(t_s).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def send_cutoff_wall(self, now_wall: float) -> float | None:
         """Until when (wall time) a packet may leave the radio: None = no limit (no plan in force);

@@ -32,6 +32,7 @@ import re
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from flight.products import Event, Housekeeping, ImageChip
 
@@ -90,6 +91,7 @@ class Db:
 
     def __init__(self, target: str | Path, read_only: bool = False):
         self.dialect = "postgresql" if is_postgres(target) else "sqlite"
+        self.conn: Any  # a psycopg or an sqlite3 connection: the dialect says which
         if self.dialect == "postgresql":
             try:
                 import psycopg

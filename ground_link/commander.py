@@ -345,13 +345,13 @@ class Commander:
             return Commander._decode_reports(rows, counter)
         if not Path(self.archive).exists():
             return []
-        db = sqlite3.connect(f"file:{self.archive}?mode=ro", uri=True, timeout=5)
+        lite = sqlite3.connect(f"file:{self.archive}?mode=ro", uri=True, timeout=5)
         try:
-            rows = db.execute("SELECT fields FROM products WHERE kind = 'CommandReport' ORDER BY product_id").fetchall()
+            rows = lite.execute("SELECT fields FROM products WHERE kind = 'CommandReport' ORDER BY product_id").fetchall()
         except sqlite3.Error:
             rows = []
         finally:
-            db.close()
+            lite.close()
         return Commander._decode_reports(rows, counter)
 
     @staticmethod

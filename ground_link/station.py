@@ -325,9 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             svc.write_status(lambda: station.status() | clock_info)
         svc.write_status(station.status() | clock_info, force=True)
     finally:
-        for s in (*rxs.values(), *txs.values(), feed):
-            if s is not None:
-                s.close(linger=0)
+        for closing in (*rxs.values(), *txs.values(), feed):
+            if closing is not None:
+                closing.close(linger=0)
         ctx.term()
         station.close()
     return 0

@@ -85,9 +85,10 @@ class PgCluster:
     server runs as `nobody`. `fsync=False` for tests that do not measure durability."""
 
     def __init__(self, fsync: bool = True, max_connections: int = 200):
-        self.bin = pg_bin_dir()
-        if self.bin is None:
+        found = pg_bin_dir()
+        if found is None:
             raise RuntimeError(pg_missing_reason() or "no PostgreSQL")
+        self.bin: Path = found
         self.fsync, self.max_connections = fsync, max_connections
         self.root: Path | None = None
         self.port = 0
@@ -110,10 +111,10 @@ class PgCluster:
         return self.root / "server.log"
 
     def start(self, timeout_s: float = 60.0) -> str:
-        self.root = Path(tempfile.mkdtemp(prefix="pgcluster-"))
+        root = self.root = Path(tempfile.mkdtemp(prefix="pgcluster-"))
         if os.geteuid() == 0:
-            shutil.chown(self.root, "nobody", "nogroup")
-        data = self.root / "data"
+            shutil.chown(root, "nobody", "nogroup")
+        data = root / "data"
         subprocess.run(self._as_user([str(self.bin / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                                       "-E", "UTF8", "--no-sync", "--no-instructions"]),
                        check=True, capture_output=True, timeout=timeout_s, cwd=self.root)

@@ -290,7 +290,8 @@ class FlightFaults:
             "flight_killed_at_s": round(killed_s, 3), "products_created_before_kill": row[0] if row else 0,
             "products_pending_at_kill": pending, "restart_dir": str(self.restart_dir),
             "flight_status_at_kill": self.before}, indent=2) + "\n")
-        args = list(old.args)
+        assert isinstance(old.args, list), old.args  # launched from an argument list above
+        args = [str(a) for a in old.args]
         args[args.index("--run-dir") + 1] = str(self.restart_dir)
         log = open(self.run_dir / "flight-restart.log", "w")
         procs["flight"] = subprocess.Popen(args, stdout=log, stderr=log, env={**os.environ, "ONBOARD_STOP_WITH_PARENT": "1"})
@@ -300,10 +301,11 @@ class FlightFaults:
         from flight.service import read_status
 
         new = read_status(self.restart_dir, "flight")
+        before = self.before or {}
         merged = dict(new)
         for k in FLIGHT_COUNTS:
-            merged[k] = self.before.get(k, 0) + new.get(k, 0)
-        merged["eos"] = bool(self.before.get("eos") or new.get("eos") or self.camera_done_at_kill)
+            merged[k] = before.get(k, 0) + new.get(k, 0)
+        merged["eos"] = bool(before.get("eos") or new.get("eos") or self.camera_done_at_kill)
         merged["store_products"] = new.get("store_products")  # None until the new flight reports
         cam = read_status(self.run_dir, "camera")
         lost = cam.get("frames_captured", 0) - merged["frames_processed"] - merged["frames_rejected"]

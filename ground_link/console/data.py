@@ -430,8 +430,8 @@ class ArchiveView:
             "cursor": cursor.text(),
             # which satellites and stations (a constellation's run), else None: the page adds columns
             "constellation": None if not self.multi else {
-                "satellites": list(self.ctx.constellation.get("satellites", [])),
-                "stations": list(self.ctx.constellation.get("stations", []))},
+                "satellites": list((self.ctx.constellation or {}).get("satellites", [])),
+                "stations": list((self.ctx.constellation or {}).get("stations", []))},
         }
 
     def _start_cursor(self, db, p: Partner, now: float) -> Cursor:
@@ -576,10 +576,11 @@ class ArchiveView:
                     from payload_sim.constellation import pair_contacts
 
                     orbit = sc.extra.get("orbit", {})
-                    names = list(self.ctx.constellation.get("stations", []))
+                    cons = self.ctx.constellation or {}
+                    names = list(cons.get("stations", []))
                     passes = []
                     for sat in sc.constellation.satellites:
-                        if sat.id not in self.ctx.constellation.get("satellites", [sat.id]):
+                        if sat.id not in cons.get("satellites", [sat.id]):
                             continue  # a run of fewer satellites than the scenario file lists
                         tle1, tle2 = sat.tle1 or orbit.get("tle1", ""), sat.tle2 or orbit.get("tle2", "")
                         for plan in pair_contacts(sc, names, (tle1, tle2) if tle1 and tle2 else None).values():
