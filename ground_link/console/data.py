@@ -497,28 +497,34 @@ class ArchiveView:
 
     # --- link state -------------------------------------------------------------------------------
 
+    def _passes_once(self, compute) -> list:
+        """The run's contact windows, computed on first use and kept (sgp4 over the whole run is
+        slow, and every open feed asks once a second). A failure (a bad orbit table) leaves none:
+        it must not stop the console."""
+        with self._passes_lock:
+            if self._passes is None:
+                try:
+                    self._passes = compute()
+                except Exception as exc:  # noqa: BLE001 - see above
+                    self._passes = []
+                    print(f"console: no contact plan: {exc}", flush=True)
+            return self._passes
+
     def next_passes(self, now_s: float | None) -> list[dict]:
         """The next contact window per station (the scenario's contact plan; with an always-up link
         model, the orbit's passes over the scenario's ground stations, for information)."""
         sc = self.ctx.scenario
         if sc is None or now_s is None:
             return []
-        with self._passes_lock:
-            if self._passes is None:
-                try:
-                    from ground_link.linkmodel import (
-                        make_contacts,
-                        orbit_windows,
-                        scenario_horizon_s,
-                    )
 
-                    plan = make_contacts(sc)
-                    self._passes = plan.windows if plan.windows is not None else orbit_windows(sc, scenario_horizon_s(sc))
-                except Exception as exc:  # noqa: BLE001 - a bad orbit table must not stop the console
-                    self._passes = []
-                    print(f"console: no contact plan: {exc}", flush=True)
+        def windows() -> list:
+            from ground_link.linkmodel import make_contacts, orbit_windows, scenario_horizon_s
+
+            plan = make_contacts(sc)
+            return plan.windows if plan.windows is not None else orbit_windows(sc, scenario_horizon_s(sc))
+
         nxt: dict[str, Any] = {}
-        for w in self._passes:
+        for w in self._passes_once(windows):
             if w.los_s > now_s and w.station not in nxt:
                 nxt[w.station] = w
         return [{"station": w.station, "aos_s": w.aos_s, "los_s": w.los_s, "aos_utc": self.ctx.utc(w.aos_s),
@@ -570,27 +576,24 @@ class ArchiveView:
         sc = self.ctx.scenario
         if sc is None or now_s is None:
             return []
-        with self._passes_lock:
-            if self._passes is None:
-                try:
-                    from payload_sim.constellation import pair_contacts
 
-                    orbit = sc.extra.get("orbit", {})
-                    cons = self.ctx.constellation or {}
-                    names = list(cons.get("stations", []))
-                    passes = []
-                    for sat in sc.constellation.satellites:
-                        if sat.id not in cons.get("satellites", [sat.id]):
-                            continue  # a run of fewer satellites than the scenario file lists
-                        tle1, tle2 = sat.tle1 or orbit.get("tle1", ""), sat.tle2 or orbit.get("tle2", "")
-                        for plan in pair_contacts(sc, names, (tle1, tle2) if tle1 and tle2 else None).values():
-                            passes += [(sat.id, w) for w in plan.windows or []]  # None: always in contact
-                    self._passes = sorted(passes, key=lambda x: x[1].aos_s)
-                except Exception as exc:  # noqa: BLE001 - a bad orbit table must not stop the console
-                    self._passes = []
-                    print(f"console: no contact plan: {exc}", flush=True)
+        def pair_windows() -> list:
+            from payload_sim.constellation import pair_contacts
+
+            orbit = sc.extra.get("orbit", {})
+            cons = self.ctx.constellation or {}
+            names = list(cons.get("stations", []))
+            passes = []
+            for sat in sc.constellation.satellites:
+                if sat.id not in cons.get("satellites", [sat.id]):
+                    continue  # a run of fewer satellites than the scenario file lists
+                tle1, tle2 = sat.tle1 or orbit.get("tle1", ""), sat.tle2 or orbit.get("tle2", "")
+                for plan in pair_contacts(sc, names, (tle1, tle2) if tle1 and tle2 else None).values():
+                    passes += [(sat.id, w) for w in plan.windows or []]  # None: always in contact
+            return sorted(passes, key=lambda x: x[1].aos_s)
+
         nxt: dict[tuple[int, str], Any] = {}
-        for sat, w in self._passes:
+        for sat, w in self._passes_once(pair_windows):
             if w.los_s > now_s and (sat, w.station) not in nxt:
                 nxt[(sat, w.station)] = w
         return [{"satellite_id": sat, "station": w.station, "aos_s": w.aos_s, "los_s": w.los_s,
