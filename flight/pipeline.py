@@ -264,7 +264,7 @@ class FramePipeline(Generic[M]):
         if idx.size == 0:
             return
         model = self.models[step.model]
-        heat = model.run(tiles[idx])
+        heat = model.run(tiles if idx.size == len(tiles) else tiles[idx])  # all selected (open water): no copy
         cls = MODEL_CLASS.get(step.model, 0)
         tp = self.cfg.tile_px
         hot_px = (heat >= model.card.threshold).sum(axis=(1, 2)) * model.card.stride**2  # per tile, once

@@ -168,6 +168,72 @@ def channels_last_uint8_input(int8_src, fp32_src, int8_dst, fp32_dst) -> tuple[f
     return scale, zp
 
 
+def merge_stem_columns(path) -> int | None:
+    """Rewrite the stem of a flight-input model file in place so onnxruntime runs it faster, with
+    the same results (INT8: bit for bit; FP32: to float rounding). Returns the merge factor, or
+    None when the file has no such stem (or was rewritten already).
+
+    The stem is a k x k convolution with stride k over the 6-band tiles. onnxruntime's
+    channels-last QLinearConv gathers a 6-byte run per kernel tap for it, which made it 30-75 % of
+    a model's time though it holds 5-25 % of the MACs (docs/benchmarks.md). The k pixels side by
+    side under one kernel row are adjacent in memory, so the input is reshaped (free, no copy) from
+    (N, 64, 64, 6) to (N, 64, 64 / k, 6 k) and the stem becomes a k x 1 convolution over 6 k
+    channels: the same products, summed over the same weights, in k runs of 6 k bytes. Weights
+    are only reordered (per-output-channel scales unchanged), the model's input contract stays
+    uint8 (N, 64, 64, 6).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(path))
+    g = m.graph
+    if any(n.name == "tiles_merge_columns" for n in g.node):
+        return None
+    users = [n for n in g.node if UINT8_INPUT in n.input]
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    if len(users) != 1 or not convs:
+        return None
+    stem = convs[0]
+    attrs = {a.name: helper.get_attribute_value(a) for a in stem.attribute}
+    k = attrs.get("kernel_shape", [0])[0]
+    if not (attrs.get("kernel_shape") == [k, k] and attrs.get("strides") == [k, k] and k > 1 and 64 % k == 0
+            and attrs.get("group", 1) == 1 and not any(attrs.get("pads", [0])) and set(attrs.get("dilations", [1])) == {1}):
+        return None
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    wname = stem.input[1]
+    if wname not in inits:  # INT8: the weight is DequantizeLinear(int8 initializer, per output channel)
+        wdq = producer[wname]
+        if wdq.op_type != "DequantizeLinear" or wdq.input[0] not in inits:
+            return None
+        wname = wdq.input[0]
+    w = numpy_helper.to_array(inits[wname])
+    out_c, bands = w.shape[:2]
+    # new input channel dc * bands + b at kernel row dr <- old weight [o, b, dr, dc]
+    merged = np.ascontiguousarray(w.transpose(0, 3, 1, 2).reshape(out_c, k * bands, k, 1))
+    inits[wname].CopyFrom(numpy_helper.from_array(merged, wname))
+    for a in stem.attribute:
+        if a.name in ("kernel_shape", "strides"):
+            a.CopyFrom(helper.make_attribute(a.name, [k, 1]))
+    g.initializer.append(numpy_helper.from_array(np.array([-1, 64, 64 // k, k * bands], np.int64), "tiles_merged_shape"))
+    users[0].input[list(users[0].input).index(UINT8_INPUT)] = "tiles_merged"
+    g.node.insert(0, helper.make_node("Reshape", [UINT8_INPUT, "tiles_merged_shape"], ["tiles_merged"],
+                                      name="tiles_merge_columns"))
+    # shapes recorded for the tensors between the input and the stem are stale now
+    stem_inputs, frontier = set(), [stem.input[0]]
+    while frontier:
+        t = frontier.pop()
+        stem_inputs.add(t)
+        node = producer.get(t)
+        if node is not None:
+            frontier += [i for i in node.input[:1] if i not in stem_inputs]
+    for vi in [v for v in g.value_info if v.name in stem_inputs]:
+        g.value_info.remove(vi)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return k
+
+
 # ------------------------------------------------------------------------------------------- MACs
 def count_macs(path) -> int:
     """Multiply-accumulates for one 64x64 tile (batch 1), from the ONNX graph with shapes inferred.

@@ -370,5 +370,9 @@ def test_int8_graph_runs_no_transpose_or_input_quantization(name, tmp_path):
     ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     assert "QLinearConv" in ops
     assert "QuantizeLinear" not in ops
-    first = [n for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node if card.input_name in n.input]
+    nodes = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+    first = [n for n in nodes if card.input_name in n.input]
+    # the stem's column merge (models.export.merge_stem_columns) is a Reshape, free in memory: look past it
+    views = {o for n in first if n.op_type == "Reshape" for o in n.output}
+    first = [n for n in first if n.op_type != "Reshape"] + [n for n in nodes if views & set(n.input)]
     assert first and all(n.op_type != "Transpose" for n in first), [n.op_type for n in first]
