@@ -227,7 +227,9 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
                 models=models, batch_tiles=batch_tiles, tiles=min(256, (p.height // 64) * (p.width // 64)),
                 min_s=0.1 if p.smoke else 0.5)))
             bar.set_postfix_str("main INT8")
+            steal0 = cpu_steal(rn.cores)
             runs["main"] = pipeline(ref, p.warmup, p.frames)
+            runs["main_steal_pct"] = steal_pct(steal0, cpu_steal(rn.cores))
             bar.set_postfix_str("FP32")
             runs["fp32"] = optional("FP32 run", lambda: pipeline(ref, 2, p.compare_frames, precision="fp32"))
             # OpenCV on the INT8 files when it loads them all, otherwise on FP32 (said in the report)
@@ -261,6 +263,29 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
     return res, (1 if failed and not p.smoke else 0)
 
 
+def cpu_steal(cores: list[int]) -> tuple[int, int] | None:
+    """(steal, total) clock ticks of these cores so far, from /proc/stat; None where it cannot be read.
+    Steal is time the hypervisor ran something else on the core: on a VM, the sign of a noisy host."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    want = {f"cpu{c}" for c in cores}
+    steal = total = 0
+    for line in lines:
+        f = line.split()
+        if f and f[0] in want and len(f) > 8:
+            ticks = [int(x) for x in f[1:9]]  # user nice system idle iowait irq softirq steal
+            steal, total = steal + ticks[7], total + sum(ticks)
+    return (steal, total) if total else None
+
+
+def steal_pct(before, after) -> float | None:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+
+
 def _ratio(a, b):
     return a / b if a is not None and b else None
 
@@ -285,6 +310,7 @@ def assemble(p: Profile, runs: dict, models: list[str], cv2_prec: str, ukis_skip
         "peak_rss_mib": main["peak_rss_mib"],
         "rss_phases_mib": main["rss_mib"],
         "cadence_fps": report.cadence(main),
+        "cpu_steal_pct_main": runs.get("main_steal_pct"),
         "notes": notes,
     }
     if rn.cores_note:
@@ -342,10 +368,7 @@ def assemble(p: Profile, runs: dict, models: list[str], cv2_prec: str, ukis_skip
     # Arena
     ar = runs.get("arena")
     res["arena"] = {"off_peak_rss_mib": main["peak_rss_mib"], "on_peak_rss_mib": ar["peak_rss_mib"] if ar else None,
-                    "detail": (f"Peak RSS with enable_cpu_mem_arena=False {main['peak_rss_mib']:.1f} MiB "
-                               f"({lat['n']} frames), True {ar['peak_rss_mib']:.1f} MiB ({report.latency(ar)['n']} frames); "
-                               f"latency p50 {lat['p50']:.1f} vs {report.latency(ar)['p50']:.1f} ms. The flight uses False.")
-                    if ar else "arena-on run failed (see notes)"}
+                    "detail": report.arena_detail(main, ar) if ar else "arena-on run failed (see notes)"}
     # Scaling
     res["scaling"] = [{"height": s, "width": s, "pixels": s * s, "latency_ms_p50": report.latency(r)["p50"],
                        "peak_rss_mib": r["peak_rss_mib"]} for s, r in runs["scaling"].items() if r]

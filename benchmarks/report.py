@@ -212,6 +212,23 @@ def _scene(scene: dict) -> str:
     return ", ".join(f"{names.get(k, k)} {v:g}" for k, v in scene.items())
 
 
+def arena_detail(main: dict, arena: dict) -> str:
+    """Arena on vs off over the same frames: the arena run's frames are the main run's first ones
+    (both cycle the distinct frames from the start), so the main run's high-water mark and
+    latencies over just those frames are what the arena run compares with."""
+    n = len(arena["records"])
+    same = main["records"][:n]
+    if len(same) < n:
+        return "arena-on run longer than the main run: not compared"
+    warm = sum(1 for r in arena["records"] if r["warmup"])
+    off_p50 = float(np.percentile([r["latency_ms"] for r in same[warm:]], 50))
+    on_p50 = latency(arena)["p50"]
+    return (f"enable_cpu_mem_arena, over the same {n} frames ({warm} warm-up): peak RSS False "
+            f"{same[-1]['memory_mib']['hwm']:.1f} MiB (the main run after its first {n} frames), True "
+            f"{arena['peak_rss_mib']:.1f} MiB; latency p50 {off_p50:.1f} vs {on_p50:.1f} ms. The flight uses False "
+            f"(whole main run: peak {main['peak_rss_mib']:.1f} MiB over {len(main['records'])} frames).")
+
+
 def markdown(res: dict) -> str:
     m, p = res["machine"], res["profile"]
     lines = [
@@ -219,7 +236,10 @@ def markdown(res: dict) -> str:
         "",
         f"Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['memory_gib']} GiB, "
         f"ISA {', '.join(m['isa']) or '?'}; Python {m['python']}, onnxruntime {m['onnxruntime']}, OpenCV {m['opencv']}. "
-        f"Load average at start {', '.join(f'{x:.2f}' for x in m['load_avg_at_start'])}.",
+        f"Load average at start {', '.join(f'{x:.2f}' for x in m['load_avg_at_start'])}. "
+        + ("CPU steal on the measuring core(s) during the main run: "
+           f"{res['cpu_steal_pct_main']:.1f} % of their time (time the hypervisor gave them to others; 0 on a quiet host)."
+           if res.get("cpu_steal_pct_main") is not None else "CPU steal: not readable here."),
         f"Profile: {p['description']}. Cores {res['cores_used']} ({res['cores_note'] or 'as the profile asks'}), "
         f"{p['threads']} onnxruntime thread(s). Board it stands for: {p['board']} -- CPU speed here differs; "
         "the budgets apply to this machine.",

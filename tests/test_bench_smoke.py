@@ -43,6 +43,21 @@ def test_smoke_run_reports_every_key(tmp_path):
     assert res["model_throughput"]["all"]["gmacs"] == pytest.approx(res["achieved_gmacs"])
     for name in ("latest.md", "latency_hist.png", "stages.png", "scaling.png"):
         assert (tmp_path / name).stat().st_size > 0, name
+    # how noisy the host was during the main run, where /proc/stat says
+    steal = res["cpu_steal_pct_main"]
+    assert steal is None or 0.0 <= steal <= 100.0
+    assert "CPU steal" in (tmp_path / "latest.md").read_text()
+
+
+def test_cpu_steal_is_a_share_of_the_measured_cores_time():
+    from benchmarks.harness import cpu_steal, steal_pct
+
+    now = cpu_steal([0])
+    if Path("/proc/stat").exists():
+        assert now is not None and now[1] > 0 and 0 <= now[0] <= now[1]
+    assert cpu_steal([10_000]) is None  # a core this machine lacks: nothing to say
+    assert steal_pct((10, 1000), (60, 2000)) == pytest.approx(5.0)
+    assert steal_pct((10, 1000), (10, 1000)) is None and steal_pct(None, (1, 2)) is None
 
 
 def _run(lat, stages):
@@ -107,3 +122,18 @@ def test_frame_packets_decode_to_the_frame_products():
     assert products[0].confidence_q == round(0.9 * 255) and products[1].png == b"png"
     assert products[2].frame_id == 7 and products[2].discarded == 1 and products[2].fires == 1
     assert "75% cloud >= 70%" in products[3].message
+
+
+def test_arena_comparison_uses_the_same_frames_of_the_main_run():
+    main = _run([100.0 + i for i in range(10)], [{"screen": 1.0}] * 10)
+    for i, r in enumerate(main["records"]):
+        r["memory_mib"] = {"rss": 100.0, "hwm": 100.0 + 5 * i}  # the main run's peak keeps rising
+    main["peak_rss_mib"] = 145.0
+    arena = _run([50.0, 50.0, 90.0, 92.0], [{"screen": 1.0}] * 4)
+    arena["records"][0]["warmup"] = arena["records"][1]["warmup"] = True
+    arena["peak_rss_mib"] = 111.0
+    text = report.arena_detail(main, arena)
+    assert "same 4 frames (2 warm-up)" in text
+    assert "False 115.0 MiB" in text and "True 111.0 MiB" in text  # main after 4 frames, not its whole-run 145
+    assert "latency p50 102.5 vs 91.0 ms" in text  # main frames 2 and 3 against the arena's timed frames
+    assert "not compared" in report.arena_detail(_run([1.0], [{}]), arena)
