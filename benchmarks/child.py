@@ -242,19 +242,12 @@ def _tiles(spec: dict, max_tiles: int) -> np.ndarray:
     return np.concatenate(out)[:max_tiles]
 
 
-def _time_run(model, tiles: np.ndarray, min_s: float) -> tuple[float, np.ndarray]:
-    y = model.run(tiles)  # warm-up
-    times = []
-    t_end = time.perf_counter() + min_s
-    while len(times) < 3 or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        model.run(tiles)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3 / len(tiles), y
-
-
 def run_models(spec: dict) -> dict:
-    """Per model: ms per tile for onnxruntime INT8/FP32 and OpenCV DNN INT8/FP32, same tiles."""
+    """Per model: ms per tile for onnxruntime INT8/FP32 and OpenCV DNN INT8/FP32, same tiles.
+
+    The four variants of a model are timed in alternating rounds (one pass over the tiles each),
+    each figure the median of its passes: this machine's speed drifts by 10-40 % over minutes, and
+    alternating puts every variant in the same moments, so their ratios do not measure the drift."""
     import cv2
 
     cv2.setNumThreads(spec["threads"])
@@ -264,19 +257,28 @@ def run_models(spec: dict) -> dict:
     out = {}
     for name in spec["models"]:
         card = model_path(name)
-        row, ref = {"tiles": len(tiles)}, {}
+        row, ref, live = {"tiles": len(tiles)}, {}, {}
         for backend, precision in (("ort", "int8"), ("ort", "fp32"), ("cv2", "int8"), ("cv2", "fp32")):
             key = f"{backend}_{precision}"
             try:
                 m = (TileModel(card, spec["threads"], False, spec["batch_tiles"], precision) if backend == "ort"
                      else CvTileModel(card, precision, spec["batch_tiles"]))
-                row[f"{key}_ms_per_tile"], y = _time_run(m, tiles, spec["min_s"])
-                ref[key] = y
+                ref[key] = y = m.run(tiles)  # also the warm-up
+                live[key] = m
                 if backend == "cv2" and f"ort_{precision}" in ref:  # same file, two runtimes: should agree
                     row[f"{key}_max_abs_diff_vs_ort"] = float(np.abs(y - ref[f"ort_{precision}"]).max())
             except Exception as exc:  # a runtime refusing a file is a result, not a crash
                 row[f"{key}_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}"
-            progress()
+        times: dict[str, list[float]] = {k: [] for k in live}
+        t_end = time.perf_counter() + spec["min_s"] * max(len(live), 1)
+        while min((len(v) for v in times.values()), default=3) < 3 or time.perf_counter() < t_end:
+            for key, m in live.items():
+                t0 = time.perf_counter()
+                m.run(tiles)
+                times[key].append(time.perf_counter() - t0)
+        for key, v in times.items():
+            row[f"{key}_ms_per_tile"] = float(np.median(v)) * 1e3 / len(tiles)
+        progress(4)
         if "ort_fp32" in ref and "ort_int8" in ref:
             row["int8_vs_fp32_max_abs_diff"] = float(np.abs(ref["ort_int8"] - ref["ort_fp32"]).max())
         out[name] = row

@@ -327,6 +327,16 @@ def assemble(p: Profile, runs: dict, models: list[str], cv2_prec: str, ukis_skip
                       "baseline": "same models, *.fp32.onnx",
                       "detail": f"model time {inf_int8:.1f} vs {report.inference_cost_ms(fp32, main):.1f} ms/frame; "
                                 f"end to end p50 {e2e:.2f}x"})
+    # The same ratio from the per-model timing, where INT8 and FP32 alternate pass by pass (so the
+    # machine's drift between the main and the FP32 runs, minutes apart, is not in it)
+    mrows = (runs.get("models") or {}).get("models", {})
+    paired = report.paired_int8_vs_fp32(mrows, main)
+    res["int8_vs_fp32_speedup_interleaved"] = paired["ratio"] if paired else None
+    if paired:
+        comps.append({"name": "INT8 vs FP32 (onnxruntime), per-model timing, interleaved", "ratio": paired["ratio"],
+                      "baseline": "same models, *.fp32.onnx, alternating passes over the same tiles",
+                      "detail": f"model time {paired['int8_ms']:.1f} vs {paired['fp32_ms']:.1f} ms/frame at the main "
+                                f"run's tiles per model ({', '.join(f'{n} {r:.2f}x' for n, r in paired['per_model'].items())})"})
     cv = runs.get("cv2")
     ort_base = main if cv2_prec == "int8" else fp32
     res["ort_vs_cv2dnn_speedup"] = (_ratio(report.inference_cost_ms(cv, main), report.inference_cost_ms(ort_base, main))
@@ -350,7 +360,6 @@ def assemble(p: Profile, runs: dict, models: list[str], cv2_prec: str, ukis_skip
                       "baseline": f"MatMulInteger {rf['n']}^3, one core",
                       "detail": f"{res['achieved_gmacs']:.1f} of {rf['int8_gmacs']:.1f} GMAC/s (FP32 roofline {rf['fp32_gmacs']:.1f})"})
     res["model_throughput"] = report.model_throughput(main, rf["int8_gmacs"] if rf else None)
-    mrows = (runs.get("models") or {}).get("models", {})
     for name, row in mrows.items():
         row["macs_per_tile"] = main["macs_per_tile"].get(name)
         if row.get("ort_int8_ms_per_tile") and row["macs_per_tile"]:  # the same model alone, batches of one frame's tiles

@@ -52,6 +52,24 @@ def inference_cost_ms(run: dict, ref: dict) -> float:
     return sum(per[n] * sum(r["model_tiles"][n] for r in recs) / len(recs) for n in per)
 
 
+def paired_int8_vs_fp32(model_rows: dict, ref: dict) -> dict | None:
+    """INT8 vs FP32 model time per frame from the per-model (interleaved) timing, weighted by the
+    reference run's tiles per model: {ratio, int8_ms, fp32_ms, per_model}; None without both."""
+    recs = timed(ref)
+    int8 = fp32 = 0.0
+    per = {}
+    for n, row in model_rows.items():
+        a, b = row.get("ort_int8_ms_per_tile"), row.get("ort_fp32_ms_per_tile")
+        if a is None or b is None or not recs:
+            return None
+        tiles = sum(r["model_tiles"].get(n, 0) for r in recs) / len(recs)
+        int8, fp32 = int8 + a * tiles, fp32 + b * tiles
+        per[n] = b / a
+    if not per or int8 <= 0:
+        return None
+    return {"ratio": fp32 / int8, "int8_ms": int8, "fp32_ms": fp32, "per_model": per}
+
+
 def achieved_gmacs(run: dict) -> float:
     macs = run["macs_per_tile"]
     recs = timed(run)

@@ -46,6 +46,7 @@ def test_smoke_run_reports_every_key(tmp_path):
     # how noisy the host was during the main run, where /proc/stat says
     steal = res["cpu_steal_pct_main"]
     assert steal is None or 0.0 <= steal <= 100.0
+    assert res["int8_vs_fp32_speedup_interleaved"] > 0
     assert "CPU steal" in (tmp_path / "latest.md").read_text()
 
 
@@ -137,3 +138,16 @@ def test_arena_comparison_uses_the_same_frames_of_the_main_run():
     assert "False 115.0 MiB" in text and "True 111.0 MiB" in text  # main after 4 frames, not its whole-run 145
     assert "latency p50 102.5 vs 91.0 ms" in text  # main frames 2 and 3 against the arena's timed frames
     assert "not compared" in report.arena_detail(_run([1.0], [{}]), arena)
+
+
+def test_interleaved_int8_vs_fp32_is_weighted_by_the_main_runs_tiles():
+    main = _run([100.0, 100.0], [{"screen": 1.0}] * 2)
+    for r in main["records"]:
+        r["model_tiles"] = {"a": 100, "b": 10}
+    rows = {"a": {"ort_int8_ms_per_tile": 0.01, "ort_fp32_ms_per_tile": 0.03},
+            "b": {"ort_int8_ms_per_tile": 0.1, "ort_fp32_ms_per_tile": 0.1}}
+    got = report.paired_int8_vs_fp32(rows, main)
+    assert got["int8_ms"] == pytest.approx(2.0) and got["fp32_ms"] == pytest.approx(4.0)
+    assert got["ratio"] == pytest.approx(2.0) and got["per_model"] == pytest.approx({"a": 3.0, "b": 1.0})
+    del rows["b"]["ort_fp32_ms_per_tile"]  # a model FP32 could not time: no ratio rather than a partial one
+    assert report.paired_int8_vs_fp32(rows, main) is None
