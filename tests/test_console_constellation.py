@@ -472,6 +472,14 @@ def test_browser_shows_a_constellation(cons, tmp_path):
         wait_for(lambda: popup_inside_map(d), 5, "the alert popup inside the map, not clipped at its top")
         wait_for(lambda: len(d.find_elements(By.CSS_SELECTOR, "#passes tr.sat-row")) == 2, 10, "a row per satellite")
         assert len(d.find_elements(By.CSS_SELECTOR, "#passes tr.station-row")) == 2
+        # The alert list keeps its room in CI's 1400 x 900 window: every column without sideways
+        # scrolling, and at least 8 rows in view (it showed 4, the time column cut off on the left)
+        fit = d.execute_script(
+            "const s = document.querySelector('#alerts-panel .scroll'), t = document.getElementById('alert-table');"
+            "const r = t.querySelector('tbody tr').getBoundingClientRect().height;"
+            "return {wide: t.scrollWidth - s.clientWidth, rows: s.clientHeight / r};")
+        assert fit["wide"] <= 0, f"the alert table is {fit['wide']} px wider than its panel"
+        assert fit["rows"] >= 8, f"only {fit['rows']:.1f} alert rows in view"
         if os.environ.get("CONSOLE_SHOTS"):
             d.save_screenshot(os.environ["CONSOLE_SHOTS"])
     finally:

@@ -1,10 +1,12 @@
 """Screenshots of the console for the docs: runs the demo with the console, then drives headless
 Chromium (the OS's chromium and chromedriver, through selenium from the dev extra).
 
-    python -m ground_link.console.shots [OUT_DIR]      # default docs/console
+    python -m ground_link.console.shots [OUT_DIR]                    # default docs/console
+    python -m ground_link.console.shots [OUT_DIR] --constellation    # constellation.png
 
 Writes operator.png (an alert's popup with its chip open), baku.png and astana.png (the two
-partner logins of the demo), login.png.
+partner logins of the demo), login.png; with --constellation, constellation.png (the full
+constellation scenario after its run: satellite 2's fire alert with its chip open).
 """
 
 from __future__ import annotations
@@ -39,53 +41,88 @@ def _wait(pred, timeout_s: float, what: str) -> None:
     raise TimeoutError(what)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _browser(size: str):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
-    out = Path((argv or sys.argv[1:] or ["docs/console"])[0])
-    out.mkdir(parents=True, exist_ok=True)
-    run_dir = REPO / "runs" / f"console-shots-{time.strftime('%Y%m%d-%H%M%S')}"
-    port = _port()
-    hil = subprocess.Popen([sys.executable, "-m", "payload_sim.hil", str(REPO / "payload_sim/scenarios/demo.toml"),
-                            "--run-dir", str(run_dir), "--quiet", "--console-stay", "--set",
-                            f"ground.console_port={port}"], cwd=REPO, stdout=subprocess.DEVNULL)
     opts = webdriver.ChromeOptions()
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1500,950",
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--window-size={size}",
               "--hide-scrollbars"):
         opts.add_argument(a)
     opts.binary_location = shutil.which("chromium") or "chromium"
-    d = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+    return webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+
+
+def _login(d, base: str, name: str, password: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    d.get(base + "/login")
+    d.find_element(By.ID, "name").send_keys(name)
+    d.find_element(By.ID, "password").send_keys(password)
+    d.find_element(By.ID, "login-button").click()
+    _wait(lambda: d.execute_script("return !!(window.consoleState && window.consoleState.me)"), 20, "page")
+    _wait(lambda: d.execute_script("return document.getElementById('map').classList.contains('basemap-ready')"),
+          20, "base map")
+    time.sleep(1.5)
+
+
+def _run(scenario: str, run_dir: Path, port: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "payload_sim.hil", str(REPO / "payload_sim/scenarios" / scenario),
+                             "--run-dir", str(run_dir), "--quiet", "--console-stay", "--set",
+                             f"ground.console_port={port}"], cwd=REPO, stdout=subprocess.DEVNULL)
+
+
+def _fire_alert_with_chip(d, satellite: int | None = None) -> int:
+    return d.execute_script(
+        "const S = window.consoleState; return Array.from(S.alerts.values()).filter(a => a.class === 'fire' && "
+        "(arguments[0] === null || a.satellite_id === arguments[0]) && "
+        "S.chipsByDetection.get(a.key)).map(a => a.id)[0]", satellite)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from selenium.webdriver.common.by import By
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    constellation = "--constellation" in args
+    args = [a for a in args if a != "--constellation"]
+    out = Path((args or ["docs/console"])[0])
+    out.mkdir(parents=True, exist_ok=True)
+    run_dir = REPO / "runs" / f"console-shots-{time.strftime('%Y%m%d-%H%M%S')}"
+    port = _port()
     base = f"http://127.0.0.1:{port}"
+    if constellation:  # the full constellation scenario (about 2 minutes), in CI's browser window size
+        hil = _run("constellation.toml", run_dir, port)
+        d = _browser("1400,900")
+        try:
+            _wait(lambda: (run_dir / "summary.json").exists(), 400, "the constellation run")
+            _login(d, base, "operator", "operator-demo")
+            alert = _fire_alert_with_chip(d, 2)
+            d.find_element(By.CSS_SELECTOR, f'tr[data-alert-id="{alert}"]').click()
+            time.sleep(1.5)
+            d.save_screenshot(str(out / "constellation.png"))
+        finally:
+            d.quit()
+            hil.send_signal(signal.SIGINT)
+            hil.wait(60)
+        print(f"screenshot in {out}; run folder {run_dir}", file=sys.stderr)
+        return 0
+    hil = _run("demo.toml", run_dir, port)
+    d = _browser("1500,950")
     try:
         _wait(lambda: (run_dir / "summary.json").exists(), 300, "the demo run")
         print(json.loads((run_dir / "summary.json").read_text())["alerts"], "alerts", file=sys.stderr)
-
-        def login(name: str, password: str) -> None:
-            d.get(base + "/login")
-            d.find_element(By.ID, "name").send_keys(name)
-            d.find_element(By.ID, "password").send_keys(password)
-            d.find_element(By.ID, "login-button").click()
-            _wait(lambda: d.execute_script("return !!(window.consoleState && window.consoleState.me)"), 20, "page")
-            _wait(lambda: d.execute_script("return document.getElementById('map').classList.contains('basemap-ready')"),
-                  20, "base map")
-            time.sleep(1.5)
-
         d.get(base + "/login")
         d.find_element(By.ID, "name").send_keys("operator")
         d.save_screenshot(str(out / "login.png"))
-        login("operator", "operator-demo")
-        alert = d.execute_script(
-            "const S = window.consoleState; return Array.from(S.alerts.values()).filter(a => a.class === 'fire' && "
-            "S.chipsByDetection.get(a.product_id)).map(a => a.id)[0]")
+        _login(d, base, "operator", "operator-demo")
+        alert = _fire_alert_with_chip(d)
         d.find_element(By.CSS_SELECTOR, f'tr[data-alert-id="{alert}"]').click()
         time.sleep(1.5)
         d.save_screenshot(str(out / "operator.png"))
         for name in ("baku", "astana"):
             d.find_element(By.ID, "logout").click()
             _wait(lambda: d.current_url.endswith("/login"), 10, "login page")
-            login(name, f"{name}-demo")
+            _login(d, base, name, f"{name}-demo")
             d.save_screenshot(str(out / f"{name}.png"))
     finally:
         d.quit()
