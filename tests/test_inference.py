@@ -341,6 +341,33 @@ def test_merge_peaks_keeps_the_strongest_of_a_border_pair():
     assert merge_peaks([], 8.0) == []
 
 
+def _merge_one_by_one(peaks, radius_px):
+    """merge_peaks as it was: a Python loop over the kept peaks (the reference)."""
+    r2 = float(radius_px) ** 2
+    kept = []
+    for p in sorted(peaks, key=lambda q: -q[2]):
+        if all((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 > r2 for q in kept):
+            kept.append(p)
+    return kept
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300), radius=st.sampled_from([0.0, 1.0, 8.0, 40.0]),
+       grid=st.booleans())
+def test_merge_peaks_matches_the_one_by_one_merge(seed, n, radius, grid):
+    from flight.inference import merge_peaks
+
+    rng = np.random.default_rng(seed)
+    if grid:  # positions and scores on a coarse grid: exact ties of distance and of score
+        pos = rng.integers(0, 20, (n, 2)) * 4.0
+        score = rng.integers(1, 5, n) / 4.0
+    else:
+        pos = rng.uniform(-10, 2100, (n, 2))
+        score = rng.uniform(0, 1, n)
+    peaks = [(float(r), float(c), float(s), i) for i, ((r, c), s) in enumerate(zip(pos, score, strict=True))]
+    assert merge_peaks(peaks, radius) == _merge_one_by_one(peaks, radius)
+
+
 def test_quantize_tiles_matches_onnx_quantizelinear_rounding():
     # round half to even and saturation, as onnxruntime's QuantizeLinear on float reflectance
     from flight.inference import quantize_tiles
