@@ -527,7 +527,6 @@ def restem(log=_log) -> int:
             if k is None:
                 log(f"{name}: no k x k stride-k stem to rewrite (or rewritten already); unchanged")
                 continue
-            shutil.copy(card_path, Path(tmp) / card_path.name)
             trial_card = json.loads(card_path.read_text())
             trial_card.update(sha256=_sha(trial), size_bytes=trial.stat().st_size)
             _write_card(Path(tmp) / card_path.name, trial_card)
