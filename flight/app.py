@@ -241,6 +241,12 @@ class FlightApp:
         self.model_store = ModelStore(self.state_dir / "models", scenario.obc.threads, scenario.flight.batch_tiles)
         if self.model_store.corrupt_index:
             self.emit("MODEL_CORRUPTED", model="*", version="-", reason=self.model_store.corrupt_index)
+        for name, previous, adopted in self.model_store.factory_updates:  # this release's packaged models
+            if isinstance(adopted, str):
+                self.emit("MODEL_REFUSED", model=name, reason=f"this release's packaged model: {adopted}"[:160])
+            else:
+                self.emit("MODEL_ACTIVATED", model=name, version=adopted.version, sha8=adopted.sha256[:8],
+                          previous=f"{previous} (previous release)")
         self.uploads = Uploads(self.state_dir / "models" / "uploads", ops.upload_max_bytes)
         cfg = scenario.flight
         for name, value in self.ops_state.params.items():  # parameters set by command survive a restart

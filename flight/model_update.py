@@ -119,7 +119,9 @@ def verify_model_dir(folder: Path, name: str, threads: int = 1, batch: int = 64,
     try:
         model = TileModel(card_path, intra_op_threads=threads, batch_size=batch)
     except (ModelError, OSError) as exc:
-        raise ModelUpdateError(f"load refused: {exc}", name) from None
+        # the cause first, without the folder's path: events carry the first 150 characters
+        why = (f"key {exc.key!r} = {exc.value!r}: {exc.reason}" if exc.key else exc.reason) if isinstance(exc, ModelError) else exc
+        raise ModelUpdateError(f"load refused: {why}", name) from None
     card = model.card
     if card.name != name:
         raise ModelUpdateError(f"card names model {card.name!r}", name)
@@ -196,6 +198,8 @@ class ModelStore:
         (self.root / "versions").mkdir(exist_ok=True)
         self.active: dict[str, Active] = {}
         self.corrupt_index: str | None = None  # why active.json had to be rebuilt, for an event
+        # (model, previous version, the new Active or why the new release's model was refused), for events
+        self.factory_updates: list[tuple[str, str, Active | str]] = []
         path = self.root / "active.json"
         if path.exists():
             try:
@@ -207,6 +211,8 @@ class ModelStore:
                 self.active = {}
         if not self.active:
             self.seed()
+        else:
+            self.adopt_factory_updates()
 
     def _save(self) -> None:
         data = {n: {"folder": a.folder, "version": a.version, "sha256": a.sha256, "history": list(a.history),
@@ -224,6 +230,27 @@ class ModelStore:
             except (ModelError, OSError, ModelUpdateError):
                 continue  # a packaged model that does not even load is simply not offered
         self._save()
+
+    def adopt_factory_updates(self) -> None:
+        """After a software update the package holds new factory models. Where the active version
+        is the previous release's factory copy (not a version an operator uploaded), the new
+        packaged model is installed, verified like an upload, and made active; the old copy stays
+        in the history, so ROLLBACK_MODEL goes back to it. A model new in the release is installed
+        too. Without this the flight went on running the old release's stored copies, silently."""
+        for name in self.factory_names():
+            old = self.active.get(name)
+            try:
+                packaged = ModelCard.load(self.factory_dir / f"{name}.card.json")
+                if old is not None and (not old.factory or old.sha256 == packaged.sha256):
+                    continue
+                active, _ = self._install_factory(name)
+            except (ModelError, OSError, ModelUpdateError) as exc:
+                if old is not None and not old.factory:
+                    continue  # an uploaded version is active: the package's model is not in question
+                self.factory_updates.append((name, old.version if old else "none", str(exc)[:150]))
+                continue
+            self.active[name] = self.activate(name, active.folder, packaged, factory=True)
+            self.factory_updates.append((name, old.version if old else "none", self.active[name]))
 
     def _install(self, name: str, card: bytes, onnx: bytes, golden: bytes,
                  kind: str | None = None) -> tuple[str, ModelCard, TileModel]:

@@ -161,6 +161,68 @@ def test_a_torn_index_reseeds_from_the_factory(tmp_path):
     assert store.corrupt_index and store.load("cloud_screen") is not None
 
 
+def _previous_release(tmp_path, version="1.9.0", break_it=False):
+    """A copy of the packaged models as a previous release shipped them: cloud_screen's ONNX file
+    differs in bytes (its doc string), not in what it computes, under another version and hash."""
+    import shutil
+
+    onnx = pytest.importorskip("onnx")
+    from flight.inference import model_path
+
+    src, dst = model_path("cloud_screen").parent, tmp_path / "release"
+    (dst / "golden").mkdir(parents=True)
+    for p in list(src.glob("*.card.json")) + list(src.glob("*.onnx")) + list((src / "golden").glob("*.npz")):
+        shutil.copy(p, dst / p.relative_to(src))
+    m = onnx.load(str(dst / "cloud_screen.onnx"))
+    m.doc_string = f"release {version}"
+    onnx.save(m, str(dst / "cloud_screen.onnx"))
+    data = (dst / "cloud_screen.onnx").read_bytes()
+    card = json.loads((dst / "cloud_screen.card.json").read_text())
+    card.update(version=version, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+    if break_it:
+        card["size_bytes"] += 1
+    (dst / "cloud_screen.card.json").write_text(json.dumps(card))
+    with np.load(dst / "golden" / "cloud_screen.npz") as g:
+        arrays = {k: g[k] for k in g.files}
+    arrays["sha256"] = np.array(card["sha256"])
+    np.savez_compressed(dst / "golden" / "cloud_screen.npz", **arrays)
+    return dst
+
+
+def test_a_software_update_activates_its_packaged_models_in_place_of_the_previous_release(tmp_path):
+    from flight.inference import ModelCard, model_path
+
+    ModelStore(tmp_path / "models", factory_dir=_previous_release(tmp_path))  # the board ran the old release
+    store = ModelStore(tmp_path / "models")  # then the new package was installed and the flight started
+    now = ModelCard.load(model_path("cloud_screen"))
+    a = store.active["cloud_screen"]
+    assert (a.version, a.sha256, a.factory) == (now.version, now.sha256, True)
+    assert [(n, prev, act.version) for n, prev, act in store.factory_updates] == [("cloud_screen", "1.9.0", now.version)]
+    assert store.load("cloud_screen").card.sha256 == now.sha256
+    # the previous release's copy is one ROLLBACK_MODEL away, and that choice then survives restarts
+    back, _, _ = store.rollback("cloud_screen")
+    assert back.version == "1.9.0" and not back.factory
+    again = ModelStore(tmp_path / "models")
+    assert again.active["cloud_screen"].version == "1.9.0" and again.factory_updates == []
+
+
+def test_a_software_update_leaves_uploaded_versions_and_refuses_a_bad_packaged_model(tmp_path, good_bundle):
+    root = tmp_path / "models"
+    release = _previous_release(tmp_path / "a")
+    ModelStore(root, factory_dir=release)
+    up = ModelStore(root, factory_dir=release)
+    up.install_bundle("cloud_screen", good_bundle, "tile_fraction")  # an operator's upload: 1.0.1
+    store = ModelStore(root)
+    assert store.active["cloud_screen"].version == "1.0.1" and store.factory_updates == []
+    # a package whose model does not verify: the previous release's stays active, with the reason
+    other = tmp_path / "other"
+    ModelStore(other, factory_dir=_previous_release(tmp_path / "b"))
+    store = ModelStore(other, factory_dir=_previous_release(tmp_path / "c", version="3.0.0", break_it=True))
+    assert store.active["cloud_screen"].version == "1.9.0"
+    ((name, prev, why),) = store.factory_updates
+    assert (name, prev) == ("cloud_screen", "1.9.0") and "size" in why
+
+
 # --- through the flight application ------------------------------------------------------------------------
 
 
@@ -271,3 +333,13 @@ def test_a_model_corrupted_on_disk_is_rolled_back_at_start_up(flight, tmp_path):
     ids = event_ids(app)
     assert EVENTS["MODEL_CORRUPTED"].id in ids and EVENTS["MODEL_ROLLED_BACK"].id in ids
     assert app.modes.mode == Mode.DEGRADED and "cloud_screen" in app.pipeline.models
+
+
+def test_the_flight_starts_on_the_new_release_s_models_with_an_event(flight, tmp_path):
+    from flight.inference import ModelCard, model_path
+
+    ModelStore(tmp_path / "models", factory_dir=_previous_release(tmp_path / "old"))  # the previous release ran here
+    make, _ = flight
+    app, _ = make()
+    assert EVENTS["MODEL_ACTIVATED"].id in event_ids(app)
+    assert app.pipeline.models["cloud_screen"].card.sha256 == ModelCard.load(model_path("cloud_screen")).sha256
