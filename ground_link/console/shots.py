@@ -90,36 +90,24 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = REPO / "runs" / f"console-shots-{time.strftime('%Y%m%d-%H%M%S')}"
     port = _port()
     base = f"http://127.0.0.1:{port}"
-    if constellation:  # the full constellation scenario (about 2 minutes), in CI's browser window size
-        hil = _run("constellation.toml", run_dir, port)
-        d = _browser("1400,900")
-        try:
-            _wait(lambda: (run_dir / "summary.json").exists(), 400, "the constellation run")
-            _login(d, base, "operator", "operator-demo")
-            alert = _fire_alert_with_chip(d, 2)
-            d.find_element(By.CSS_SELECTOR, f'tr[data-alert-id="{alert}"]').click()
-            time.sleep(1.5)
-            d.save_screenshot(str(out / "constellation.png"))
-        finally:
-            d.quit()
-            hil.send_signal(signal.SIGINT)
-            hil.wait(60)
-        print(f"screenshot in {out}; run folder {run_dir}", file=sys.stderr)
-        return 0
-    hil = _run("demo.toml", run_dir, port)
-    d = _browser("1500,950")
+    # the constellation: the full scenario (about 2 minutes), in CI's browser window size
+    scenario, size, satellite, shot = (("constellation.toml", "1400,900", 2, "constellation.png") if constellation
+                                       else ("demo.toml", "1500,950", None, "operator.png"))
+    hil = _run(scenario, run_dir, port)
+    d = _browser(size)
     try:
-        _wait(lambda: (run_dir / "summary.json").exists(), 300, "the demo run")
+        _wait(lambda: (run_dir / "summary.json").exists(), 400, f"the {scenario} run")
         print(json.loads((run_dir / "summary.json").read_text())["alerts"], "alerts", file=sys.stderr)
-        d.get(base + "/login")
-        d.find_element(By.ID, "name").send_keys("operator")
-        d.save_screenshot(str(out / "login.png"))
+        if not constellation:
+            d.get(base + "/login")
+            d.find_element(By.ID, "name").send_keys("operator")
+            d.save_screenshot(str(out / "login.png"))
         _login(d, base, "operator", "operator-demo")
-        alert = _fire_alert_with_chip(d)
+        alert = _fire_alert_with_chip(d, satellite)
         d.find_element(By.CSS_SELECTOR, f'tr[data-alert-id="{alert}"]').click()
         time.sleep(1.5)
-        d.save_screenshot(str(out / "operator.png"))
-        for name in ("baku", "astana"):
+        d.save_screenshot(str(out / shot))
+        for name in () if constellation else ("baku", "astana"):
             d.find_element(By.ID, "logout").click()
             _wait(lambda: d.current_url.endswith("/login"), 10, "login page")
             _login(d, base, name, f"{name}-demo")
@@ -127,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         d.quit()
         hil.send_signal(signal.SIGINT)
-        hil.wait(20)
+        hil.wait(60)
     print(f"screenshots in {out}; run folder {run_dir}", file=sys.stderr)
     return 0
 
