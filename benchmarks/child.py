@@ -271,7 +271,7 @@ def run_models(spec: dict) -> dict:
                 row[f"{key}_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}"
         times: dict[str, list[float]] = {k: [] for k in live}
         t_end = time.perf_counter() + spec["min_s"] * max(len(live), 1)
-        while min((len(v) for v in times.values()), default=3) < 3 or time.perf_counter() < t_end:
+        while live and (min(len(v) for v in times.values()) < 3 or time.perf_counter() < t_end):
             for key, m in live.items():
                 t0 = time.perf_counter()
                 m.run(tiles)

@@ -249,8 +249,8 @@ class ModelStore:
                     continue  # an uploaded version is active: the package's model is not in question
                 self.factory_updates.append((name, old.version if old else "none", str(exc)[:150]))
                 continue
-            self.active[name] = self.activate(name, active.folder, packaged, factory=True)
-            self.factory_updates.append((name, old.version if old else "none", self.active[name]))
+            adopted = self.activate(name, active.folder, packaged, factory=True)
+            self.factory_updates.append((name, old.version if old else "none", adopted))
 
     def _install(self, name: str, card: bytes, onnx: bytes, golden: bytes,
                  kind: str | None = None) -> tuple[str, ModelCard, TileModel]:

@@ -201,6 +201,26 @@ def merge_stem_columns(path) -> int | None:
         return None
     producer = {o: n for n in g.node for o in n.output}
     inits = {t.name: t for t in g.initializer}
+    # Between the input and the stem only the NHWC -> NCHW transpose and per-tensor dequantization
+    # may stand: anything per channel or per pixel would see the merged columns and compute
+    # something else. The tensors on that path lose their recorded shapes below.
+    chain, t = [], stem.input[0]
+    while t != UINT8_INPUT:
+        node = producer.get(t)
+        if node is None:
+            return None
+        if node.op_type == "Transpose":
+            if [helper.get_attribute_value(a) for a in node.attribute if a.name == "perm"] != [[0, 3, 1, 2]]:
+                return None
+        elif node.op_type == "DequantizeLinear":
+            if any(i not in inits or np.size(numpy_helper.to_array(inits[i])) != 1 for i in node.input[1:]):
+                return None
+        else:
+            return None
+        chain.append(t)
+        t = node.input[0]
+    if sum(producer[c].op_type == "Transpose" for c in chain) != 1:
+        return None
     wname = stem.input[1]
     if wname not in inits:  # INT8: the weight is DequantizeLinear(int8 initializer, per output channel)
         wdq = producer[wname]
@@ -219,15 +239,7 @@ def merge_stem_columns(path) -> int | None:
     users[0].input[list(users[0].input).index(UINT8_INPUT)] = "tiles_merged"
     g.node.insert(0, helper.make_node("Reshape", [UINT8_INPUT, "tiles_merged_shape"], ["tiles_merged"],
                                       name="tiles_merge_columns"))
-    # shapes recorded for the tensors between the input and the stem are stale now
-    stem_inputs, frontier = set(), [stem.input[0]]
-    while frontier:
-        t = frontier.pop()
-        stem_inputs.add(t)
-        node = producer.get(t)
-        if node is not None:
-            frontier += [i for i in node.input[:1] if i not in stem_inputs]
-    for vi in [v for v in g.value_info if v.name in stem_inputs]:
+    for vi in [v for v in g.value_info if v.name in chain]:  # shapes on that path are stale now
         g.value_info.remove(vi)
     onnx.checker.check_model(m)
     onnx.save(m, str(path))

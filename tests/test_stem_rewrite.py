@@ -99,3 +99,21 @@ def test_shipped_int8_files_have_the_fast_stem_and_fp32_files_the_plain_one(name
     assert [n.op_type for n in int8.graph.node if n.name == "tiles_merge_columns"] == ["Reshape"]
     assert not any(n.name == "tiles_merge_columns" for n in fp32.graph.node)
     assert "stem" in card.info["quantization"]
+
+
+def test_a_per_channel_step_before_the_stem_is_left_alone(tmp_path):
+    # a per-band dequantization of the input would see the merged columns as other bands
+    m = _graph(4, 8, 5, False)
+    g = m.graph
+    for init in g.initializer:
+        if init.name == "in_scale":
+            init.CopyFrom(numpy_helper.from_array(np.linspace(0.004, 0.006, 6).astype(np.float32), "in_scale"))
+        if init.name == "in_zp":
+            init.CopyFrom(numpy_helper.from_array(np.zeros(6, np.uint8), "in_zp"))
+    next(n for n in g.node if n.op_type == "DequantizeLinear").attribute.append(helper.make_attribute("axis", 3))
+    onnx.checker.check_model(m)
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path))
+    before = path.read_bytes()
+    assert merge_stem_columns(path) is None
+    assert path.read_bytes() == before
