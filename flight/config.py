@@ -9,6 +9,7 @@ typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -36,6 +37,8 @@ def _check_scalar(key: str, value: Any, typ: Any, meta: dict) -> Any:
         value = float(value)
     if typ in (int, float, str, bool) and (type(value) is not typ):
         raise ConfigError(key, value, f"must be {typ.__name__}")
+    if typ is float and math.isnan(value):  # NaN passes every range comparison: refused by name
+        raise ConfigError(key, value, "must be a number, not NaN")
     lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(key, value, f"must be one of {list(choices)}")
@@ -149,6 +152,10 @@ class CascadeStep:
     model: str  # card name under models/
     when: str = field(default="all", metadata=rng(choices=("all", "clear_water", "clear_land")))
     enabled: bool = True
+    # prescreen: skip tiles whose brightest NIR pixel is less than this above the tile's mean NIR
+    # (reflectance x 10000; 0 = run on every selected tile). For ship_detect 2.1.1, 250 finds the
+    # same ships on validation and test (models/results/ship_prescreen.json)
+    min_nir_contrast: float = field(default=0.0, metadata=rng(0.0, 65535.0))
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,9 @@ class FlightSection:
     # "stream": calibration tables read strip by strip from a file next to the .npz (RSS flat with
     # frame size, +0.8 ms per 2048^2 frame); "memory": held in RAM (2 bytes per pixel-band)
     calibration_tables: str = field(default="stream", metadata=rng(choices=("stream", "memory")))
+    # onnxruntime's CPU memory arena, with the pipeline's strip arrays reused (docs/benchmarks.md,
+    # "memory arena"): lower peak memory at the same speed; off keeps each run's buffers freed
+    onnx_memory_arena: bool = False
 
     def validate(self, section: str) -> None:
         if not self.cascade or self.cascade[0].model != "cloud_screen":

@@ -57,3 +57,35 @@ def test_random_text_never_crashes_the_loader(tmp_path_factory, text):
         load_scenario(f)
     except ConfigError:
         pass
+
+
+def _float_keys():
+    """Every float key of every section (and of a cascade step), as dotted override names."""
+    import dataclasses
+    import typing
+
+    from flight.config import CascadeStep, Scenario
+
+    keys = []
+    for sec in dataclasses.fields(Scenario):
+        cls = typing.get_type_hints(Scenario)[sec.name]
+        if not dataclasses.is_dataclass(cls):  # extra: the simulator's own sections
+            continue
+        hints = typing.get_type_hints(cls)
+        keys += [f"{sec.name}.{f.name}" for f in dataclasses.fields(cls) if float in typing.get_args(hints[f.name]) + (hints[f.name],)]
+    hints = typing.get_type_hints(CascadeStep)
+    keys += [f"cascade.{f.name}" for f in dataclasses.fields(CascadeStep) if hints[f.name] is float]
+    return keys
+
+
+@pytest.mark.parametrize("key", _float_keys())
+def test_nan_is_refused_for_every_float_key(key):
+    # NaN passes every range comparison: accepted, it silently disables what compares against it
+    # (clear_tile_max_cloud = nan: no tile is ever clear, so no detector ever runs)
+    if key.startswith("cascade."):
+        override, want = f'flight.cascade=[{{model="cloud_screen", {key.split(".")[1]}=nan}}]', f"flight.cascade[0].{key.split('.')[1]}"
+    else:
+        override, want = f"{key}=nan", key
+    with pytest.raises(ConfigError, match="NaN") as err:
+        load_scenario(None, [override])
+    assert err.value.key == want
