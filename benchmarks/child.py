@@ -174,7 +174,7 @@ def run_pipeline(spec: dict) -> dict:
     rss["calibration_loaded"] = memory_mib()
     models = load_models(spec)
     rss["models_loaded"] = memory_mib()
-    pipe = FramePipeline(flight_cfg, cal, models)
+    pipe = FramePipeline(flight_cfg, cal, models, reuse_buffers=spec.get("reuse", spec.get("arena", False)))
     readers = [StripReader(f, spec["strip_rows"]) for f in spec["frames"]]
     headers = [dict(f["header"]) for f in spec["frames"]]
     total = spec["warmup"] + spec["n"]
@@ -320,7 +320,40 @@ def run_ukis(spec: dict) -> dict:
             "peak_rss_mib": peak_rss_mib()}
 
 
-KINDS = {"pipeline": run_pipeline, "models": run_models, "roofline": run_roofline, "ukis": run_ukis}
+def run_soak(spec: dict) -> dict:
+    """Frames back to back through FramePipeline for a long time, keeping nothing per frame: every
+    ``every`` frames one line (frame, seconds, resident memory) is appended to spec["log"], so a
+    run can be watched while it goes and a leak shows as a rising line, not as retained records."""
+    import cv2
+
+    cv2.setNumThreads(spec["threads"])
+    from flight.config import load_scenario
+    from flight.pipeline import FramePipeline
+
+    flight_cfg = load_scenario(spec["scenario"]).flight
+    cal = calibrator(spec)
+    models = load_models(spec, counted=False)
+    pipe = FramePipeline(flight_cfg, cal, models, reuse_buffers=spec.get("reuse", False))
+    readers = [StripReader(f, spec["strip_rows"]) for f in spec["frames"]]
+    headers = [dict(f["header"]) for f in spec["frames"]]
+    t0 = time.perf_counter()
+    busy = 0.0
+    with open(spec["log"], "a", buffering=1) as log:
+        for i in range(spec["n"]):
+            k = i % len(readers)
+            f0 = time.perf_counter()
+            pipe.begin(json.dumps(dict(headers[k], frame_id=i)).encode())
+            for r, view, _ in readers[k].strips():
+                pipe.strip(i, r, readers[k].rows, view)
+            pipe.finish()
+            busy += time.perf_counter() - f0
+            if i % spec["every"] == 0 or i == spec["n"] - 1:
+                log.write(json.dumps({"frame": i, "s": round(time.perf_counter() - t0, 1),
+                                      "mean_frame_ms": round(busy / (i + 1) * 1e3, 1), **memory_mib()}) + "\n")
+    return {"frames": spec["n"], "wall_s": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib(), "end": memory_mib()}
+
+
+KINDS = {"pipeline": run_pipeline, "soak": run_soak, "models": run_models, "roofline": run_roofline, "ukis": run_ukis}
 
 
 def main() -> int:

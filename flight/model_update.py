@@ -112,12 +112,13 @@ def load_golden(path: Path) -> Golden:
     return {"tiles": tiles, "int8": want, "sha256": sha}
 
 
-def verify_model_dir(folder: Path, name: str, threads: int = 1, batch: int = 64, kind: str | None = None) -> TileModel:
+def verify_model_dir(folder: Path, name: str, threads: int = 1, batch: int = 64, kind: str | None = None,
+                     arena: bool = False) -> TileModel:
     """Load a model folder (hash of the ONNX bytes against the card) and run its golden vectors
     (bit-exact INT8). Returns the loaded model; ModelUpdateError naming the failed check."""
     card_path = folder / f"{name}.card.json"
     try:
-        model = TileModel(card_path, intra_op_threads=threads, batch_size=batch)
+        model = TileModel(card_path, intra_op_threads=threads, enable_cpu_mem_arena=arena, batch_size=batch)
     except (ModelError, OSError) as exc:
         # the cause first, without the folder's path: events carry the first 150 characters
         why = (f"key {exc.key!r} = {exc.value!r}: {exc.reason}" if exc.key else exc.reason) if isinstance(exc, ModelError) else exc
@@ -190,9 +191,10 @@ class Active:
 
 
 class ModelStore:
-    def __init__(self, root: Path, threads: int = 1, batch: int = 64, factory_dir: Path | None = None):
+    def __init__(self, root: Path, threads: int = 1, batch: int = 64, factory_dir: Path | None = None,
+                 arena: bool = False):
         self.root = Path(root)
-        self.threads, self.batch = threads, batch
+        self.threads, self.batch, self.arena = threads, batch, arena
         self.factory_dir = factory_dir or model_path("cloud_screen").parent
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "versions").mkdir(exist_ok=True)
@@ -273,7 +275,7 @@ class ModelStore:
                 f.flush()
                 os.fsync(f.fileno())
         try:
-            model = verify_model_dir(staging, name, self.threads, self.batch, kind)
+            model = verify_model_dir(staging, name, self.threads, self.batch, kind, self.arena)
         except ModelUpdateError:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -314,7 +316,7 @@ class ModelStore:
         a = self.active.get(name)
         if a is None:
             raise ModelUpdateError("no such model onboard", name)
-        return verify_model_dir(self.root / a.folder, name, self.threads, self.batch)
+        return verify_model_dir(self.root / a.folder, name, self.threads, self.batch, arena=self.arena)
 
     def rollback(self, name: str) -> tuple[Active, TileModel, list[str]]:
         """Go back to the newest older version that still verifies, else the factory copy.
@@ -325,7 +327,7 @@ class ModelStore:
         while history:
             rel = history.pop()
             try:
-                model = verify_model_dir(self.root / rel, name, self.threads, self.batch)
+                model = verify_model_dir(self.root / rel, name, self.threads, self.batch, arena=self.arena)
             except ModelUpdateError as exc:
                 skipped.append(f"{rel}: {exc.reason}")
                 continue

@@ -72,38 +72,83 @@ class FrameResult:
         return sum(1 for d in self.detections if d.class_id == cls)
 
 
-def tiles_of(image: np.ndarray, tile_px: int) -> np.ndarray:
+def tiles_of(image: np.ndarray, tile_px: int, scratch: StripBuffers | None = None) -> np.ndarray:
     """(bands, rows, W) strip or frame -> (tiles, t, t, bands), row-major, contiguous: the models'
     channels-last tile layout. Rows and columns beyond whole tiles are dropped. OpenCV interleaves
-    the bands in one pass (3x faster than a numpy transpose copy)."""
+    the bands in one pass (3x faster than a numpy transpose copy). With ``scratch`` the interleaved
+    rows and the tiles go into its reused arrays (the result is overwritten by the next call)."""
     bands, rows, width = image.shape
     r, c = rows // tile_px, width // tile_px
     crop = image[:, : r * tile_px, : c * tile_px]
-    bil = cv2.merge(list(crop)) if bands > 1 else crop[0][..., None]  # (rows, W, bands)
-    bil = bil.reshape(r * tile_px, c * tile_px, bands)  # cv2.merge drops a trailing axis of 1
-    return np.ascontiguousarray(bil.reshape(r, tile_px, c, tile_px, bands).transpose(0, 2, 1, 3, 4)).reshape(
-        r * c, tile_px, tile_px, bands)
+    shape = (r * c, tile_px, tile_px, bands)
+    if scratch is None:
+        bil = cv2.merge(list(crop)) if bands > 1 else crop[0][..., None]  # (rows, W, bands)
+        bil = bil.reshape(r * tile_px, c * tile_px, bands)  # cv2.merge drops a trailing axis of 1
+        return np.ascontiguousarray(bil.reshape(r, tile_px, c, tile_px, bands).transpose(0, 2, 1, 3, 4)).reshape(shape)
+    bil = scratch.get("interleaved", (r * tile_px, c * tile_px, bands), image.dtype)
+    if bands > 1:
+        cv2.merge(list(crop), bil)
+    else:
+        bil[..., 0] = crop[0]
+    out = scratch.get("tiles", shape, image.dtype)
+    np.copyto(out.reshape(r, c, tile_px, tile_px, bands), bil.reshape(r, tile_px, c, tile_px, bands).transpose(0, 2, 1, 3, 4))
+    return out
+
+
+class StripBuffers:
+    """Strip-sized arrays made once and reused strip after strip (calibrated strip, interleaved
+    rows, tiles), remade only when a frame of another size arrives. With onnxruntime's memory
+    arena on, arrays made afresh for every strip come from new pages each time (calibrate and
+    tile 2-3x slower, docs/benchmarks.md); reused ones cost nothing and keep the peak lower."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        a = self.arrays.get(name)
+        if a is None or a.shape != shape or a.dtype != dtype:
+            self.arrays.pop(name, None)  # free the old one before making the new
+            a = self.arrays[name] = np.empty(shape, dtype)
+        return a
+
+
+def tile_means(image: np.ndarray, tile_px: int, band: int) -> np.ndarray:
+    """Mean of one band per tile of a (bands, rows, W) strip or frame, row-major like ``tiles_of``."""
+    _, rows, width = image.shape
+    r, c = rows // tile_px, width // tile_px
+    # Column sums of each tile row (OpenCV, one pass), then 64-column groups: exact integer sums
+    # in float64; about 2x faster than numpy's mean over a strided 4-D view (7.2 -> 3.4 ms a frame).
+    out = np.empty((r, c), np.float64)
+    for i in range(r):
+        cols = cv2.reduce(image[band, i * tile_px:(i + 1) * tile_px, : c * tile_px], 0, cv2.REDUCE_SUM,
+                          dtype=cv2.CV_64F)
+        out[i] = cols.reshape(c, tile_px).sum(axis=1)
+    return (out / np.float64(tile_px * tile_px)).astype(np.float32).reshape(-1)
+
+
+def ndwi(green_mean: np.ndarray, nir_mean: np.ndarray) -> np.ndarray:
+    return (green_mean - nir_mean) / np.maximum(green_mean + nir_mean, 1.0)
 
 
 def tile_ndwi(image: np.ndarray, tile_px: int) -> np.ndarray:
     """Mean normalized difference water index per tile (green vs nir) of a (bands, rows, W) strip
     or frame, row-major like ``tiles_of``; water is > ~0.2."""
+    return ndwi(tile_means(image, tile_px, GREEN), tile_means(image, tile_px, NIR))
+
+
+def tile_nir_contrast(image: np.ndarray, tile_px: int, nir_mean: np.ndarray | None = None) -> np.ndarray:
+    """Per tile, its brightest near-infrared pixel minus its mean NIR (reflectance x 10000), row-major
+    like ``tiles_of``. Open water is dark and even in the NIR, and every hull and wake is brighter
+    there: the ship prescreen (CascadeStep.min_nir_contrast, models/ship_prescreen.py)."""
     _, rows, width = image.shape
     r, c = rows // tile_px, width // tile_px
-    area = np.float64(tile_px * tile_px)
-
-    def means(band: int) -> np.ndarray:
-        # Column sums of each tile row (OpenCV, one pass), then 64-column groups: exact integer sums
-        # in float64; about 2x faster than numpy's mean over a strided 4-D view (7.2 -> 3.4 ms a frame).
-        out = np.empty((r, c), np.float64)
-        for i in range(r):
-            cols = cv2.reduce(image[band, i * tile_px:(i + 1) * tile_px, : c * tile_px], 0, cv2.REDUCE_SUM,
-                              dtype=cv2.CV_64F)
-            out[i] = cols.reshape(c, tile_px).sum(axis=1)
-        return (out / area).astype(np.float32).reshape(-1)
-
-    g, n = means(GREEN), means(NIR)
-    return (g - n) / np.maximum(g + n, 1.0)
+    if nir_mean is None:
+        nir_mean = tile_means(image, tile_px, NIR)
+    top = np.empty((r, c), np.float32)
+    for i in range(r):
+        cols = cv2.reduce(image[NIR, i * tile_px:(i + 1) * tile_px, : c * tile_px], 0, cv2.REDUCE_MAX)
+        top[i] = cols.reshape(c, tile_px).max(axis=1)
+    return top.reshape(-1) - nir_mean
 
 
 def encode_chip(strip: np.ndarray, row: float, col: float, size: int, max_bytes: int) -> tuple[np.ndarray, bytes] | None:
@@ -125,7 +170,7 @@ def encode_chip(strip: np.ndarray, row: float, col: float, size: int, max_bytes:
 class StripCalibrator(Protocol):
     """What the pipeline calls of its calibrator (calibrate.Calibrator, or a wrapper around one)."""
 
-    def calibrate_strip(self, raw: np.ndarray, row0: int) -> np.ndarray: ...
+    def calibrate_strip(self, raw: np.ndarray, row0: int, out: np.ndarray | None = None) -> np.ndarray: ...
 
 
 class TilePredictor(Protocol):
@@ -141,10 +186,12 @@ M = TypeVar("M", bound=TilePredictor)
 
 
 class FramePipeline(Generic[M]):
-    def __init__(self, cfg: FlightSection, calibrator: StripCalibrator, models: dict[str, M]):
+    def __init__(self, cfg: FlightSection, calibrator: StripCalibrator, models: dict[str, M],
+                 reuse_buffers: bool = False):
         if "cloud_screen" not in models:
             raise ValueError("the cloud_screen model is required")
         self.cfg = cfg
+        self.scratch = StripBuffers() if reuse_buffers else None
         self.calibrator = calibrator
         self.models = models
         self.ingest = FrameIngest(cfg.tile_px)
@@ -171,7 +218,8 @@ class FramePipeline(Generic[M]):
         t0 = time.perf_counter()
         raw = self.ingest.strip(frame_id, row0, rows, data)
         t1 = time.perf_counter()
-        cal = self.calibrator.calibrate_strip(raw, row0)
+        out = None if self.scratch is None else self.scratch.get("calibrated", raw.shape, np.uint16)
+        cal = self.calibrator.calibrate_strip(raw, row0, out)
         t2 = time.perf_counter()
         self.stage_ms["ingest"] += (t1 - t0) * 1e3
         self.stage_ms["calibrate"] += (t2 - t1) * 1e3
@@ -236,7 +284,7 @@ class FramePipeline(Generic[M]):
     def _tile_row(self, cal: np.ndarray, row0: int) -> None:
         cfg, ms = self.cfg, self.stage_ms
         t0 = time.perf_counter()
-        tiles = tiles_of(cal, cfg.tile_px)
+        tiles = tiles_of(cal, cfg.tile_px, self.scratch)
         t1 = time.perf_counter()
         cloud = self.models["cloud_screen"].run(tiles)
         t2 = time.perf_counter()
@@ -246,9 +294,16 @@ class FramePipeline(Generic[M]):
         steps = [s for s in cfg.cascade[1:] if s.enabled and s.model in self.models and s.model not in self.disabled]
         if steps:
             clear = cloud < cfg.clear_tile_max_cloud
-            water = tile_ndwi(cal, cfg.tile_px) > cfg.water_ndwi_min
+            nir = tile_means(cal, cfg.tile_px, NIR)
+            water = ndwi(tile_means(cal, cfg.tile_px, GREEN), nir) > cfg.water_ndwi_min
+            contrast = None
             for step in steps:
-                self._detect(step, tiles, cal, row0, clear & self._where(step, water))
+                select = clear & self._where(step, water)
+                if step.min_nir_contrast > 0:  # tiles of even, dark water hold nothing to find
+                    if contrast is None:
+                        contrast = tile_nir_contrast(cal, cfg.tile_px, nir)
+                    select &= contrast >= step.min_nir_contrast
+                self._detect(step, tiles, cal, row0, select)
         ms["detect"] += (time.perf_counter() - t2) * 1e3
 
     @staticmethod

@@ -117,6 +117,14 @@ def test_install_activates_atomically_and_rolls_back(tmp_path, good_bundle):
     assert back.folder == factory.folder and not skipped
 
 
+@pytest.mark.parametrize("arena", [False, True])
+def test_every_loaded_version_gets_the_configured_memory_arena(tmp_path, good_bundle, arena):
+    store = ModelStore(tmp_path / "models", arena=arena)
+    models = [store.load("cloud_screen"), store.install_bundle("cloud_screen", good_bundle, "tile_fraction")[1],
+              store.rollback("cloud_screen")[1]]  # factory copy, an upload, a rollback
+    assert [m.session.get_session_options().enable_cpu_mem_arena for m in models] == [arena] * 3
+
+
 @pytest.mark.parametrize("make, fragment", [
     (lambda: bundle("1.0.2", golden_int8=np.zeros((2,), np.float32)), "golden vectors differ"),
     (lambda: bundle("1.0.3", onnx=b"\x08\x01" + bytes(100)), "load refused"),

@@ -11,7 +11,15 @@ from flight.config import load_scenario
 from flight.dictionary import DetectionClass
 from flight.frames import BANDS, Footprint
 from flight.inference import TileModel, heatmap_peaks, merge_peaks, model_path
-from flight.pipeline import STAGES, FramePipeline, encode_chip, tile_ndwi, tiles_of
+from flight.pipeline import (
+    STAGES,
+    FramePipeline,
+    StripBuffers,
+    encode_chip,
+    tile_ndwi,
+    tile_nir_contrast,
+    tiles_of,
+)
 from payload_sim.scenes import synthetic_scene
 from payload_sim.sensor import Sensor, SensorConfig
 
@@ -56,6 +64,18 @@ def test_tiles_of_a_frame_is_row_major():
     assert np.array_equal(t[4], np.moveaxis(frame[:, 64:128, 64:128], 0, -1))  # row 1, column 1
 
 
+def test_tiles_into_reused_buffers_are_the_same_tiles_and_follow_a_change_of_size():
+    rng = np.random.default_rng(3)
+    scratch = StripBuffers()
+    for bands, rows, width in ((6, 64, 192), (6, 64, 192), (6, 128, 320), (1, 64, 128), (6, 64, 192)):
+        strip = rng.integers(0, 65536, (bands, rows, width), dtype=np.uint16)
+        got = tiles_of(strip, 64, scratch)
+        assert np.array_equal(got, tiles_of(strip, 64)) and got.flags.c_contiguous
+        assert got is scratch.arrays["tiles"]  # written into the reused array, not a new one
+    again = tiles_of(strip, 64, scratch)
+    assert again is got  # same size: the same array, overwritten
+
+
 def test_ndwi_separates_water_from_land():
     strip = np.zeros((6, 64, 128), np.uint16)
     strip[BANDS.index("green"), :, :64], strip[BANDS.index("nir"), :, :64] = 600, 100  # water: green > nir
@@ -79,6 +99,39 @@ def test_ndwi_is_the_exact_tile_mean_over_the_whole_uint16_range(shape):
     got = tile_ndwi(image, 64)
     assert got.shape == (r * c,) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(6, 64, 2048), (6, 200, 130), (6, 63, 640), (6, 10, 10)])
+def test_nir_contrast_is_the_tile_max_minus_the_tile_mean_over_the_whole_uint16_range(shape):
+    rng = np.random.default_rng(sum(shape) + 1)
+    image = rng.integers(0, 2**16, shape, dtype=np.uint16)
+    image[:, :4, :100] = 65535
+    r, c = shape[1] // 64, shape[2] // 64
+    nir = image[BANDS.index("nir"), : r * 64, : c * 64].astype(np.float64).reshape(r, 64, c, 64).transpose(0, 2, 1, 3)
+    want = (nir.max(axis=(2, 3)) - nir.mean(axis=(2, 3))).reshape(-1)
+    got = tile_nir_contrast(image, 64)
+    assert got.shape == (r * c,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=0.01)
+
+
+def test_the_ship_prescreen_finds_the_same_ships_on_fewer_tiles(world):
+    sensor, calibrator = world
+    base = ['flight.cascade=[{model="cloud_screen"}, {model="ship_detect", when="clear_water"%s}]']
+    nets = {n: TileModel(model_path(n)) for n in ("cloud_screen", "ship_detect")}
+    runs = {}
+    for cut in (0.0, 250.0):
+        cfg = load_scenario(None, [base[0] % (f", min_nir_contrast={cut}" if cut else "")]).flight
+        rec = {n: Recorder(m) for n, m in nets.items()}
+        pipe = FramePipeline(cfg, calibrator, rec)
+        found = []
+        for seed in (31, 32, 33):  # open sea with a few ships, and one with many
+            scene = synthetic_scene(seed, 1, H, W, cloud_cover=0.0, water_fraction=1.0, ships=(6, 6, 60)[seed - 31])
+            r = run_frame(pipe, sensor.expose(scene.reflectance, np.random.default_rng(seed)), seed)
+            found.append([(d.row_px, d.col_px, d.confidence) for d in r.detections])
+        runs[cut] = found, sum(len(t) for t in rec["ship_detect"].inputs)
+    (found_all, tiles_all), (found_pre, tiles_pre) = runs[0.0], runs[250.0]
+    assert found_pre == found_all and sum(map(len, found_all)) >= 20
+    assert tiles_pre < 0.8 * tiles_all  # open water without a ship is skipped
 
 
 def test_chips_fit_their_byte_cap_and_decode():
@@ -170,10 +223,10 @@ def _reference(cfg, calibrator, models, raw, strip_rows):
 
 @pytest.mark.parametrize("case", [
     dict(scene=dict(cloud_cover=0.3, water_fraction=0.0, fires=12), limit=64, strip_rows=128),
-    dict(scene=dict(cloud_cover=0.0, water_fraction=0.5, ships=60, fires=30), limit=64, strip_rows=64),
+    dict(scene=dict(cloud_cover=0.0, water_fraction=0.5, ships=60, fires=30), limit=64, strip_rows=64, reuse=True),
     # the benchmark's worst case, small: hundreds of peaks, and a cap far below them (early stop)
     dict(scene=dict(cloud_cover=0.0, water_fraction=1.0, ships=300), limit=5, strip_rows=128),
-    dict(scene=dict(cloud_cover=0.0, water_fraction=1.0, ships=300), limit=64, strip_rows=64),
+    dict(scene=dict(cloud_cover=0.0, water_fraction=1.0, ships=300), limit=64, strip_rows=64, reuse=True),
 ])
 def test_frame_path_is_bit_identical_to_the_previous_computation(world, case):
     sensor, calibrator = world
@@ -182,7 +235,7 @@ def test_frame_path_is_bit_identical_to_the_previous_computation(world, case):
                                'flight.chips_per_frame=4', f'flight.max_detections_per_frame={case["limit"]}']).flight
     nets = {s.model: TileModel(model_path(s.model)) for s in cfg.cascade}
     new, old = {n: Recorder(m) for n, m in nets.items()}, {n: Recorder(m) for n, m in nets.items()}
-    pipe = FramePipeline(cfg, calibrator, new)
+    pipe = FramePipeline(cfg, calibrator, new, reuse_buffers=case.get("reuse", False))
     for seed in (21, 22):
         scene = synthetic_scene(seed, 1, H, W, **case["scene"])
         raw = sensor.expose(scene.reflectance, np.random.default_rng(seed))
