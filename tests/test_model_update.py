@@ -351,3 +351,41 @@ def test_the_flight_starts_on_the_new_release_s_models_with_an_event(flight, tmp
     app, _ = make()
     assert EVENTS["MODEL_ACTIVATED"].id in event_ids(app)
     assert app.pipeline.models["cloud_screen"].card.sha256 == ModelCard.load(model_path("cloud_screen")).sha256
+
+
+def test_the_flight_runs_frames_with_the_memory_arena_on_and_off_alike(tmp_path, monkeypatch):
+    """flight.onnx_memory_arena reaches every model session and the pipeline's reused strip
+    arrays, and a frame gives the same products either way."""
+    import json
+
+    from ops_util import flight_apps
+
+    from payload_sim.camera import frame_meta, make_orbit, make_sensor, render
+
+    results = {}
+    cascade = ('flight.cascade=[{model="cloud_screen"}, {model="ship_detect", when="clear_water", min_nir_contrast=250.0},'
+               ' {model="fire_detect", when="clear_land"}]')
+    with flight_apps(tmp_path, monkeypatch, ["scenario.clock_rate=1.0", cascade], 500.0) as (make, _):
+        for arena in (False, True):
+            app, sc = make([f"flight.onnx_memory_arena={str(arena).lower()}"])
+            sessions = [m.model.session.get_session_options().enable_cpu_mem_arena for m in app.pipeline.models.values()]
+            assert sessions == [arena] * len(sessions) and len(sessions) == 3
+            assert (app.pipeline.scratch is not None) == arena
+            got = []
+            finish = app.pipeline.finish  # a spy on the results, the real call underneath
+            app.pipeline.finish = lambda finish=finish, got=got: got.append(finish()) or got[-1]
+            sensor = make_sensor(sc)
+            for fid in range(2):
+                _, raw = render(sc, sensor, fid)
+                meta = frame_meta(sc, make_orbit(sc, app.clock), fid)
+                app.on_frame_message([b"frame", meta.to_json()])
+                rows = sc.sensor.strip_rows
+                for r in range(0, meta.height, rows):
+                    hdr = json.dumps({"frame_id": fid, "row0": r, "rows": rows}).encode()
+                    app.on_frame_message([b"strip", hdr, raw[:, r : r + rows].tobytes()])
+            assert app.counts["frames_processed"] == 2 and app.counts["errors"] == 0
+            results[arena] = [(r.tile_cloud.tolist(), [(d.class_id, d.row_px, d.col_px, d.confidence) for d in r.detections])
+                              for r in got]
+            app.watchdog.close()
+            app.store.close()
+    assert results[True] == results[False]
