@@ -29,6 +29,9 @@ GREEN, RED, NIR = BANDS.index("green"), BANDS.index("red"), BANDS.index("nir")
 BLUE = BANDS.index("blue")
 STAGES = ("ingest", "calibrate", "tile", "screen", "detect", "localize", "package")
 MODEL_CLASS = {"ship_detect": DetectionClass.SHIP, "fire_detect": DetectionClass.FIRE}
+# tiles of a tile row handled together (2048 px at 64 px tiles): wider frames go in blocks, so the
+# interleaved rows and the tiles do not grow with frame width (issue #16: memory flat 1024-4096 px)
+BLOCK_TILES = 32
 
 
 @dataclass(frozen=True)
@@ -282,29 +285,39 @@ class FramePipeline(Generic[M]):
     # -- per tile row ----------------------------------------------------------------------------
 
     def _tile_row(self, cal: np.ndarray, row0: int) -> None:
+        """One row of tiles, in blocks of at most BLOCK_TILES tiles: the tile arrays are then the
+        same size for any frame width above the block (memory flat with frame width)."""
+        tp = self.cfg.tile_px
+        cols = cal.shape[2] // tp
+        clouds = [self._tile_block(cal, row0, c0 * tp, min(c0 + BLOCK_TILES, cols) * tp)
+                  for c0 in range(0, cols, BLOCK_TILES)]
+        self.tile_rows.append(clouds[0] if len(clouds) == 1 else np.concatenate(clouds))
+
+    def _tile_block(self, cal: np.ndarray, row0: int, col0: int, col1: int) -> np.ndarray:
         cfg, ms = self.cfg, self.stage_ms
+        block = cal[:, :, col0:col1]
         t0 = time.perf_counter()
-        tiles = tiles_of(cal, cfg.tile_px, self.scratch)
+        tiles = tiles_of(block, cfg.tile_px, self.scratch)
         t1 = time.perf_counter()
         cloud = self.models["cloud_screen"].run(tiles)
         t2 = time.perf_counter()
         ms["tile"] += (t1 - t0) * 1e3
         ms["screen"] += (t2 - t1) * 1e3
-        self.tile_rows.append(cloud)
         steps = [s for s in cfg.cascade[1:] if s.enabled and s.model in self.models and s.model not in self.disabled]
         if steps:
             clear = cloud < cfg.clear_tile_max_cloud
-            nir = tile_means(cal, cfg.tile_px, NIR)
-            water = ndwi(tile_means(cal, cfg.tile_px, GREEN), nir) > cfg.water_ndwi_min
+            nir = tile_means(block, cfg.tile_px, NIR)
+            water = ndwi(tile_means(block, cfg.tile_px, GREEN), nir) > cfg.water_ndwi_min
             contrast = None
             for step in steps:
                 select = clear & self._where(step, water)
                 if step.min_nir_contrast > 0:  # tiles of even, dark water hold nothing to find
                     if contrast is None:
-                        contrast = tile_nir_contrast(cal, cfg.tile_px, nir)
+                        contrast = tile_nir_contrast(block, cfg.tile_px, nir)
                     select &= contrast >= step.min_nir_contrast
-                self._detect(step, tiles, cal, row0, select)
+                self._detect(step, tiles, cal, row0, col0, select)
         ms["detect"] += (time.perf_counter() - t2) * 1e3
+        return cloud
 
     @staticmethod
     def _where(step: CascadeStep, water: np.ndarray) -> np.ndarray:
@@ -314,7 +327,10 @@ class FramePipeline(Generic[M]):
             return ~water
         return np.ones_like(water)
 
-    def _detect(self, step: CascadeStep, tiles: np.ndarray, cal: np.ndarray, row0: int, select: np.ndarray) -> None:
+    def _detect(self, step: CascadeStep, tiles: np.ndarray, cal: np.ndarray, row0: int, col0: int,
+                select: np.ndarray) -> None:
+        """Run a detector on the selected tiles of a block starting at column col0 of the tile row
+        ``cal``; peaks and chips in frame coordinates."""
         idx = np.flatnonzero(select)
         if idx.size == 0:
             return
@@ -324,7 +340,7 @@ class FramePipeline(Generic[M]):
         tp = self.cfg.tile_px
         hot_px = (heat >= model.card.threshold).sum(axis=(1, 2)) * model.card.stride**2  # per tile, once
         for k, r, c, score in heatmap_peaks(heat, model.card.threshold, model.card.stride):
-            row, col = row0 + r, int(idx[k]) * tp + c
+            row, col = row0 + r, col0 + int(idx[k]) * tp + c
             area = int(hot_px[k])
             self.found.append((int(cls), float(score), float(row), float(col), area))
             name = DetectionClass(cls).name.lower() if cls else step.model
