@@ -26,23 +26,34 @@ class QuicklookRing:
         self.ring: OrderedDict[int, tuple[FrameMeta, np.ndarray]] = OrderedDict()
         self.meta: FrameMeta | None = None
         self.buf: np.ndarray | None = None
+        self.carry: np.ndarray | None = None  # rows of the last strip not yet a whole block of factor rows
 
     def begin(self, meta: FrameMeta) -> None:
         f = self.factor
         ok = self.frames > 0 and meta.height % f == 0 and meta.width % f == 0
         self.meta = meta if ok else None
         self.buf = np.zeros((meta.height // f, meta.width // f, 3), np.uint8) if ok else None
+        self.carry = None
 
     def add_strip(self, cal: np.ndarray, row0: int) -> None:
-        """A calibrated strip (bands, rows, width) uint16 of the current frame."""
+        """A calibrated strip (bands, rows, width) uint16 of the current frame, in row order. Strips
+        need not be whole blocks of factor rows: the rows left over wait for the next strip."""
         if self.buf is None:
             return
         f = self.factor
-        _, rows, width = cal.shape
-        if rows % f:
+        rgb = cal[RGB]
+        if self.carry is not None:
+            row0 -= self.carry.shape[1]
+            rgb = np.concatenate([self.carry, rgb], axis=1)
+            self.carry = None
+        _, rows, width = rgb.shape
+        whole = rows - rows % f
+        if whole < rows:
+            self.carry = rgb[:, whole:].copy()
+        if whole == 0:
             return
-        rgb = cal[RGB].reshape(3, rows // f, f, width // f, f).mean(axis=(2, 4), dtype=np.float32)
-        self.buf[row0 // f : (row0 + rows) // f] = np.clip(rgb * STRETCH, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        rgb = rgb[:, :whole].reshape(3, whole // f, f, width // f, f).mean(axis=(2, 4), dtype=np.float32)
+        self.buf[row0 // f : (row0 + whole) // f] = np.clip(rgb * STRETCH, 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
     def commit(self) -> None:
         if self.meta is not None and self.buf is not None:
@@ -53,7 +64,7 @@ class QuicklookRing:
         self.drop()
 
     def drop(self) -> None:
-        self.meta, self.buf = None, None
+        self.meta, self.buf, self.carry = None, None, None
 
     def clear(self) -> None:
         """Shed memory (memory pressure)."""

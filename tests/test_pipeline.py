@@ -259,3 +259,24 @@ def test_frame_path_is_bit_identical_to_the_previous_computation(world, case, mo
     if case["limit"] == 5:
         assert len(found) == 5 and len(old["ship_detect"].inputs) > 0  # the cap did bite
 
+
+
+@pytest.mark.parametrize("factor, pieces", [(8, [64] * 4), (64, [64] * 4), (64, [16] * 16), (32, [48, 16, 80, 40, 72]),
+                                            (8, [3, 5, 8, 100, 140])])
+def test_a_quicklook_is_the_same_whatever_rows_each_strip_brings(factor, pieces):
+    from flight.frames import FrameMeta
+    from flight.quicklook import QuicklookRing
+
+    h, w = sum(pieces), 128
+    cal = np.random.default_rng(factor).integers(0, 4000, (6, h, w), dtype=np.uint16)
+    meta = FrameMeta(frame_id=1, capture_time_s=1.0, height=h, width=w, gsd_m=10.0)
+    whole, split = QuicklookRing(2, factor), QuicklookRing(2, factor)
+    whole.begin(meta)
+    whole.add_strip(cal, 0)
+    split.begin(meta)
+    r = 0
+    for n in pieces:
+        split.add_strip(cal[:, r : r + n], r)
+        r += n
+    assert split.carry is None  # every row used
+    assert np.array_equal(split.buf, whole.buf) and whole.buf.any()
