@@ -152,10 +152,11 @@ class CascadeStep:
     model: str  # card name under models/
     when: str = field(default="all", metadata=rng(choices=("all", "clear_water", "clear_land")))
     enabled: bool = True
-    # prescreen: skip tiles whose brightest NIR pixel is less than this above the tile's mean NIR
-    # (reflectance x 10000; 0 = run on every selected tile). For ship_detect 2.1.1, 250 finds the
-    # same ships on validation and test (models/results/ship_prescreen.json)
-    min_nir_contrast: float = field(default=0.0, metadata=rng(0.0, 65535.0))
+    # prescreen: skip tiles whose brightest pixel in contrast_band is less than min_contrast above
+    # the tile's mean in that band (reflectance x 10000; 0 = run on every selected tile). Chosen per
+    # model version by models/prescreen.py (ship_detect 2.1.1: nir 150; fire_detect 2.0.1: swir22 4000)
+    contrast_band: str = field(default="nir", metadata=rng(choices=("blue", "green", "red", "nir", "swir16", "swir22")))
+    min_contrast: float = field(default=0.0, metadata=rng(0.0, 65535.0))
 
 
 @dataclass(frozen=True)

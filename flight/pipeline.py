@@ -139,19 +139,20 @@ def tile_ndwi(image: np.ndarray, tile_px: int) -> np.ndarray:
     return ndwi(tile_means(image, tile_px, GREEN), tile_means(image, tile_px, NIR))
 
 
-def tile_nir_contrast(image: np.ndarray, tile_px: int, nir_mean: np.ndarray | None = None) -> np.ndarray:
-    """Per tile, its brightest near-infrared pixel minus its mean NIR (reflectance x 10000), row-major
-    like ``tiles_of``. Open water is dark and even in the NIR, and every hull and wake is brighter
-    there: the ship prescreen (CascadeStep.min_nir_contrast, models/ship_prescreen.py)."""
+def tile_contrast(image: np.ndarray, tile_px: int, band: int, band_mean: np.ndarray | None = None) -> np.ndarray:
+    """Per tile, its brightest pixel in ``band`` minus its mean in that band (reflectance x 10000),
+    row-major like ``tiles_of``: the detectors' prescreen (CascadeStep.min_contrast,
+    models/prescreen.py). Open water is dark and even in the NIR, where every hull and wake is
+    brighter; land is far below a fire's swir22 glow."""
     _, rows, width = image.shape
     r, c = rows // tile_px, width // tile_px
-    if nir_mean is None:
-        nir_mean = tile_means(image, tile_px, NIR)
+    if band_mean is None:
+        band_mean = tile_means(image, tile_px, band)
     top = np.empty((r, c), np.float32)
     for i in range(r):
-        cols = cv2.reduce(image[NIR, i * tile_px:(i + 1) * tile_px, : c * tile_px], 0, cv2.REDUCE_MAX)
+        cols = cv2.reduce(image[band, i * tile_px:(i + 1) * tile_px, : c * tile_px], 0, cv2.REDUCE_MAX)
         top[i] = cols.reshape(c, tile_px).max(axis=1)
-    return top.reshape(-1) - nir_mean
+    return top.reshape(-1) - band_mean
 
 
 def encode_chip(strip: np.ndarray, row: float, col: float, size: int, max_bytes: int) -> tuple[np.ndarray, bytes] | None:
@@ -308,13 +309,14 @@ class FramePipeline(Generic[M]):
             clear = cloud < cfg.clear_tile_max_cloud
             nir = tile_means(block, cfg.tile_px, NIR)
             water = ndwi(tile_means(block, cfg.tile_px, GREEN), nir) > cfg.water_ndwi_min
-            contrast = None
+            contrast: dict[int, np.ndarray] = {}  # per band, computed once for the steps that ask
             for step in steps:
                 select = clear & self._where(step, water)
-                if step.min_nir_contrast > 0:  # tiles of even, dark water hold nothing to find
-                    if contrast is None:
-                        contrast = tile_nir_contrast(block, cfg.tile_px, nir)
-                    select &= contrast >= step.min_nir_contrast
+                if step.min_contrast > 0:  # nothing brighter than its surroundings: nothing to find
+                    b = BANDS.index(step.contrast_band)
+                    if b not in contrast:
+                        contrast[b] = tile_contrast(block, cfg.tile_px, b, nir if b == NIR else None)
+                    select &= contrast[b] >= step.min_contrast
                 self._detect(step, tiles, cal, row0, col0, select)
         ms["detect"] += (time.perf_counter() - t2) * 1e3
         return cloud

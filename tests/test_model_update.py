@@ -363,7 +363,7 @@ def test_the_flight_runs_frames_with_the_memory_arena_on_and_off_alike(tmp_path,
     from payload_sim.camera import frame_meta, make_orbit, make_sensor, render
 
     results = {}
-    cascade = ('flight.cascade=[{model="cloud_screen"}, {model="ship_detect", when="clear_water", min_nir_contrast=250.0},'
+    cascade = ('flight.cascade=[{model="cloud_screen"}, {model="ship_detect", when="clear_water", contrast_band="nir", min_contrast=150.0},'
                ' {model="fire_detect", when="clear_land"}]')
     with flight_apps(tmp_path, monkeypatch, ["scenario.clock_rate=1.0", cascade], 500.0) as (make, _):
         for arena in (False, True):

@@ -17,7 +17,7 @@ from flight.pipeline import (
     StripBuffers,
     encode_chip,
     tile_ndwi,
-    tile_nir_contrast,
+    tile_contrast,
     tiles_of,
 )
 from payload_sim.scenes import synthetic_scene
@@ -101,37 +101,44 @@ def test_ndwi_is_the_exact_tile_mean_over_the_whole_uint16_range(shape):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("band", ["nir", "swir22"])
 @pytest.mark.parametrize("shape", [(6, 64, 2048), (6, 200, 130), (6, 63, 640), (6, 10, 10)])
-def test_nir_contrast_is_the_tile_max_minus_the_tile_mean_over_the_whole_uint16_range(shape):
+def test_contrast_is_the_tile_max_minus_the_tile_mean_over_the_whole_uint16_range(shape, band):
     rng = np.random.default_rng(sum(shape) + 1)
     image = rng.integers(0, 2**16, shape, dtype=np.uint16)
     image[:, :4, :100] = 65535
     r, c = shape[1] // 64, shape[2] // 64
-    nir = image[BANDS.index("nir"), : r * 64, : c * 64].astype(np.float64).reshape(r, 64, c, 64).transpose(0, 2, 1, 3)
+    nir = image[BANDS.index(band), : r * 64, : c * 64].astype(np.float64).reshape(r, 64, c, 64).transpose(0, 2, 1, 3)
     want = (nir.max(axis=(2, 3)) - nir.mean(axis=(2, 3))).reshape(-1)
-    got = tile_nir_contrast(image, 64)
+    got = tile_contrast(image, 64, BANDS.index(band))
     assert got.shape == (r * c,) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=0, atol=0.01)
 
 
-def test_the_ship_prescreen_finds_the_same_ships_on_fewer_tiles(world):
+@pytest.mark.parametrize("model, when, band, cut, scenes", [
+    # open sea with a few ships, and with many
+    ("ship_detect", "clear_water", "nir", 150.0, [dict(water_fraction=1.0, ships=n) for n in (6, 6, 60)]),
+    # land with fires
+    ("fire_detect", "clear_land", "swir22", 4000.0, [dict(water_fraction=0.0, fires=n) for n in (3, 8, 20)]),
+])
+def test_the_prescreen_finds_the_same_objects_on_fewer_tiles(world, model, when, band, cut, scenes):
     sensor, calibrator = world
-    base = ['flight.cascade=[{model="cloud_screen"}, {model="ship_detect", when="clear_water"%s}]']
-    nets = {n: TileModel(model_path(n)) for n in ("cloud_screen", "ship_detect")}
+    nets = {n: TileModel(model_path(n)) for n in ("cloud_screen", model)}
     runs = {}
-    for cut in (0.0, 250.0):
-        cfg = load_scenario(None, [base[0] % (f", min_nir_contrast={cut}" if cut else "")]).flight
+    for c in (0.0, cut):
+        step = f'{{model="{model}", when="{when}", contrast_band="{band}", min_contrast={c}}}'
+        cfg = load_scenario(None, [f'flight.cascade=[{{model="cloud_screen"}}, {step}]']).flight
         rec = {n: Recorder(m) for n, m in nets.items()}
         pipe = FramePipeline(cfg, calibrator, rec)
         found = []
-        for seed in (31, 32, 33):  # open sea with a few ships, and one with many
-            scene = synthetic_scene(seed, 1, H, W, cloud_cover=0.0, water_fraction=1.0, ships=(6, 6, 60)[seed - 31])
+        for seed, kw in enumerate(scenes, start=31):
+            scene = synthetic_scene(seed, 1, H, W, cloud_cover=0.0, **kw)
             r = run_frame(pipe, sensor.expose(scene.reflectance, np.random.default_rng(seed)), seed)
             found.append([(d.row_px, d.col_px, d.confidence) for d in r.detections])
-        runs[cut] = found, sum(len(t) for t in rec["ship_detect"].inputs)
-    (found_all, tiles_all), (found_pre, tiles_pre) = runs[0.0], runs[250.0]
+        runs[c] = found, sum(len(t) for t in rec[model].inputs)
+    (found_all, tiles_all), (found_pre, tiles_pre) = runs[0.0], runs[cut]
     assert found_pre == found_all and sum(map(len, found_all)) >= 20
-    assert tiles_pre < 0.8 * tiles_all  # open water without a ship is skipped
+    assert tiles_pre < 0.8 * tiles_all  # tiles with nothing brighter than their surroundings are skipped
 
 
 def test_chips_fit_their_byte_cap_and_decode():
