@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -76,17 +77,18 @@ def plot(logs: dict[str, list[dict]], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="default")
+    ap.add_argument("--smoke", action="store_true", help="the profile's smoke frames: checks the soak works, not a measurement")
     ap.add_argument("--frames", type=int, default=20000, help="frames per variant")
     ap.add_argument("--every", type=int, default=100, help="frames between memory samples")
     ap.add_argument("--cores", default="1", help="cores the children share, e.g. 1 or 0,1")
     ap.add_argument("--variants", default="off,arena", help=f"among {sorted(VARIANTS)}")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "soak")
     args = ap.parse_args(argv)
-    p = load_profile(args.profile)
+    p = load_profile(args.profile, args.smoke)
     variants = args.variants.split(",")
     if set(variants) - set(VARIANTS) or args.frames < 1 or args.every < 1:
         ap.error(f"--variants among {sorted(VARIANTS)}, --frames and --every >= 1")
-    cores = [int(c) for c in args.cores.split(",")]
+    cores = [c for c in (int(c) for c in args.cores.split(",")) if c in os.sched_getaffinity(0)] or sorted(os.sched_getaffinity(0))
     covers = [(k, {"cloud_cover": cc}) for k, cc in enumerate(p.cloud_cover)]
     worst = len(covers) if p.worst_case else None
     frames = frame_set(p.seed, covers + ([(worst, dict(p.worst_case))] if p.worst_case else []),
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     title = f"{p.height} x {p.width} px, {len(frames)} frames cycled, profile {p.name}"
     try:
         while any(pr.poll() is None for pr in procs.values()):
-            time.sleep(30)
+            time.sleep(1 if args.smoke else 30)
             logs = {n: read_log(args.out / f"{n}.jsonl") for n in variants}
             print(" | ".join(f"{n}: frame {r[-1]['frame']} rss {r[-1]['rss']:.1f} MiB" for n, r in logs.items() if r),
                   file=sys.stderr, flush=True)

@@ -151,3 +151,18 @@ def test_interleaved_int8_vs_fp32_is_weighted_by_the_main_runs_tiles():
     assert got["ratio"] == pytest.approx(2.0) and got["per_model"] == pytest.approx({"a": 3.0, "b": 1.0})
     del rows["b"]["ort_fp32_ms_per_tile"]  # a model FP32 could not time: no ratio rather than a partial one
     assert report.paired_int8_vs_fp32(rows, main) is None
+
+
+def test_soak_smoke_run_logs_memory_for_both_variants_and_plots_it(tmp_path):
+    if not (REPO / "models" / "cloud_screen.card.json").exists():
+        pytest.skip("models/cloud_screen.card.json not built yet")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.soak", "--smoke", "--frames", "6", "--every", "2", "--cores", "0",
+                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "soak.json").read_text())
+    assert res["exit_codes"] == {"off": 0, "arena": 0}
+    for name in ("off", "arena"):
+        s = res["summary"][name]
+        assert s["frames"] == 6 and s["samples"] == 4  # frames 0, 2, 4 and the last
+        assert 10 < s["rss_first_mib"] <= s["hwm_mib"] and s["rss_max_mib"] <= s["hwm_mib"]
+    assert (tmp_path / "soak.png").stat().st_size > 5000
