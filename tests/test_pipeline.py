@@ -16,8 +16,8 @@ from flight.pipeline import (
     FramePipeline,
     StripBuffers,
     encode_chip,
-    tile_ndwi,
     tile_contrast,
+    tile_ndwi,
     tiles_of,
 )
 from payload_sim.scenes import synthetic_scene
