@@ -203,6 +203,9 @@ class FlightSection:
     def validate(self, section: str) -> None:
         if not self.cascade or self.cascade[0].model != "cloud_screen":
             raise ConfigError(f"{section}.cascade", self.cascade, "must start with the cloud_screen model")
+        if self.cascade[0].min_contrast > 0:  # would be silently ignored: the screen sees every tile
+            raise ConfigError(f"{section}.cascade[0].min_contrast", self.cascade[0].min_contrast,
+                              "the cloud screen runs on every tile: a prescreen applies to detector steps only")
         if self.rto_min_s > self.rto_max_s:
             raise ConfigError(f"{section}.rto_min_s", self.rto_min_s, f"must be <= rto_max_s ({self.rto_max_s})")
 
