@@ -203,9 +203,13 @@ class FlightSection:
     def validate(self, section: str) -> None:
         if not self.cascade or self.cascade[0].model != "cloud_screen":
             raise ConfigError(f"{section}.cascade", self.cascade, "must start with the cloud_screen model")
-        if self.cascade[0].min_contrast > 0:  # would be silently ignored: the screen sees every tile
-            raise ConfigError(f"{section}.cascade[0].min_contrast", self.cascade[0].min_contrast,
-                              "the cloud screen runs on every tile: a prescreen applies to detector steps only")
+        # settings of the screen step that would be silently ignored: the screen sees every tile
+        screen = self.cascade[0]
+        for key, value, ok in (("min_contrast", screen.min_contrast, screen.min_contrast == 0),
+                               ("when", screen.when, screen.when == "all"), ("enabled", screen.enabled, screen.enabled)):
+            if not ok:
+                raise ConfigError(f"{section}.cascade[0].{key}", value,
+                                  "the cloud screen runs on every tile: when, enabled and a prescreen apply to detector steps only")
         if self.rto_min_s > self.rto_max_s:
             raise ConfigError(f"{section}.rto_min_s", self.rto_min_s, f"must be <= rto_max_s ({self.rto_max_s})")
 

@@ -28,6 +28,8 @@ def test_every_shipped_scenario_loads():
     ("flight.cascade=[{model=\"ship_detect\"}]", "flight.cascade"),
     ("flight.cascade=[{model=\"cloud_screen\", when=\"sometimes\"}]", "flight.cascade[0].when"),
     ("flight.cascade=[{model=\"cloud_screen\", min_contrast=100.0}]", "flight.cascade[0].min_contrast"),
+    ("flight.cascade=[{model=\"cloud_screen\", when=\"clear_water\"}]", "flight.cascade[0].when"),
+    ("flight.cascade=[{model=\"cloud_screen\", enabled=false}]", "flight.cascade[0].enabled"),
     ("flight.cascade=[{model=\"cloud_screen\"}, {model=\"ship_detect\", contrast_band=\"tir\"}]", "flight.cascade[1].contrast_band"),
 ])
 def test_a_bad_value_names_its_key(override, key):
