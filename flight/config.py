@@ -203,6 +203,10 @@ class FlightSection:
     def validate(self, section: str) -> None:
         if not self.cascade or self.cascade[0].model != "cloud_screen":
             raise ConfigError(f"{section}.cascade", self.cascade, "must start with the cloud_screen model")
+        names = [step.model for step in self.cascade]
+        for i, name in enumerate(names):
+            if name in names[:i]:  # one set of models by name: a second step would run it twice
+                raise ConfigError(f"{section}.cascade[{i}].model", name, "each model at most once in the cascade")
         # settings of the screen step that would be silently ignored: the screen sees every tile
         screen = self.cascade[0]
         for key, value, ok in (("min_contrast", screen.min_contrast, screen.min_contrast == 0),

@@ -30,6 +30,8 @@ def test_every_shipped_scenario_loads():
     ("flight.cascade=[{model=\"cloud_screen\", min_contrast=100.0}]", "flight.cascade[0].min_contrast"),
     ("flight.cascade=[{model=\"cloud_screen\", when=\"clear_water\"}]", "flight.cascade[0].when"),
     ("flight.cascade=[{model=\"cloud_screen\", enabled=false}]", "flight.cascade[0].enabled"),
+    ("flight.cascade=[{model=\"cloud_screen\"}, {model=\"ship_detect\"}, {model=\"ship_detect\", when=\"clear_land\"}]",
+     "flight.cascade[2].model"),
     ("flight.cascade=[{model=\"cloud_screen\"}, {model=\"ship_detect\", contrast_band=\"tir\"}]", "flight.cascade[1].contrast_band"),
 ])
 def test_a_bad_value_names_its_key(override, key):
