@@ -135,10 +135,10 @@ def match_radius(model: str, length_px: float) -> float:
     return max(5.0, 0.3 * length_px) if model == "ship_detect" else max(6.0, 0.5 * length_px + 3.0)
 
 
-def detector_frames(model_name: str, run, split: str = "test", n: int = 30, size: int = 512) -> list:
+def detector_frames(model_name: str, run, split: str = "test", n: int = 30, size: int = 512, tile_stat=None) -> list:
     """Run a detector over generated frames once: [(heatmaps, tile_idx, cols, objects)], where
-    objects are [(row, col, must_find, match_radius_px)]. ``run`` maps uint16 tiles -> heatmaps."""
-    kind, min_size, attr = ds.RULES[model_name]
+    objects are [(row, col, must_find, match_radius_px)]. ``run`` maps uint16 tiles -> heatmaps.
+    ``tile_stat(frame) -> per-tile values`` adds them, for the selected tiles, as a fifth item."""
     frames = []
     for spec in ds.scene_specs(model_name, split, n, size):
         scene = spec.make()
@@ -150,17 +150,25 @@ def detector_frames(model_name: str, run, split: str = "test", n: int = 30, size
         keep = (frac < ds.CLEAR_MAX) & (water if model_name == "ship_detect" else ~water)
         idx = np.flatnonzero(keep)
         heat = run(tiles[idx]) if idx.size else None
-        objs = []
-        for o in scene.objects:
-            if o.kind != kind:
-                continue
-            t = int(o.row // ds.TILE) * cols + int(o.col // ds.TILE)
-            size_v = o.length_px if attr == "length_px" else o.pixels
-            must = bool(keep[t]) if 0 <= t < len(keep) else False
-            must = must and not o.occluded and size_v >= min_size and o.pixels > 0
-            objs.append((o.row, o.col, must, match_radius(model_name, o.length_px)))
-        frames.append((heat, idx, cols, objs))
+        record = (heat, idx, cols, detector_objects(model_name, scene.objects, keep, cols))
+        frames.append(record if tile_stat is None else (*record, tile_stat(frame)[idx]))
     return frames
+
+
+def detector_objects(model_name: str, objects, keep: np.ndarray, cols: int) -> list:
+    """A scene's objects of the detector's kind as [(row, col, must_find, match_radius_px)]: must
+    be found when on a tile the cascade passes (``keep``), not occluded and large enough."""
+    kind, min_size, attr = ds.RULES[model_name]
+    objs = []
+    for o in objects:
+        if o.kind != kind:
+            continue
+        t = int(o.row // ds.TILE) * cols + int(o.col // ds.TILE)
+        size_v = o.length_px if attr == "length_px" else o.pixels
+        must = bool(keep[t]) if 0 <= t < len(keep) else False
+        must = must and not o.occluded and size_v >= min_size and o.pixels > 0
+        objs.append((o.row, o.col, must, match_radius(model_name, o.length_px)))
+    return objs
 
 
 def detector_score(frames: list, threshold: float, stride: int, merge_px: float = MERGE_PX) -> dict:

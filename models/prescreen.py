@@ -47,29 +47,8 @@ OUT = Path(__file__).parent / "results" / "prescreen.json"
 
 def frames_with_contrast(model_name: str, band: str, split: str, n: int, run) -> list:
     """detector_frames' records, each with the contrast of its selected tiles."""
-    kind, min_size, attr = ds.RULES[model_name]
-    out = []
-    for spec in ds.scene_specs(model_name, split, n, 512):
-        scene = spec.make()
-        frame = ds.flight_view(scene.reflectance, noise_seed=spec.seed + 7)
-        tiles = ds.tiles_of(frame)
-        frac = ds.mask_tiles(scene.cloud_mask).mean(axis=(1, 2))
-        water = ds.tile_ndwi(frame) > ds.NDWI_MIN
-        keep = (frac < ds.CLEAR_MAX) & (water if model_name == "ship_detect" else ~water)
-        idx = np.flatnonzero(keep)
-        heat = run(tiles[idx]) if idx.size else None
-        cols = 512 // ds.TILE
-        objs = []
-        for o in scene.objects:
-            if o.kind != kind:
-                continue
-            t = int(o.row // ds.TILE) * cols + int(o.col // ds.TILE)
-            size = o.length_px if attr == "length_px" else o.pixels
-            must = bool(keep[t]) if 0 <= t < len(keep) else False
-            must = must and not o.occluded and size >= min_size and o.pixels > 0
-            objs.append((o.row, o.col, must, ev.match_radius(model_name, o.length_px)))
-        out.append((heat, idx, cols, objs, tile_contrast(frame, ds.TILE, BANDS.index(band))[idx]))
-    return out
+    b = BANDS.index(band)
+    return ev.detector_frames(model_name, run, split, n, 512, tile_stat=lambda frame: tile_contrast(frame, ds.TILE, b))
 
 
 def score(frames: list, threshold: float, stride: int, cut: float) -> dict:
