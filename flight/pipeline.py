@@ -90,7 +90,7 @@ def tiles_of(image: np.ndarray, tile_px: int, scratch: StripBuffers | None = Non
         return np.ascontiguousarray(bil.reshape(r, tile_px, c, tile_px, bands).transpose(0, 2, 1, 3, 4)).reshape(shape)
     bil = scratch.get("interleaved", (r * tile_px, c * tile_px, bands), image.dtype)
     if bands > 1:
-        cv2.merge(list(crop), bil)
+        bil = cv2.merge(list(crop), bil).reshape(bil.shape)  # into bil; the result taken in case OpenCV made its own
     else:
         bil[..., 0] = crop[0]
     out = scratch.get("tiles", shape, image.dtype)
@@ -100,19 +100,22 @@ def tiles_of(image: np.ndarray, tile_px: int, scratch: StripBuffers | None = Non
 
 class StripBuffers:
     """Strip-sized arrays made once and reused strip after strip (calibrated strip, interleaved
-    rows, tiles), remade only when a frame of another size arrives. With onnxruntime's memory
-    arena on, arrays made afresh for every strip come from new pages each time (calibrate and
-    tile 2-3x slower, docs/benchmarks.md); reused ones cost nothing and keep the peak lower."""
+    rows, tiles): each name keeps one flat buffer, handed out as a view of the size asked for and
+    remade only when a larger one is asked (a wider frame), so a frame's narrower last block of
+    tiles reuses it too. With onnxruntime's memory arena on, arrays made afresh for every strip
+    come from new pages each time (calibrate and tile 2-3x slower, docs/benchmarks.md); reused
+    ones cost nothing and keep the peak lower."""
 
     def __init__(self) -> None:
         self.arrays: dict[str, np.ndarray] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-        a = self.arrays.get(name)
-        if a is None or a.shape != shape or a.dtype != dtype:
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        buf = self.arrays.get(name)
+        if buf is None or buf.size < n:
             self.arrays.pop(name, None)  # free the old one before making the new
-            a = self.arrays[name] = np.empty(shape, dtype)
-        return a
+            buf = self.arrays[name] = np.empty(n, np.uint8)
+        return buf[:n].view(dtype).reshape(shape)
 
 
 def tile_means(image: np.ndarray, tile_px: int, band: int) -> np.ndarray:

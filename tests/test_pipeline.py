@@ -71,9 +71,11 @@ def test_tiles_into_reused_buffers_are_the_same_tiles_and_follow_a_change_of_siz
         strip = rng.integers(0, 65536, (bands, rows, width), dtype=np.uint16)
         got = tiles_of(strip, 64, scratch)
         assert np.array_equal(got, tiles_of(strip, 64)) and got.flags.c_contiguous
-        assert got is scratch.arrays["tiles"]  # written into the reused array, not a new one
+        assert np.shares_memory(got, scratch.arrays["tiles"])  # written into the reused buffer, not a new one
+    largest = scratch.arrays["tiles"]
+    assert largest.size == 10 * 64 * 64 * 6 * 2  # the 128 x 320 strip's 10 tiles: smaller ones reused it
     again = tiles_of(strip, 64, scratch)
-    assert again is got  # same size: the same array, overwritten
+    assert np.shares_memory(again, got) and scratch.arrays["tiles"] is largest  # no new buffer
 
 
 def test_ndwi_separates_water_from_land():
