@@ -24,7 +24,9 @@ import time
 from pathlib import Path
 
 from benchmarks.frames import REPO, calibration_file, frame_set
+from benchmarks.harness import available_models
 from benchmarks.profiles import load_profile
+from flight.config import load_scenario
 
 VARIANTS = {"off": {"arena": False, "reuse": False}, "arena": {"arena": True, "reuse": True}}
 
@@ -93,14 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     worst = len(covers) if p.worst_case else None
     frames = frame_set(p.seed, covers + ([(worst, dict(p.worst_case))] if p.worst_case else []),
                        p.height, p.width, p.strip_rows, worst_case=worst)
+    models, _ = available_models(p.scenario)  # the scenario's cascade, as the benchmark runs it
+    batch = load_scenario(REPO / p.scenario).flight.batch_tiles
     args.out.mkdir(parents=True, exist_ok=True)
     procs = {}
     for name in variants:
         log = args.out / f"{name}.jsonl"
         log.unlink(missing_ok=True)
         spec = dict(kind="soak", frames=frames, calibration=str(calibration_file(p.height, p.width)),
-                    strip_rows=p.strip_rows, scenario=str(REPO / p.scenario), models=["cloud_screen", "ship_detect", "fire_detect"],
-                    batch_tiles=64, threads=p.threads, precision="int8", backend="ort", cores=cores,
+                    strip_rows=p.strip_rows, scenario=str(REPO / p.scenario), models=models,
+                    batch_tiles=batch, threads=p.threads, precision="int8", backend="ort", cores=cores,
                     n=args.frames, every=args.every, log=str(log), out=str(args.out / f"{name}.result.json"),
                     **VARIANTS[name])
         spec_path = args.out / f"{name}.spec.json"
