@@ -682,6 +682,14 @@ classes = ["fire"]
         # nothing came from anywhere but the console
         urls = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         assert urls and all(u.startswith(base + "/") or u.startswith("data:") for u in urls), urls
+        # the alert list keeps its room (as in a constellation): every column without sideways
+        # scrolling and at least 8 rows in view in CI's window (it had 4.8 at 1400 x 757)
+        fit = d.execute_script(
+            "const s = document.querySelector('#alerts-panel .scroll'), t = document.getElementById('alert-table');"
+            "const r = t.querySelector('tbody tr').getBoundingClientRect().height;"
+            "return {wide: t.scrollWidth - s.clientWidth, rows: s.clientHeight / r};")
+        assert fit["wide"] <= 0, f"the alert table is {fit['wide']} px wider than its panel"
+        assert fit["rows"] >= 8, f"only {fit['rows']:.1f} alert rows in view"
         d.save_screenshot(str(tmp_path / "operator.png"))
         # the run ends; the console stays on the archive
         wait_for(lambda: (run_dir / "summary.json").exists(), 120, "the end of the run")
