@@ -620,6 +620,16 @@ def alerts_in_page(d) -> list[dict]:
                             "product_id: a.product_id, chip: window.consoleState.chipsByDetection.get(a.key)}))")
 
 
+def assert_alert_list_fits(d, min_rows: float = 8) -> None:
+    """The alert list shows every column without sideways scrolling and at least min_rows rows."""
+    fit = d.execute_script(
+        "const s = document.querySelector('#alerts-panel .scroll'), t = document.getElementById('alert-table');"
+        "const r = t.querySelector('tbody tr').getBoundingClientRect().height;"
+        "return {wide: t.scrollWidth - s.clientWidth, rows: s.clientHeight / r};")
+    assert fit["wide"] <= 0, f"the alert table is {fit['wide']} px wider than its panel"
+    assert fit["rows"] >= min_rows, f"only {fit['rows']:.1f} alert rows in view"
+
+
 def markers(d, css: str) -> int:
     return d.execute_script(f"return document.querySelectorAll({css!r}).length")
 
@@ -682,14 +692,8 @@ classes = ["fire"]
         # nothing came from anywhere but the console
         urls = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         assert urls and all(u.startswith(base + "/") or u.startswith("data:") for u in urls), urls
-        # the alert list keeps its room (as in a constellation): every column without sideways
-        # scrolling and at least 8 rows in view in CI's window (it had 4.8 at 1400 x 757)
-        fit = d.execute_script(
-            "const s = document.querySelector('#alerts-panel .scroll'), t = document.getElementById('alert-table');"
-            "const r = t.querySelector('tbody tr').getBoundingClientRect().height;"
-            "return {wide: t.scrollWidth - s.clientWidth, rows: s.clientHeight / r};")
-        assert fit["wide"] <= 0, f"the alert table is {fit['wide']} px wider than its panel"
-        assert fit["rows"] >= 8, f"only {fit['rows']:.1f} alert rows in view"
+        # the alert list keeps its room (as in a constellation): it had 4.8 rows in view at 1400 x 757
+        assert_alert_list_fits(d)
         d.save_screenshot(str(tmp_path / "operator.png"))
         # the run ends; the console stays on the archive
         wait_for(lambda: (run_dir / "summary.json").exists(), 120, "the end of the run")

@@ -441,7 +441,7 @@ def test_browser_shows_a_constellation(cons, tmp_path):
     list and the popup, each alert's chip its own satellite's, link state per satellite."""
     if cons["backend"] != "sqlite":
         pytest.skip("the page is the same on both back ends: run once, on SQLite")
-    from test_console import alerts_in_page, browser_login, chrome, markers
+    from test_console import alerts_in_page, assert_alert_list_fits, browser_login, chrome, markers
 
     d = chrome()
     from selenium.webdriver.common.by import By
@@ -474,12 +474,7 @@ def test_browser_shows_a_constellation(cons, tmp_path):
         assert len(d.find_elements(By.CSS_SELECTOR, "#passes tr.station-row")) == 2
         # The alert list keeps its room in CI's 1400 x 900 window: every column without sideways
         # scrolling, and at least 8 rows in view (it showed 4, the time column cut off on the left)
-        fit = d.execute_script(
-            "const s = document.querySelector('#alerts-panel .scroll'), t = document.getElementById('alert-table');"
-            "const r = t.querySelector('tbody tr').getBoundingClientRect().height;"
-            "return {wide: t.scrollWidth - s.clientWidth, rows: s.clientHeight / r};")
-        assert fit["wide"] <= 0, f"the alert table is {fit['wide']} px wider than its panel"
-        assert fit["rows"] >= 8, f"only {fit['rows']:.1f} alert rows in view"
+        assert_alert_list_fits(d)
         if os.environ.get("CONSOLE_SHOTS"):
             d.save_screenshot(os.environ["CONSOLE_SHOTS"])
     finally:
