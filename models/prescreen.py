@@ -76,8 +76,10 @@ def contrast_of_object_tiles(frames: list) -> dict:
                 with_obj.append(v)
             elif t not in any_obj:
                 without.append(v)
-    r = lambda a, qs: [round(float(np.percentile(a, q)), 1) for q in qs] if a else []  # noqa: E731
-    return {"tiles_with_an_object_min_p1_p5": r(with_obj, (0, 1, 5)), "tiles_without_p50_p90_p99": r(without, (50, 90, 99)),
+    def pct(a, qs):
+        return [round(float(np.percentile(a, q)), 1) for q in qs] if a else []
+
+    return {"tiles_with_an_object_min_p1_p5": pct(with_obj, (0, 1, 5)), "tiles_without_p50_p90_p99": pct(without, (50, 90, 99)),
             "tiles_with": len(with_obj), "tiles_without": len(without)}
 
 
@@ -95,7 +97,7 @@ def study(name: str) -> dict:
     same = [c for c in grid if all(res["val"][str(c)][k] == base[k] for k in ("tp", "fp", "fn"))]
     res["unchanged_cut"] = max(same)
     res["val_contrast"] = contrast_of_object_tiles(val)
-    weakest = res["val_contrast"]["tiles_with_an_object_min_p1_p5"][0]
+    weakest = (res["val_contrast"]["tiles_with_an_object_min_p1_p5"] or [float("inf")])[0]  # no objects: no margin to keep
     res["chosen_cut"] = max(c for c in grid if c <= res["unchanged_cut"] and c <= weakest / 2)
     for split, n in tests:
         frames = frames_with_contrast(name, band, split, n, model.run)
