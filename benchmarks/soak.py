@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     variants = args.variants.split(",")
     if set(variants) - set(VARIANTS) or args.frames < 1 or args.every < 1:
         ap.error(f"--variants among {sorted(VARIANTS)}, --frames and --every >= 1")
-    cores = [c for c in (int(c) for c in args.cores.split(",")) if c in os.sched_getaffinity(0)] or sorted(os.sched_getaffinity(0))
+    try:
+        wanted = [int(c) for c in args.cores.split(",")]
+    except ValueError:
+        ap.error(f"--cores must be comma-separated core numbers, got {args.cores!r}")
+    cores = [c for c in wanted if c in os.sched_getaffinity(0)] or sorted(os.sched_getaffinity(0))
     covers = [(k, {"cloud_cover": cc}) for k, cc in enumerate(p.cloud_cover)]
     worst = len(covers) if p.worst_case else None
     frames = frame_set(p.seed, covers + ([(worst, dict(p.worst_case))] if p.worst_case else []),

@@ -238,8 +238,9 @@ class FlightApp:
         self.modes.restore(self.ops_state.mode, self.ops_state.error_times, clock.now_s())
         if self.modes.mode != Mode.NOMINAL or self.modes.errors:
             self.emit("MODE_RESTORED", mode=self.modes.mode.name, errors=len(self.modes.errors))
+        arena = scenario.flight.onnx_memory_arena  # not a commandable parameter: one value for both uses below
         self.model_store = ModelStore(self.state_dir / "models", scenario.obc.threads, scenario.flight.batch_tiles,
-                                      arena=scenario.flight.onnx_memory_arena)
+                                      arena=arena)
         if self.model_store.corrupt_index:
             self.emit("MODEL_CORRUPTED", model="*", version="-", reason=self.model_store.corrupt_index)
         for name, previous, adopted in self.model_store.factory_updates:  # this release's packaged models
@@ -255,7 +256,7 @@ class FlightApp:
         # the arena needs the strip arrays reused (else fresh pages every strip); without it reuse
         # only holds them between frames (2-4 MiB more at the peak): docs/benchmarks.md
         self.pipeline = FramePipeline(cfg, CalibrateTap(Calibrator(calibration, tables=cfg.calibration_tables), self),
-                                      self.load_models(), reuse_buffers=cfg.onnx_memory_arena)
+                                      self.load_models(), reuse_buffers=arena)
         self.pipeline.disabled |= {m for m in self.ops_state.disabled if m != REQUIRED_MODEL}
         self.pending_models: dict[str, GuardedModel] = {}  # activated, swapped in between frames
         self.proc = psutil.Process()

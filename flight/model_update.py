@@ -216,6 +216,10 @@ class ModelStore:
         else:
             self.adopt_factory_updates()
 
+    def _verify(self, folder: Path, name: str, kind: str | None = None) -> TileModel:
+        """verify_model_dir with this store's session settings (threads, batch, arena)."""
+        return verify_model_dir(folder, name, self.threads, self.batch, kind, self.arena)
+
     def _save(self) -> None:
         data = {n: {"folder": a.folder, "version": a.version, "sha256": a.sha256, "history": list(a.history),
                     "factory": a.factory} for n, a in sorted(self.active.items())}
@@ -275,7 +279,7 @@ class ModelStore:
                 f.flush()
                 os.fsync(f.fileno())
         try:
-            model = verify_model_dir(staging, name, self.threads, self.batch, kind, self.arena)
+            model = self._verify(staging, name, kind)
         except ModelUpdateError:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -316,7 +320,7 @@ class ModelStore:
         a = self.active.get(name)
         if a is None:
             raise ModelUpdateError("no such model onboard", name)
-        return verify_model_dir(self.root / a.folder, name, self.threads, self.batch, arena=self.arena)
+        return self._verify(self.root / a.folder, name)
 
     def rollback(self, name: str) -> tuple[Active, TileModel, list[str]]:
         """Go back to the newest older version that still verifies, else the factory copy.
@@ -327,7 +331,7 @@ class ModelStore:
         while history:
             rel = history.pop()
             try:
-                model = verify_model_dir(self.root / rel, name, self.threads, self.batch, arena=self.arena)
+                model = self._verify(self.root / rel, name)
             except ModelUpdateError as exc:
                 skipped.append(f"{rel}: {exc.reason}")
                 continue
