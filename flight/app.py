@@ -192,6 +192,7 @@ class GuardedModel:
             replacement = app.model_failed(self, exc)
             if replacement is not None:
                 self.model, self.probation = replacement, 0
+                app.report_prescreen()  # the version it rolled back to may validate another cut
                 with app.watchdog.stage(self.stage):
                     return self.model.run(tiles)
             if self.name == REQUIRED_MODEL:
@@ -259,6 +260,8 @@ class FlightApp:
                                       self.load_models(), reuse_buffers=arena)
         self.pipeline.disabled |= {m for m in self.ops_state.disabled if m != REQUIRED_MODEL}
         self.pending_models: dict[str, GuardedModel] = {}  # activated, swapped in between frames
+        self.prescreen_reported: dict[str, tuple | None] = {}  # per model: (version, cut, reason) last reported
+        self.report_prescreen()
         self.proc = psutil.Process()
         self.proc.cpu_percent()
         self.last_latency_ms = 0.0
@@ -414,6 +417,21 @@ class FlightApp:
         for name, guard in self.pending_models.items():
             self.pipeline.models[name] = guard
         self.pending_models.clear()
+        self.report_prescreen()
+
+    def report_prescreen(self) -> None:
+        """One event per cascade step whose configured prescreen the loaded model's card does not
+        validate (FramePipeline.prescreen_cut), each time that changes (a new model version)."""
+        limits = {step.model: (step, cut, why) for step, cut, why in self.pipeline.prescreen_limits()}
+        for step in self.pipeline.cfg.cascade[1:]:
+            guard = self.pipeline.models.get(step.model)
+            version = guard.card.version if guard is not None else "-"
+            state = (version, limits[step.model][1:]) if step.model in limits else None
+            if self.prescreen_reported.get(step.model) != state and state is not None:
+                _, cut, why = limits[step.model]
+                self.emit("PRESCREEN_LIMITED", model=step.model, version=version, band=step.contrast_band,
+                          requested=step.min_contrast, applied=cut, reason=why[:100])
+            self.prescreen_reported[step.model] = state
 
     def model_failed(self, guard: GuardedModel, exc: Exception):
         """A model raised at run time. Returns a replacement to use at once, or None."""

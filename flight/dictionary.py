@@ -131,6 +131,8 @@ EVENTS: dict[str, EventDef] = {
         EventDef(40, "CONTACT_PLAN_LOADED", Severity.INFO, "contact plan from {source}: {windows} windows, {first} to {last}"),
         EventDef(41, "CONTACT_PLAN_REFUSED", Severity.MEDIUM, "contact plan from {source} refused: {reason}"),
         EventDef(42, "CONTACT_PLAN_ENDED", Severity.MEDIUM, "contact plan ended at {last}: sending as without a plan until a new one is loaded"),
+        # appended (issue #16): a detector prescreen the loaded model's card does not validate
+        EventDef(43, "PRESCREEN_LIMITED", Severity.MEDIUM, "{model} {version}: prescreen {band} cut {requested:g} -> {applied:g}: {reason}"),
     )
 }
 EVENTS_BY_ID = {e.id: e for e in EVENTS.values()}

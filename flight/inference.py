@@ -48,8 +48,9 @@ REQUIRED_KEYS = (
 OPTIONAL_KEYS = (
     "fp32_file", "fp32_sha256", "fp32_size_bytes", "description", "output", "input",
     "training", "metrics", "real_scene_metrics", "golden", "reproducibility", "quantization",
-    "limitations", "format_version", "created_by",
+    "limitations", "format_version", "created_by", "prescreen",
 )
+PRESCREEN_KEYS = {"band", "max_cut", "basis"}
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}\.onnx$")
@@ -107,6 +108,11 @@ class ModelCard:
     fp32_file: str | None = None
     fp32_sha256: str | None = None
     fp32_size_bytes: int | None = None
+    # The detector prescreen validated with this version (models/prescreen.py): the band, and the
+    # largest min_contrast that changed none of its validation results. None: never validated,
+    # so the flight runs this model with no prescreen (FramePipeline.prescreen_cut).
+    prescreen_band: str | None = None
+    prescreen_max_cut: float | None = None
     card_path: str | None = field(default=None, compare=False)
     info: Mapping = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -173,6 +179,12 @@ class ModelCard:
                     raise _bad(card_path, shown, k, None, "required when fp32_file is given")
             req("fp32_sha256", lambda v: isinstance(v, str) and _SHA_RE.match(v), "must be 64 lowercase hex digits")
             req("fp32_size_bytes", lambda v: _is_int(v) and 0 < v <= 64 << 20, "must be an int in 1..64 MiB")
+        pre = None
+        if "prescreen" in obj:
+            pre = req("prescreen", lambda v: isinstance(v, dict) and {"band", "max_cut"} <= set(v) <= PRESCREEN_KEYS
+                      and v["band"] in bands and _is_num(v["max_cut"]) and 0 <= v["max_cut"] <= 65535
+                      and isinstance(v.get("basis", ""), str),
+                      "must be {band: one of the card's bands, max_cut: number 0..65535, basis: optional text}")
         info = {k: obj[k] for k in obj if k in OPTIONAL_KEYS and not k.startswith("fp32_")}
         return ModelCard(
             name=obj["name"], version=obj["version"], kind=kind, file=obj["file"],
@@ -182,6 +194,8 @@ class ModelCard:
             output_name=obj["output_name"], stride=obj["stride"], threshold=float(obj["threshold"]),
             macs_per_tile=obj["macs_per_tile"], fp32_file=fp32["fp32_file"],
             fp32_sha256=fp32["fp32_sha256"], fp32_size_bytes=fp32["fp32_size_bytes"],
+            prescreen_band=pre["band"] if pre else None,
+            prescreen_max_cut=float(pre["max_cut"]) if pre else None,
             card_path=str(card_path) if card_path is not None else None, info=info,
         )
 

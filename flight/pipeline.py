@@ -315,14 +315,45 @@ class FramePipeline(Generic[M]):
             contrast: dict[int, np.ndarray] = {}  # per band, computed once for the steps that ask
             for step in steps:
                 select = clear & self._where(step, water)
-                if step.min_contrast > 0:  # nothing brighter than its surroundings: nothing to find
+                cut, _ = self.prescreen_cut(step)
+                if cut > 0:  # nothing brighter than its surroundings: nothing to find
                     b = BANDS.index(step.contrast_band)
                     if b not in contrast:
                         contrast[b] = tile_contrast(block, cfg.tile_px, b, nir if b == NIR else None)
-                    select &= contrast[b] >= step.min_contrast
+                    select &= contrast[b] >= cut
                 self._detect(step, tiles, cal, row0, col0, select)
         ms["detect"] += (time.perf_counter() - t2) * 1e3
         return cloud
+
+    def prescreen_cut(self, step: CascadeStep) -> tuple[float, str]:
+        """The prescreen cut applied for a cascade step, and why it differs from the configured
+        one ("" when it does not). A cut is only as good as the model version it was validated
+        with (models/prescreen.py): a cut that spares no object for one detector may hide the
+        weaker objects a new version finds. So the loaded model's card bounds it: never above the
+        card's ``prescreen.max_cut``, and none at all in another band or for a card without one."""
+        want = step.min_contrast
+        model = self.models.get(step.model)
+        if want <= 0 or model is None:
+            return 0.0, ""
+        card = model.card
+        if card.prescreen_band is None or card.prescreen_max_cut is None:
+            return 0.0, f"card of {card.name} {card.version} validates no prescreen"
+        if card.prescreen_band != step.contrast_band:
+            return 0.0, f"card of {card.name} {card.version} validates the prescreen in {card.prescreen_band}, not {step.contrast_band}"
+        if want > card.prescreen_max_cut:
+            return card.prescreen_max_cut, f"card of {card.name} {card.version} validates cuts up to {card.prescreen_max_cut:g}"
+        return want, ""
+
+    def prescreen_limits(self) -> list[tuple[CascadeStep, float, str]]:
+        """The enabled cascade steps whose configured prescreen the loaded models do not allow:
+        (step, cut applied, reason). The flight reports each when models are loaded or replaced."""
+        out = []
+        for step in self.cfg.cascade[1:]:
+            if step.enabled:
+                cut, why = self.prescreen_cut(step)
+                if why:
+                    out.append((step, cut, why))
+        return out
 
     @staticmethod
     def _where(step: CascadeStep, water: np.ndarray) -> np.ndarray:

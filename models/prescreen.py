@@ -107,12 +107,38 @@ def study(name: str) -> dict:
     return res
 
 
+def write_card(name: str, res: dict, models_dir: Path | None = None) -> bool:
+    """Put the chosen cut in the card of the model version it was found for: the flight never
+    applies a cut above the card's ``prescreen.max_cut`` (flight.pipeline.FramePipeline.prescreen_cut).
+    False (card unchanged) when the card now holds another version than the one studied."""
+    from models.__main__ import MODELS_DIR, _write_card
+
+    path = (models_dir or MODELS_DIR) / f"{name}.card.json"
+    card = json.loads(path.read_text())
+    if res["model"] != f"{name} {card['version']}":
+        print(f"{name}: results are for {res['model']}, the card is {card['version']}: card unchanged")
+        return False
+    weakest = (res["val_contrast"]["tiles_with_an_object_min_p1_p5"] or [None])[0]
+    card["prescreen"] = {
+        "band": res["band"], "max_cut": res["chosen_cut"],
+        "basis": (f"models.prescreen on validation scenes: tp, fp and fn unchanged up to {res['unchanged_cut']}; "
+                  f"at most half the weakest validation object tile ({weakest}); statistic {res['statistic']}"),
+    }
+    _write_card(path, card)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=sorted(SETUP))
+    ap.add_argument("--cards-only", action="store_true",
+                    help="write the cuts of the existing results file into the cards, without a new study")
     args = ap.parse_args(argv)
     old = json.loads(OUT.read_text()) if OUT.exists() else {}
     results = {k: v for k, v in old.items() if k in SETUP}
+    if args.cards_only:
+        names = [args.only] if args.only else sorted(results)
+        return 0 if all([write_card(n, results[n]) for n in names]) else 1
     for name in [args.only] if args.only else sorted(SETUP):
         res = results[name] = study(name)
         print(name, "cut", res["chosen_cut"], "unchanged up to", res["unchanged_cut"], res["val_contrast"])
@@ -121,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                 m = res[split][w]
                 print(f"  {split} {w}:", {k: m[k] for k in ("recall", "precision", "tp", "fp", "fn", "tiles_run", "tiles_spared_pct")})
     OUT.write_text(json.dumps(results, indent=1))
+    for name in [args.only] if args.only else sorted(SETUP):
+        write_card(name, results[name])
     return 0
 
 

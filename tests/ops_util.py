@@ -26,12 +26,18 @@ OPS_BASE = ["sensor.height=256", "sensor.width=256", "scenario.clock_rate=10.0",
 
 
 def bundle(version: str = "1.0.1", tiles: int = 2, golden_int8: np.ndarray | None = None, onnx: bytes | None = None,
-           name: str = "cloud_screen") -> bytes:
+           name: str = "cloud_screen", card_changes: dict | None = None) -> bytes:
     """An upload bundle of the packaged model under a new version (its golden vectors cut to
-    `tiles` to keep the upload small). `golden_int8` / `onnx` replace those parts (bad bundles)."""
+    `tiles` to keep the upload small). `golden_int8` / `onnx` replace those parts (bad bundles);
+    `card_changes` sets card keys (a value of None removes the key)."""
     card_path = MODELS / f"{name}.card.json"
     card = json.loads(card_path.read_text())
     card["version"] = version
+    for k, v in (card_changes or {}).items():
+        if v is None:
+            card.pop(k, None)
+        else:
+            card[k] = v
     model_bytes = ModelCard.load(card_path).model_file().read_bytes()
     with np.load(MODELS / "golden" / f"{name}.npz", allow_pickle=False) as g:
         t, want, sha = g["tiles"][:tiles], g["int8"][:tiles], str(g["sha256"])

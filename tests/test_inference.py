@@ -116,6 +116,21 @@ def _edit_card(card_path: Path, **changes) -> None:
         ("file", "../elsewhere.onnx"),
         ("treshold", 0.5),  # unknown key (typo)
         ("threshold", KeyError),  # missing key
+        # the detector prescreen a version was validated with, over its fields' whole range
+        ("prescreen", {"band": "thermal", "max_cut": 100}),
+        ("prescreen", {"band": "nir"}),
+        ("prescreen", {"band": "nir", "max_cut": -1}),
+        ("prescreen", {"band": "nir", "max_cut": 2**63}),
+        ("prescreen", {"band": "nir", "max_cut": float("nan")}),
+        ("prescreen", {"band": "nir", "max_cut": float("inf")}),
+        ("prescreen", {"band": "nir", "max_cut": "150"}),
+        ("prescreen", {"band": "nir", "max_cut": True}),
+        ("prescreen", {"band": "nir", "max_cut": [150]}),
+        ("prescreen", {"band": "nir", "max_cut": 150, "basis": {"nested": 1}}),
+        ("prescreen", {"band": "nir", "max_cut": 150, "cut": 150}),
+        ("prescreen", {}),
+        ("prescreen", []),
+        ("prescreen", "nir 150"),
     ],
 )
 def test_bad_card_is_refused_naming_the_key(tmp_path, key, value):
@@ -125,6 +140,16 @@ def test_bad_card_is_refused_naming_the_key(tmp_path, key, value):
         ModelCard.load(card_path)
     assert exc.value.key == key
     assert repr(key) in str(exc.value)
+
+
+def test_a_card_s_prescreen_is_read_and_is_optional(tmp_path):
+    card_path = _copy_model(tmp_path)
+    _edit_card(card_path, prescreen={"band": "swir22", "max_cut": 4000, "basis": "validation"})
+    card = ModelCard.load(card_path)
+    assert (card.prescreen_band, card.prescreen_max_cut) == ("swir22", 4000.0)
+    _edit_card(card_path, prescreen=KeyError)
+    card = ModelCard.load(card_path)
+    assert card.prescreen_band is None and card.prescreen_max_cut is None
 
 
 def test_card_that_is_not_json_is_refused(tmp_path):

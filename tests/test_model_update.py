@@ -248,10 +248,10 @@ class Uplink:
         self.counter += 1
         self.app.on_uplink(encode_command(self.key, self.counter, 1000, name, args))
 
-    def upload(self, data, chunk=1000, skip=()):
+    def upload(self, data, chunk=1000, skip=(), model="cloud_screen"):
         sha = hashlib.sha256(data).digest()
         uid = upload_id_of(sha)
-        self("UPLOAD_BEGIN", model="cloud_screen", size_bytes=len(data), chunk_bytes=chunk, sha256=sha)
+        self("UPLOAD_BEGIN", model=model, size_bytes=len(data), chunk_bytes=chunk, sha256=sha)
         for i in range(-(-len(data) // chunk)):
             if i not in skip:
                 self("UPLOAD_CHUNK", upload_id=uid, index=i, data=data[i * chunk : (i + 1) * chunk])
@@ -389,3 +389,40 @@ def test_the_flight_runs_frames_with_the_memory_arena_on_and_off_alike(tmp_path,
             app.watchdog.close()
             app.store.close()
     assert results[True] == results[False]
+
+
+def test_a_new_detector_version_gets_no_prescreen_cut_its_card_does_not_validate(tmp_path, monkeypatch):
+    """The prescreen cut of the scenario (ship_detect, nir, 150) was validated with the packaged
+    version only. An uploaded version runs with at most its own card's cut: none when the card
+    validates none or another band, the card's cut when lower, the scenario's when higher. Each
+    limit is reported once per version, and frames go on."""
+    from test_modes import feed_frame
+
+    from flight.products import Event, decode_tm
+
+    cascade = ('flight.cascade=[{model="cloud_screen"}, {model="ship_detect", when="clear_water", contrast_band="nir",'
+               ' min_contrast=150.0}, {model="fire_detect", when="clear_land"}]')
+    with flight_apps(tmp_path, monkeypatch, ["sensor.strip_rows=128", cascade], 1000.0) as (make, key):
+        app, sc = make()
+        ship = app.pipeline.cfg.cascade[1]
+        assert app.pipeline.prescreen_cut(ship) == (150.0, "")  # the packaged card validates up to 150
+        send = Uplink(app, key)
+        nir = {"band": "nir", "basis": "test"}
+        for version, prescreen, want in (("2.2.0", None, 0.0), ("2.2.1", dict(nir, max_cut=100), 100.0),
+                                         ("2.2.2", {"band": "swir22", "max_cut": 400}, 0.0),
+                                         ("2.2.3", dict(nir, max_cut=400), 150.0)):
+            data = bundle(version, name="ship_detect", card_changes={"prescreen": prescreen})
+            send("UPLOAD_ACTIVATE", upload_id=send.upload(data, model="ship_detect"))
+            assert last_report(app).report == 7, last_report(app).message
+            assert app.pipeline.models["ship_detect"].card.version == version
+            assert app.pipeline.prescreen_cut(ship)[0] == want
+            app.report_prescreen()  # nothing new to say: no second event for the same version
+        limited = [p.message for p in (decode_tm(r[0])[1] for r in app.store.db.execute(
+            "SELECT packet FROM products WHERE apid = 0x105 ORDER BY id"))
+            if isinstance(p, Event) and p.event_id == EVENTS["PRESCREEN_LIMITED"].id]
+        assert len(limited) == 3, limited
+        assert "2.2.0" in limited[0] and "-> 0" in limited[0] and "validates no prescreen" in limited[0]
+        assert "2.2.1" in limited[1] and "150 -> 100" in limited[1]
+        assert "2.2.2" in limited[2] and "in swir22, not nir" in limited[2]
+        feed_frame(app, sc, 0)
+        assert app.counts["frames_processed"] == 1 and app.counts["errors"] == 0

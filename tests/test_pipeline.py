@@ -143,6 +143,38 @@ def test_the_prescreen_finds_the_same_objects_on_fewer_tiles(world, model, when,
     assert tiles_pre < 0.8 * tiles_all  # tiles with nothing brighter than their surroundings are skipped
 
 
+def test_no_prescreen_runs_for_a_model_whose_card_does_not_validate_it(world):
+    """The configured cut is bounded by the loaded card (FramePipeline.prescreen_cut): a card
+    without a prescreen, or with one in another band, runs the detector on every selected tile."""
+    import dataclasses
+
+    sensor, calibrator = world
+    nets = {n: TileModel(model_path(n)) for n in ("cloud_screen", "ship_detect")}
+    scene = synthetic_scene(31, 1, H, W, cloud_cover=0.0, water_fraction=1.0, ships=6)
+    raw = sensor.expose(scene.reflectance, np.random.default_rng(31))
+
+    class WithCard(Recorder):
+        def __init__(self, model, **changes):
+            super().__init__(model)
+            self.card = dataclasses.replace(model.card, **changes)
+
+    tiles = {}
+    for label, cut, changes in (("off", 0.0, {}), ("on", 150.0, {}),
+                                ("no card cut", 150.0, dict(prescreen_band=None, prescreen_max_cut=None)),
+                                ("other band", 150.0, dict(prescreen_band="swir22")),
+                                ("card cut lower", 150.0, dict(prescreen_max_cut=1.0))):
+        step = f'{{model="ship_detect", when="clear_water", contrast_band="nir", min_contrast={cut}}}'
+        cfg = load_scenario(None, [f'flight.cascade=[{{model="cloud_screen"}}, {step}]']).flight
+        rec = {"cloud_screen": Recorder(nets["cloud_screen"]), "ship_detect": WithCard(nets["ship_detect"], **changes)}
+        pipe = FramePipeline(cfg, calibrator, rec)
+        run_frame(pipe, raw, 31)
+        tiles[label] = sum(len(t) for t in rec["ship_detect"].inputs)
+        reasons = [why for _, _, why in pipe.prescreen_limits()]
+        assert bool(reasons) == (label in ("no card cut", "other band", "card cut lower")), (label, reasons)
+    assert tiles["on"] < tiles["off"] == tiles["no card cut"] == tiles["other band"]
+    assert tiles["on"] <= tiles["card cut lower"] <= tiles["off"]
+
+
 def test_chips_fit_their_byte_cap_and_decode():
     rng = np.random.default_rng(0)
     strip = rng.integers(0, 10000, (6, 64, 256), dtype=np.uint16)  # noise compresses badly
