@@ -44,6 +44,12 @@ def _to_latlon(xyz):
     sb, cb = np.sin(beta), np.cos(beta)
     lat = np.arctan2(z + _EP2 * _B * sb**3, p - _E2 * WGS84_A_M * cb**3)
     lon = np.arctan2(y, x)
+    # Near the Earth's centre Bowring's formula leaves [-90, 90] (latitude 180 at the centre): a
+    # footprint whose corners span a hemisphere (odd attitude, bad metadata) interpolates there.
+    # Such a point is on no ground: NaN, as for a frame without a footprint. Beyond half the
+    # semi-minor axis the denominator above is never negative (it needs r < e^2 a, 43 km).
+    deep = np.sqrt(p * p + z * z) < _B / 2
+    lat, lon = np.where(deep, np.nan, lat), np.where(deep, np.nan, lon)
     return np.degrees(lat), (np.degrees(lon) + 180.0) % 360.0 - 180.0
 
 

@@ -166,8 +166,20 @@ class Housekeeping(_Product):
         return {cid: val for cid, val in struct.iter_unpack(">Hf", self.values)}
 
 
+def _f32(v: float) -> float:
+    """A channel value as its f32 field holds it: beyond the f32 range (a float like 1e39, an int too
+    large even for a float) saturates to +-inf instead of raising OverflowError in struct.pack,
+    which lost the whole housekeeping packet. NaN stays NaN."""
+    try:
+        x = float(v)
+        struct.pack(">f", x)
+        return x
+    except OverflowError:
+        return float("inf") if v > 0 else float("-inf")
+
+
 def housekeeping(product_id: int, time_s: float, channels: dict[int, float]) -> Housekeeping:
-    body = b"".join(struct.pack(">Hf", cid, float(v)) for cid, v in sorted(channels.items()))
+    body = b"".join(struct.pack(">Hf", cid, _f32(v)) for cid, v in sorted(channels.items()))
     return Housekeeping(product_id, time_s, len(channels), body)
 
 

@@ -108,7 +108,12 @@ class RecentFrames:
     """The last few frames at full resolution as 8-bit true colour, on mass memory (files), so the
     ground can ask for a full-resolution chip of a recent frame after the fact. Strips are appended
     to the frame's file as they are calibrated (nothing frame-sized in RAM); a chip is read back
-    from its rows only. Disk use is bounded: frames x H x W x 3 bytes."""
+    from its rows only. Disk use is bounded: frames x H x W x 3 bytes.
+
+    The ring is optional: a mass-memory fault (full, read-only, I/O error, not mounted) drops the
+    frame from the ring only, counted in `errors` (reason in `last_error`), and the frame itself
+    goes on (an OSError from here used to fail every frame as a stage error, or the flight's start);
+    a chip of a frame not held comes from its quicklook."""
 
     def __init__(self, folder, frames: int):
         from pathlib import Path
@@ -117,10 +122,19 @@ class RecentFrames:
         self.ring: OrderedDict[int, FrameMeta] = OrderedDict()
         self.meta: FrameMeta | None = None
         self.file: BinaryIO | None = None
+        self.errors = 0
+        self.last_error = ""
         if frames:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            for stale in self.folder.glob("*.rgb"):  # a restart does not know what they were
-                stale.unlink()
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                for stale in self.folder.glob("*.rgb"):  # a restart does not know what they were
+                    stale.unlink()
+            except OSError as exc:
+                self._fault("clear", exc)
+
+    def _fault(self, what: str, exc: OSError) -> None:
+        self.errors += 1
+        self.last_error = f"recent frames: {what}: {exc}"[:200]
 
     def _path(self, frame_id: int):
         return self.folder / f"{frame_id}.rgb"
@@ -128,30 +142,53 @@ class RecentFrames:
     def begin(self, meta: FrameMeta) -> None:
         self.drop()
         if self.frames:
-            self.meta, self.file = meta, open(self._path(meta.frame_id), "wb")
+            try:
+                self.file = open(self._path(meta.frame_id), "wb")
+            except OSError as exc:
+                self._fault(f"frame {meta.frame_id} not kept", exc)
+                return
+            self.meta = meta
 
     def add_strip(self, cal: np.ndarray, row0: int) -> None:
         if self.file is not None:
             rgb = np.clip(cal[RGB].astype(np.float32) * STRETCH, 0, 255).astype(np.uint8)
-            self.file.write(np.ascontiguousarray(rgb.transpose(1, 2, 0)).tobytes())
+            try:
+                self.file.write(np.ascontiguousarray(rgb.transpose(1, 2, 0)).tobytes())
+            except OSError as exc:  # a partial file must never be read as the frame
+                self._fault(f"frame {self.meta.frame_id if self.meta else '?'} not kept", exc)
+                self.drop()
 
     def commit(self) -> None:
         if self.file is None or self.meta is None:
             return
-        self.file.close()
+        try:
+            self.file.close()  # flushes the last buffered rows: a full disk can fail here
+        except OSError as exc:
+            self._fault(f"frame {self.meta.frame_id} not kept", exc)
+            self.drop()
+            return
         self.file = None
         self.ring[self.meta.frame_id] = self.meta
         while len(self.ring) > self.frames:
             old, _ = self.ring.popitem(last=False)
-            self._path(old).unlink(missing_ok=True)
+            self._unlink(old)
         self.meta = None
+
+    def _unlink(self, frame_id: int) -> None:
+        try:
+            self._path(frame_id).unlink(missing_ok=True)
+        except OSError as exc:
+            self._fault(f"frame {frame_id} not deleted", exc)
 
     def drop(self) -> None:
         """Forget the frame in progress (rejected or aborted)."""
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:
+                pass  # the file is deleted next: what it failed to write does not matter
             assert self.meta is not None  # set together with self.file in begin()
-            self._path(self.meta.frame_id).unlink(missing_ok=True)
+            self._unlink(self.meta.frame_id)
         self.meta, self.file = None, None
 
     def chip(self, frame_id: int, row_px: int, col_px: int, size_px: int) -> tuple[np.ndarray, int, int, int] | None:
@@ -163,7 +200,12 @@ class RecentFrames:
         n = max(1, min(size_px, meta.height, meta.width))
         r0 = int(np.clip(row_px - n // 2, 0, meta.height - n))
         c0 = int(np.clip(col_px - n // 2, 0, meta.width - n))
-        frame = np.memmap(self._path(frame_id), np.uint8, "r", shape=(meta.height, meta.width, 3))
-        img = np.array(frame[r0 : r0 + n, c0 : c0 + n])
-        del frame
+        try:
+            frame = np.memmap(self._path(frame_id), np.uint8, "r", shape=(meta.height, meta.width, 3))
+            img = np.array(frame[r0 : r0 + n, c0 : c0 + n])
+            del frame
+        except (OSError, ValueError) as exc:  # deleted, unreadable or truncated behind our back: use the quicklook
+            self._fault(f"frame {frame_id} unreadable", exc if isinstance(exc, OSError) else OSError(str(exc)))
+            self.ring.pop(frame_id, None)
+            return None
         return img, r0, c0, n

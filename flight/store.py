@@ -149,7 +149,17 @@ class ProductStore:
         counters = self._attach()
         self.db.executescript(VIEW)
         stored_epoch = counters.get("epoch", 0) if counters else 0
-        if counters is not None and not self._fresh and (file_epoch is None or file_epoch <= stored_epoch):
+        if counters is not None and self._counters_bad:
+            # the store's record of the ids it handed out is damaged: an epoch above every one recorded
+            # anywhere, so no new id repeats a stored or archived one (was: TypeError at start, or an
+            # IntegrityError on every put when the id counter fell behind the stored products)
+            known = max(stored_epoch, counters.get("product_id", 0) >> N_BITS, self._top_id >> N_BITS)
+            try:
+                self._start_epoch(max(known, file_epoch if file_epoch is not None else 0) + 1)
+            except StoreFull as exc:  # a stored id in the last epoch: no new id can be unique; every put says so
+                self.log(f"store: {exc}")
+                self.last_id = (EPOCH_MAX << N_BITS) | N_MAX
+        elif counters is not None and not self._fresh and (file_epoch is None or file_epoch <= stored_epoch):
             self.last_id = max(counters.get("product_id", 0), stored_epoch << N_BITS)
             self._epoch_on_disk = True
             if file_epoch != stored_epoch:  # missing (first run of this software) or behind
@@ -187,7 +197,7 @@ class ProductStore:
         if name.startswith("seq_"):
             return self.seq.get(int(name[4:]), 0)
         row = self._read(lambda: self.db.execute("SELECT value FROM disk.counters WHERE name = ?", (name,)).fetchone())
-        value = row[0] if row else 0
+        value = row[0] if row and isinstance(row[0], int) else 0  # a damaged value reads as 0, never a TypeError
         return value + self._created_unsaved if name == "products_created" else value
 
     # -- products ----------------------------------------------------------------------------------
@@ -540,6 +550,7 @@ class ProductStore:
         a fresh one made (self._fresh). When it cannot be opened (read-only, missing mount, even the
         quarantine failed): an empty stand-in is attached, state RAM_ONLY, and None is returned."""
         self._fresh, self._quarantined = False, None
+        self._top_id, self._counters_bad = 0, False
         try:
             try:
                 return self._attach_file()
@@ -576,7 +587,41 @@ class ProductStore:
         columns = {r[1] for r in self.db.execute("PRAGMA disk.table_info(products)")}
         if "left_wall" not in columns:  # a store written before adaptive retransmission
             self.db.execute("ALTER TABLE disk.products ADD COLUMN left_wall REAL NOT NULL DEFAULT 0")
-        return dict(self.db.execute("SELECT name, value FROM disk.counters").fetchall())
+        top = self.db.execute("SELECT max(id) FROM disk.products").fetchone()[0]
+        self._top_id = top if isinstance(top, int) and top > 0 else 0
+        return self._checked_counters(self.db.execute("SELECT name, value FROM disk.counters").fetchall())
+
+    def _checked_counters(self, rows: list[tuple]) -> dict[str, int]:
+        """The counters that hold what they must: a damaged value (a bit flip, a torn page that still
+        passes quick_check, another program's write) is logged and left out, never a crash at open.
+        A damaged id counter, or one behind the stored products, sets _counters_bad."""
+        out: dict[str, int] = {}
+        for name, value in rows:
+            ok = isinstance(name, str) and isinstance(value, int)
+            if ok and name == "product_id":  # the last epoch is never reached but by damage (2**31 store losses)
+                ok = 0 <= value < EPOCH_MAX << N_BITS
+            elif ok and name == "epoch":
+                ok = 0 <= value < EPOCH_MAX
+            elif ok and name.startswith("seq_"):
+                ok = name[4:].isdigit() and int(name[4:]) <= 0x7FF and 0 <= value <= 0x3FFF  # 11-bit APID, 14-bit count
+            elif ok and name == "products_created":
+                ok = value >= 0
+            if ok:
+                out[name] = value
+            else:
+                self.log(f"store: counter {str(name)[:40]!r} holds {str(value)[:40]!r}: damaged, left out")
+                if name in ("product_id", "epoch"):
+                    self._counters_bad = True
+                elif name == "products_created":
+                    out[name] = 0  # present: not a store from before epochs
+        if self._top_id > out.get("product_id", 0):  # (a store from before epochs has no epoch counter: fine)
+            self.log(f"store: id counters {out.get('product_id')}, epoch {out.get('epoch')} do not cover the stored "
+                     f"products (highest id {self._top_id}): a new epoch")
+            self._counters_bad = True
+        if self._counters_bad:
+            out.setdefault("product_id", 0)
+            out.setdefault("epoch", 0)
+        return out
 
     def _attach_stand_in(self) -> None:
         self.db.execute("ATTACH DATABASE ':memory:' AS disk")
@@ -610,11 +655,15 @@ class ProductStore:
         counters = self._attach()
         if counters is None:
             return False
-        stored = counters.get("product_id", 0)
-        if not self._fresh and stored >> N_BITS >= self.epoch:
+        stored = max(counters.get("product_id", 0), self._top_id)  # ids on the disk, even if its counter lags
+        if not self._fresh and (stored >> N_BITS >= self.epoch or self._counters_bad):
             # the epoch file was lost or behind: RAM ids may repeat the disk's; no new ones will
             self.log(f"store: reopened store epoch {stored >> N_BITS} >= RAM epoch {self.epoch}")
-            self._start_epoch((stored >> N_BITS) + 1)
+            try:
+                self._start_epoch(max(stored >> N_BITS, self.epoch) + 1)
+            except StoreFull as exc:  # as at open: every put says so, maintain() goes on
+                self.log(f"store: {exc}")
+                self.last_id = (EPOCH_MAX << N_BITS) | N_MAX
         self.last_id = max(self.last_id, stored)
         self.state = DISK_FAILING
         self._queue_quarantine()
@@ -625,7 +674,8 @@ class ProductStore:
     def _start_epoch(self, epoch: int) -> None:
         """Hand out ids of a new epoch, after the epoch file says so."""
         if epoch > EPOCH_MAX:
-            raise RuntimeError(f"store epoch {epoch} exhausted")
+            # StoreFull (lost): the caller counts it and goes on (a RuntimeError stopped the flight)
+            raise StoreFull(f"store epoch {epoch} exhausted: no product id left", lost=True)
         if not self._write_epoch_file(epoch):
             self.log(f"store: epoch {epoch} not saved in {self.epoch_path}: ids may repeat after a reboot")
         self.last_id = epoch << N_BITS
@@ -634,7 +684,10 @@ class ProductStore:
     def _read_epoch_file(self) -> tuple[int | None, bool]:
         """(epoch, the file exists): epoch None when missing or unreadable."""
         try:
-            return int(self.epoch_path.read_text().strip()), True
+            epoch = int(self.epoch_path.read_text().strip())
+            if not 0 <= epoch < EPOCH_MAX:  # a flipped digit: was a RuntimeError ("exhausted") at start
+                raise ValueError(f"epoch {epoch} outside 0..{EPOCH_MAX - 1}")
+            return epoch, True
         except FileNotFoundError:
             return None, False
         except (OSError, ValueError) as exc:
