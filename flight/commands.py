@@ -37,6 +37,8 @@ from flight.dictionary import (
     COMMAND_SUBTYPE,
     COMMANDS,
     COMMANDS_BY_OPCODE,
+    MODEL_NAME,
+    MODEL_NAME_PATTERN,
     PARAMS,
     AckFlag,
     Apid,
@@ -48,7 +50,7 @@ HEADER = struct.Struct(">QIH")  # counter, issued_s, opcode
 MAC_BYTES = 32
 CRC_BYTES = 2
 MAX_PACKET_BYTES = 2048
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
+_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 DEFAULT_ACKS = AckFlag.ACCEPTANCE | AckFlag.COMPLETION
 
 
@@ -90,11 +92,24 @@ def _pack_args(cdef: CommandDef, args: dict) -> bytes:
     for a in cdef.args:
         v = args[a.name]
         if a.code.endswith("s"):
+            # struct pads or cuts an Ns field silently, and bytes(32) is 32 zero bytes: a 17-character
+            # model name, a hex digest given as text or an int would go up as another value
+            if not isinstance(v, str | bytes | bytearray):
+                raise CommandError(Reason.BAD_ARGUMENT, f"{a.name} must be bytes, not {type(v).__name__}")
             v = v.encode() if isinstance(v, str) else bytes(v)
+            n = int(a.code[:-1])
+            if len(v) > n or (a is not MODEL_NAME and len(v) != n):
+                raise CommandError(Reason.BAD_ARGUMENT, f"{a.name} is {len(v)} bytes, "
+                                   + (f"at most {n}" if a is MODEL_NAME else f"must be {n}"))
+        elif isinstance(v, bool):  # struct takes True as 1
+            raise CommandError(Reason.BAD_ARGUMENT, f"{a.name} must be a number, not {v}")
         values.append(v)
     body = struct.pack(cdef.layout, *values)
     if cdef.tail:
-        tail = bytes(args[cdef.tail])
+        raw = args[cdef.tail]
+        if not isinstance(raw, bytes | bytearray):  # bytes(n) of an int n is n zero bytes (or MemoryError)
+            raise CommandError(Reason.BAD_ARGUMENT, f"{cdef.tail} must be bytes, not {type(raw).__name__}")
+        tail = bytes(raw)
         if len(tail) > cdef.tail_max:
             raise CommandError(Reason.BAD_ARGUMENT, f"{cdef.tail} is {len(tail)} bytes, at most {cdef.tail_max}")
         body += tail
@@ -107,7 +122,7 @@ def _check_arg(cdef: CommandDef, a, v):
             text = v.rstrip(b"\0").decode("ascii")
         except UnicodeDecodeError:
             raise CommandError(Reason.BAD_ARGUMENT, f"{a.name} is not ASCII") from None
-        if not _NAME_RE.match(text):
+        if not _NAME_RE.fullmatch(text):  # match() would take a trailing newline
             raise CommandError(Reason.BAD_ARGUMENT, f"{a.name} {text!r} is not a model name")
         return text
     if a.code.endswith("s"):
@@ -149,8 +164,14 @@ def encode_command(key: bytes, counter: int, issued_s: int, name: str, args: dic
     cdef = COMMANDS.get(name)
     if cdef is None:
         raise CommandError(Reason.UNKNOWN_OPCODE, f"unknown command {name!r}")
+    # 4 bits in the PUS secondary header: a wider value spills into the PUS version field (a packet
+    # the flight refuses) or makes spacepackets raise a plain ValueError
+    if isinstance(ack_flags, bool) or not isinstance(ack_flags, int) or not 0 <= ack_flags <= 0xF:
+        raise CommandError(Reason.BAD_ARGUMENT, f"ack_flags = {ack_flags!r}: must be an int in 0..15")
     try:
         body = HEADER.pack(counter, issued_s, cdef.opcode) + _pack_args(cdef, args or {})
+    except CommandError:
+        raise
     except (struct.error, TypeError, ValueError) as exc:
         raise CommandError(Reason.BAD_ARGUMENT, f"{name}: {exc}") from None
     _unpack_args(cdef, body[HEADER.size:])  # refuse on the ground what the flight would refuse

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -17,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
+
+from flight.dictionary import MODEL_NAME_PATTERN, PNG_MAX_BYTES
 
 
 class ConfigError(ValueError):
@@ -34,11 +37,16 @@ def rng(lo: float | None = None, hi: float | None = None, choices: tuple | None 
 
 def _check_scalar(key: str, value: Any, typ: Any, meta: dict) -> Any:
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # TOML integers have no size limit: 10**400 is not a float
+            raise ConfigError(key, value, "must be a float (too large)") from None
     if typ in (int, float, str, bool) and (type(value) is not typ):
         raise ConfigError(key, value, f"must be {typ.__name__}")
     if typ is float and math.isnan(value):  # NaN passes every range comparison: refused by name
         raise ConfigError(key, value, "must be a number, not NaN")
+    if typ is str and "\0" in value:  # every path and endpoint: open() and zmq raise a bare ValueError on a NUL
+        raise ConfigError(key, value, "must not contain a NUL character")
     lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(key, value, f"must be one of {list(choices)}")
@@ -116,7 +124,7 @@ class ScenarioSection:
 
         try:
             epoch = parse_epoch(self.epoch)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # OverflowError: year 1 or 9999 shifted by its offset
             raise ConfigError(f"{section}.epoch", self.epoch, str(exc)) from None
         # every scenario time up to 2**31 s must fit a CCSDS CDS short time code (days since 1958, u16)
         if not 1958 <= epoch.year <= 2068:
@@ -169,7 +177,7 @@ class FlightSection:
     cascade: tuple[CascadeStep, ...] = (CascadeStep("cloud_screen"),)
     chips_per_frame: int = field(default=2, metadata=rng(0, 64))
     chip_px: int = field(default=32, metadata=rng(8, 256))
-    chip_max_bytes: int = field(default=4096, metadata=rng(256, 65536))
+    chip_max_bytes: int = field(default=4096, metadata=rng(256, PNG_MAX_BYTES))  # a chip's PNG must fit one TM packet
     chip_classes: tuple[str, ...] = ("fire",)
     max_detections_per_frame: int = field(default=64, metadata=rng(0, 10000))
     merge_px: float = field(default=8.0, metadata=rng(0.0, 512.0))  # same-class peaks closer than this are one object
@@ -201,6 +209,12 @@ class FlightSection:
     onnx_memory_arena: bool = False
 
     def validate(self, section: str) -> None:
+        for i, step in enumerate(self.cascade):
+            # a model is commanded by a 16-byte name (ENABLE_MODEL, UPLOAD_BEGIN, ...): one that does
+            # not fit could never be addressed, and "../x" is no model name at all
+            if not re.fullmatch(MODEL_NAME_PATTERN, step.model):
+                raise ConfigError(f"{section}.cascade[{i}].model", step.model,
+                                  "must be a model name: a-z, 0-9, _, at most 16 characters, first a letter")
         if not self.cascade or self.cascade[0].model != "cloud_screen":
             raise ConfigError(f"{section}.cascade", self.cascade, "must start with the cloud_screen model")
         names = [step.model for step in self.cascade]
@@ -214,6 +228,12 @@ class FlightSection:
             if not ok:
                 raise ConfigError(f"{section}.cascade[0].{key}", value,
                                   "the cloud screen runs on every tile: when, enabled and a prescreen apply to detector steps only")
+        # a chip is made for a detection class (ship, fire) or a detector without one (its model name):
+        # any other entry silently makes no chips
+        chip_names = {"ship", "fire"} | {step.model for step in self.cascade[1:]}
+        for i, name in enumerate(self.chip_classes):
+            if name not in chip_names:
+                raise ConfigError(f"{section}.chip_classes[{i}]", name, f"must be one of {sorted(chip_names)}")
         if self.rto_min_s > self.rto_max_s:
             raise ConfigError(f"{section}.rto_min_s", self.rto_min_s, f"must be <= rto_max_s ({self.rto_max_s})")
 
@@ -235,7 +255,9 @@ class LinkSection:
     # Contact windows: "always" (link always up), "orbit" (from the orbit and ground stations of the
     # scenario) or "schedule" (the explicit [aos_s, los_s] pairs below, scenario seconds)
     contacts: str = field(default="always", metadata=rng(choices=("always", "orbit", "schedule")))
-    schedule: tuple[tuple[float, ...], ...] = ()
+    # scenario seconds; within a CDS time code's reach of the epoch, as the flight's contact plan
+    # (flight/contacts.py): inf or 1e300 crashed the launcher's plan writer (datetime overflow)
+    schedule: tuple[tuple[float, ...], ...] = field(default=(), metadata=rng(-2.0**31, 2.0**31))
     seed: int = field(default=7, metadata=rng(0, 2**31 - 1))  # loss and bit errors are reproducible
     # appended (issue #13, uplink flow control and file transfer; docs/link.md, docs/operations.md)
     uplink_loss_rate: float | None = field(default=None, metadata=rng(0.0, 1.0))  # random loss on the uplink only; None: as the downlink
@@ -317,7 +339,7 @@ class OpsSection:
     memory_safe_fraction: float = field(default=0.95, metadata=rng(0.1, 1.0))  # of obc.memory_mib: SAFE
     quicklook_frames: int = field(default=4, metadata=rng(0, 64))  # recent frames kept as quicklooks
     quicklook_factor: int = field(default=8, metadata=rng(choices=(1, 2, 4, 8, 16, 32, 64)))  # downsampling
-    quicklook_max_bytes: int = field(default=32768, metadata=rng(1024, 60000))  # PNG size limit per packet
+    quicklook_max_bytes: int = field(default=32768, metadata=rng(1024, PNG_MAX_BYTES))  # PNG size limit per packet
     recent_frames_full_res: int = field(default=4, metadata=rng(0, 64))  # frames kept at full resolution on mass memory, for chips
     model_scrub_period_s: float = field(default=60.0, metadata=rng(0.0, 1e7))  # re-hash model files; 0 = off
     model_probation_frames: int = field(default=10, metadata=rng(0, 100000))  # run-time failure: roll back

@@ -285,11 +285,16 @@ class CommandDef:
 
 
 MODEL_NAME = Arg("model", "16s")
+# a model name that fits MODEL_NAME (16 bytes, NUL-padded): what commands and config accept (fullmatch)
+MODEL_NAME_PATTERN = r"[a-z][a-z0-9_]{0,15}"
 # Frame ids travel as u32 (summaries, detections, chips, command arguments) and as i32 in events
 # (-1 = no frame): every frame id the flight accepts fits both, and 0xFFFFFFFF means "latest".
 FRAME_ID_MAX = 2**31 - 1
 LATEST_FRAME = 0xFFFFFFFF  # frame_id argument: the most recent frame
 MAX_CHUNK_BYTES = 1024
+# a PNG (chip or quicklook) in one IMAGE_CHIP TM packet: the packet's data field is at most 65536
+# bytes and the headers take 56, so 65487.. overflows at packing time; 60000 leaves a margin
+PNG_MAX_BYTES = 60000
 
 COMMANDS: dict[str, CommandDef] = {
     c.name: c
@@ -349,7 +354,7 @@ PARAMS: dict[int, ParamDef] = {
         ParamDef(3, "water_ndwi_min", float, -1.0, 1.0),
         ParamDef(4, "chip_px", int, 8, 256),
         ParamDef(5, "chips_per_frame", int, 0, 64),
-        ParamDef(6, "chip_max_bytes", int, 256, 65536),
+        ParamDef(6, "chip_max_bytes", int, 256, PNG_MAX_BYTES),
         ParamDef(7, "max_detections_per_frame", int, 0, 10000),
         ParamDef(8, "housekeeping_period_s", float, 0.1, 86400.0),
     )

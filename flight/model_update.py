@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import zipfile
@@ -44,6 +45,9 @@ CARD, ONNX, GOLDEN = 1, 2, 3
 ENTRY_LIMITS = {CARD: 64 * 1024, ONNX: 64 << 20, GOLDEN: 8 << 20}
 GOLDEN_MAX_TILES = 256
 GOLDEN_MAX_UNPACKED = 32 << 20
+# a card's version names its folder (versions/<name>/<version>-<sha8>): one plain path component,
+# never "..", "/" or a NUL (the card itself allows any string of 1..32 characters)
+_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,31}")
 
 
 class ModelUpdateError(Exception):
@@ -264,10 +268,13 @@ class ModelStore:
         try:
             obj = json.loads(card)
             c = ModelCard.from_dict(obj)
-        except (ValueError, UnicodeDecodeError, ModelError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError, ModelError) as exc:  # deep nesting: RecursionError
             raise ModelUpdateError(f"card refused: {exc}", name) from None
         if c.name != name:
             raise ModelUpdateError(f"bundle card names model {c.name!r}", name)
+        if not _VERSION_RE.fullmatch(c.version):  # else "../../x" writes (and keeps) a version outside the models folder
+            raise ModelUpdateError(f"card version {c.version[:40]!r} is not a plain version name ([0-9A-Za-z.+-], "
+                                   "at most 32, first a letter or digit)", name)
         rel = f"versions/{name}/{c.version}-{c.sha256[:8]}"
         final = self.root / rel
         staging = final.with_name(final.name + ".staging")

@@ -27,6 +27,7 @@ from flight.config import SecuritySection
 KEY_ENV = "FLIGHT_MISSION_KEY"
 KEY_FILE_ENV = "FLIGHT_MISSION_KEY_FILE"
 KEY_BYTES = 32
+KEY_FILE_MAX = 4096  # a 64-byte key is 128 hex digits; room for whitespace and a newline
 SERVERS = ("camera", "channel")  # processes that bind
 CLIENTS = ("flight", "station", "commander")  # processes that connect
 
@@ -63,9 +64,15 @@ def load_mission_key(sec: SecuritySection, run_dir: Path | None = None) -> bytes
         raise KeyMaterialError(f"none given: set security.command_key_file, ${KEY_FILE_ENV} or ${KEY_ENV}", "nowhere")
     f = resolve(path, run_dir)
     try:
-        text = f.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        # at most KEY_FILE_MAX bytes: a key file named by mistake as /dev/zero or a huge file
+        # would otherwise be read for ever (or until memory runs out) at start-up
+        with open(f, "rb") as fh:
+            raw = fh.read(KEY_FILE_MAX + 1)
+        text = raw.decode()
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the path
         raise KeyMaterialError(f"cannot read: {exc}", str(f)) from None
+    if len(raw) > KEY_FILE_MAX:
+        raise KeyMaterialError(f"more than {KEY_FILE_MAX} bytes: not a key file", str(f))
     return _parse_key(text, str(f))
 
 
