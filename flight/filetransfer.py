@@ -658,21 +658,35 @@ class FileReceiver:
     # -- after each step: replies out, finished transactions filed --------------------------------------
 
     def _after(self) -> None:
-        while self.dest.packets_ready:
-            holder = self.dest.get_next_packet()
-            if holder is not None and holder.pdu is not None:
-                self._send(holder.pdu)
+        # finished transactions are filed before the replies go: a Finished PDU of a file that
+        # failed the checks here (EOF size, CRC-32, filing) is sent as the failure it is (_send)
         while self.user.finished:
             params = self.user.finished.pop(0)
             try:
                 self._finished(params)
             except OSError as exc:  # the storage failed while filing: the ground sends the file again
+                t = params.transaction_id
+                tid = (int(t.source_id.value), int(t.seq_num.value))
                 self.counts["transfers_failed"] += 1
-                self.events.append(("FILE_TRANSFER_FAILED", dict(seq=int(params.transaction_id.seq_num.value),
-                                                                 reason=f"filing the file failed: {exc}"[:120])))
+                self.events.append(("FILE_TRANSFER_FAILED", dict(seq=tid[1], reason=f"filing the file failed: {exc}"[:120])))
+                self._record(tid, {"source": tid[0], "seq": tid[1], "failed": f"filing failed: {exc}"[:120],
+                                   "condition": int(ConditionCode.FILESTORE_REJECTION),
+                                   "delivery": int(DeliveryCode.DATA_INCOMPLETE),
+                                   "file_status": int(FileStatus.DISCARDED_DELIBERATELY), "at_s": round(self.scenario_now(), 1)})
+        while self.dest.packets_ready:
+            holder = self.dest.get_next_packet()
+            if holder is not None and holder.pdu is not None:
+                self._send(holder.pdu)
         self.faults.seen.clear()
 
     def _send(self, pdu) -> None:
+        if isinstance(pdu, FinishedPdu) and pdu.condition_code == ConditionCode.NO_ERROR:
+            entry = self.history.get(tid_of(pdu), {})
+            if "failed" in entry:  # cfdp-py's "complete", but the file was discarded here: the ground must not read ok
+                conf = pdu.pdu_header.pdu_conf
+                pdu = FinishedPdu(params=FinishedParams(condition_code=ConditionCode(entry["condition"]),
+                                                        delivery_code=DeliveryCode(entry["delivery"]),
+                                                        file_status=FileStatus(entry["file_status"])), pdu_conf=conf)
         self.counts["pdus_out"] += 1
         self.counts["naks_out"] += getattr(pdu, "directive_type", None) == DirectiveType.NAK_PDU
         try:
@@ -718,6 +732,12 @@ class FileReceiver:
         else:
             incoming.unlink(missing_ok=True)
             entry["failed"] = reason
+            if fp.condition_code == ConditionCode.NO_ERROR:  # cfdp-py said complete; the checks here did not
+                entry |= {"condition": int(ConditionCode.FILE_SIZE_ERROR if "size" in reason
+                                           else ConditionCode.FILE_CHECKSUM_FAILURE if "CRC" in reason
+                                           else ConditionCode.FILESTORE_REJECTION),
+                          "delivery": int(DeliveryCode.DATA_INCOMPLETE),
+                          "file_status": int(FileStatus.DISCARDED_DELIBERATELY)}
             self.counts["transfers_failed"] += 1
             self.events.append(("FILE_TRANSFER_FAILED", dict(seq=tid[1], reason=reason[:120])))
             self.log(f"file transaction {tid[0]}:{tid[1]} failed: {reason}")

@@ -184,3 +184,44 @@ def test_a_key_file_that_never_ends_is_refused_at_once():
     except subprocess.TimeoutExpired:
         pytest.fail("load_mission_key kept reading /dev/zero")
     assert out.returncode == 0 and "refused:" in out.stdout and "bytes" in out.stdout, out.stderr[-500:]
+
+
+# --- file transfer: the ground's "ok" ---------------------------------------------------------------------
+
+
+def test_a_file_the_flight_discards_is_not_ok_at_the_ground(tmp_path):
+    """One File Data PDU altered with a valid PDU CRC: cfdp-py (which skips the file checksum when
+    nothing was lost) sent Finished NO_ERROR, so FileSender.ok was True while the flight had
+    discarded the file for its CRC-32; a late EOF got that Finished again."""
+    import random
+
+    from spacepackets.cfdp import ConditionCode, PduType
+    from spacepackets.cfdp.pdu import FileDataPdu
+    from spacepackets.cfdp.pdu.file_data import FileDataParams
+    from test_filetransfer import Link, received, transfer
+
+    from flight.dictionary import Apid
+    from flight.filetransfer import parse_pdu, unwrap, wrap
+
+    altered = []
+
+    def alter(way, p):
+        if way != "up" or altered:
+            return p
+        pdu = parse_pdu(unwrap(p, Apid.FILE_DATA))
+        if pdu.pdu_type != PduType.FILE_DATA or pdu.offset != 256:
+            return p
+        altered.append(pdu.offset)
+        bad = FileDataPdu(pdu.pdu_header.pdu_conf, FileDataParams(file_data=bytes(b ^ 0xFF for b in pdu.file_data),
+                                                                  offset=pdu.offset, segment_metadata=None))
+        return wrap(bytes(bad.pack()), Apid.FILE_DATA, ((p[2] & 0x3F) << 8) | p[3])
+
+    data = random.Random(1).randbytes(3000)
+    tx, rx = transfer(tmp_path, data, Link(seed=1, alter=alter), timeout_s=20)
+    assert altered and tx.done
+    assert not received(rx, data) and rx.counts["transfers_failed"] == 1 and rx.counts["files_received"] == 0
+    assert not tx.ok, tx.describe()
+    assert tx.result is not None and tx.result.condition_code == ConditionCode.FILE_CHECKSUM_FAILURE
+    assert [e[0] for e in rx.events] == ["FILE_TRANSFER_FAILED"]
+    # what a late EOF of this transaction is answered with (its Finished again) says the same
+    assert rx.history[(1, 7)]["condition"] == int(ConditionCode.FILE_CHECKSUM_FAILURE)
