@@ -129,6 +129,11 @@ class ScenarioSection:
         # every scenario time up to 2**31 s must fit a CCSDS CDS short time code (days since 1958, u16)
         if not 1958 <= epoch.year <= 2068:
             raise ConfigError(f"{section}.epoch", self.epoch, "must be in 1958..2068 (CCSDS CDS time codes end in 2137)")
+        # ... and a run reaches scenario time clock_rate * max_wall_s at most: within range each allowed
+        # (100000 x 86400 s), the first packet after 2**31 s failed to pack ('H' format, the CDS day)
+        if self.clock_rate * self.max_wall_s > 2**31:
+            raise ConfigError(f"{section}.max_wall_s", self.max_wall_s, f"with clock_rate {self.clock_rate} a run would "
+                              f"reach scenario time {self.clock_rate * self.max_wall_s:.3g} s; at most 2**31 s")
 
 
 @dataclass(frozen=True)

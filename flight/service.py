@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -199,6 +200,13 @@ def setup(args: argparse.Namespace) -> tuple[Scenario, ScenarioClock]:
     if args.run_dir is not None:
         args.run_dir.mkdir(parents=True, exist_ok=True)
     start = args.clock_start if args.clock_start is not None else time.time()
+    # scenario time now must be a number a CDS time code holds (|t| <= 2**31 s): --clock-start nan,
+    # inf or 0 (1970) was taken and the first packet failed to pack, far from the cause
+    now_s = (time.time() - start) * scenario.scenario.clock_rate
+    if not math.isfinite(now_s) or abs(now_s) > 2**31:
+        print(f"error: --clock-start {args.clock_start!r} puts scenario time now at {now_s:.6g} s; "
+              "it must be a wall time (time.time()) within 2**31 scenario seconds of now", file=sys.stderr)
+        sys.exit(2)
     clock = ScenarioClock(parse_epoch(scenario.scenario.epoch), scenario.scenario.clock_rate, start)
     return scenario, clock
 

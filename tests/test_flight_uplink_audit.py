@@ -225,3 +225,49 @@ def test_a_file_the_flight_discards_is_not_ok_at_the_ground(tmp_path):
     assert [e[0] for e in rx.events] == ["FILE_TRANSFER_FAILED"]
     # what a late EOF of this transaction is answered with (its Finished again) says the same
     assert rx.history[(1, 7)]["condition"] == int(ConditionCode.FILE_CHECKSUM_FAILURE)
+
+
+# --- scenario time: what a CDS time code holds ---------------------------------------------------------
+
+
+def test_a_run_cannot_outlast_the_time_code():
+    from flight.config import ScenarioSection
+    from flight.products import cds_timestamp
+
+    hi_rate = ScenarioSection.__dataclass_fields__["clock_rate"].metadata["hi"]
+    hi_wall = ScenarioSection.__dataclass_fields__["max_wall_s"].metadata["hi"]
+    with pytest.raises(struct.error):  # what such a run met at its first packet after 2**31 s
+        cds_timestamp(datetime.fromisoformat("2026-11-28T06:00:00+00:00"), hi_rate * hi_wall)
+    with pytest.raises(ConfigError) as err:
+        load_scenario(None, [f"scenario.clock_rate={hi_rate}", f"scenario.max_wall_s={hi_wall}"])
+    assert err.value.key == "scenario.max_wall_s"
+    # the latest epoch allowed, at the longest run allowed, still packs
+    sc = load_scenario(None, ['scenario.epoch="2068-12-31T23:59:59Z"', "scenario.clock_rate=24855.13",
+                              "scenario.max_wall_s=86400"])
+    assert len(cds_timestamp(datetime.fromisoformat("2068-12-31T23:59:59+00:00"),
+                             sc.scenario.clock_rate * sc.scenario.max_wall_s)) == 7
+
+
+@pytest.mark.parametrize("start", [float("nan"), float("inf"), 0.0, -1e300])
+def test_a_clock_start_no_time_code_can_hold_is_a_usage_error(start, monkeypatch, capsys):
+    import argparse
+
+    from flight.service import setup
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # setup() installs its own
+    args = argparse.Namespace(scenario=None, overrides=[], run_dir=None, clock_start=start, log_format=None)
+    with pytest.raises(SystemExit) as exit_:
+        setup(args)
+    assert exit_.value.code == 2 and "--clock-start" in capsys.readouterr().err
+
+
+def test_a_clock_start_of_now_or_a_few_seconds_ahead_is_taken(monkeypatch):
+    import argparse
+    import time
+
+    from flight.service import setup
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    for start in (None, time.time() + 3.0):
+        _, clock = setup(argparse.Namespace(scenario=None, overrides=[], run_dir=None, clock_start=start, log_format=None))
+        assert abs(clock.now_s()) < 100
