@@ -407,6 +407,11 @@ class StationSection:
     # shared_ack_s wall seconds, while this station hears the satellite (0 = off)
     shared_ack_s: float = field(default=30.0, metadata=rng(0.0, 86400.0))
 
+    def validate(self, section: str) -> None:
+        ids = [link.satellite_id for link in self.links]
+        if len(set(ids)) != len(ids):  # the station keys its sockets and keys by satellite: a second link replaced the first
+            raise ConfigError(f"{section}.links", ids, "one link per satellite: satellite ids must be unique")
+
 
 @dataclass(frozen=True)
 class SatelliteSpec:

@@ -107,6 +107,8 @@ def test_the_largest_chip_the_config_and_set_param_allow_fits_one_packet():
     ('flight.chip_classes=["fires"]', "flight.chip_classes[0]"),  # a typo: no chip, ever, silently
     ('ops.state_dir="run\\u0000dir"', "ops.state_dir"),  # open()/mkdir raise a bare ValueError on a NUL
     ('security.command_key_file="k\\u0000"', "security.command_key_file"),
+    # ground_link.station keys its sockets and mission keys by satellite id: the second link replaced the first
+    ("station.links=[{satellite_id=3, ground_out=\"tcp://127.0.0.1:1\"}, {satellite_id=3}]", "station.links"),
 ])
 def test_config_values_that_cannot_be_used_are_config_errors(override, key):
     with pytest.raises(ConfigError) as err:
