@@ -51,8 +51,8 @@ def match_rule(rules: tuple[AlertRule, ...], d: Detection) -> tuple[int, AlertRu
 def is_repeat_of(rule: AlertRule, d: Detection, shown) -> bool:
     """Is the detection a repeat of one of the alerts `shown` ((capture time s, lat, lon) of the
     rule's class): within throttle_s and throttle_km of it?"""
-    if rule.throttle_km <= 0 or rule.throttle_s <= 0 or math.isnan(d.lat_deg) or math.isnan(d.lon_deg):
-        return False  # no position: cannot tell it is the same place, so it is shown
+    if rule.throttle_km <= 0 or rule.throttle_s <= 0 or _position(d.lat_deg, d.lon_deg)[0] is None:
+        return False  # no position (NaN, inf, off the globe): cannot tell it is the same place, so it is shown
     for t, lat, lon in shown:
         if lat is None or lon is None:  # an alert shown without a position (archive rows): not a place
             continue
@@ -67,28 +67,41 @@ class Throttle:
     """Remembers the alerts shown, per class, to recognise repeats of the same thing."""
 
     def __init__(self):
-        self.shown: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+        self.shown: dict[str, list[tuple[float, float | None, float | None]]] = defaultdict(list)
 
     def is_repeat(self, rule: AlertRule, d: Detection) -> bool:
         return is_repeat_of(rule, d, self.shown[rule.class_name])
 
     def remember(self, rule: AlertRule, d: Detection) -> None:
         shown = self.shown[rule.class_name]
-        shown.append((d.capture_time_s, d.lat_deg, d.lon_deg))
+        shown.append((d.capture_time_s, *_position(d.lat_deg, d.lon_deg)))  # off the globe: no place (skipped)
         del shown[:-KEEP_SHOWN]
 
 
-def _num(v: float) -> float | None:
-    return None if math.isnan(v) else v
+def _num(v: float | None) -> float | None:
+    """None for what is not a finite number: the record is printed and published as JSON, where
+    NaN and Infinity are not values (a strict reader, a browser's JSON.parse, refuses the line)."""
+    return v if v is not None and math.isfinite(v) else None
+
+
+def _position(lat: float, lon: float) -> tuple[float | None, float | None]:
+    """(lat, lon) when both are finite and on the globe, else unknown: a latitude of 500 deg is
+    no place to send anyone (exports would write it as a coordinate)."""
+    if math.isfinite(lat) and math.isfinite(lon) and -90 <= lat <= 90 and -180 <= lon <= 180:
+        return lat, lon
+    return None, None
 
 
 def alert_record(d: Detection, rule_index: int, rule: AlertRule, received_wall: float,
                  received_s: float | None, throttled: bool) -> dict:
-    """One alert as archived, printed as JSON and published (one flat dict)."""
-    latency = None if received_s is None else round(received_s - d.capture_time_s, 3)
+    """One alert as archived, printed as JSON and published (one flat dict); a value that is not
+    a finite number (NaN, inf from a malformed product) is None, a position off the globe unknown."""
+    latency = None if received_s is None else _num(round(received_s - d.capture_time_s, 3))
+    lat, lon = _position(d.lat_deg, d.lon_deg)
     rec = {"severity": rule.severity, "class": rule.class_name, "frame_id": d.frame_id, "product_id": d.product_id,
-           "confidence": round(d.confidence, 3), "lat_deg": _num(d.lat_deg), "lon_deg": _num(d.lon_deg),
-           "row_px": d.row_px, "col_px": d.col_px, "area_px": d.area_px, "capture_time_s": d.capture_time_s,
+           "confidence": round(d.confidence, 3), "lat_deg": lat, "lon_deg": lon,
+           "row_px": _num(d.row_px), "col_px": _num(d.col_px), "area_px": d.area_px,
+           "capture_time_s": _num(d.capture_time_s),
            "received_s": None if received_s is None else round(received_s, 3), "latency_s": latency,
            "received_wall": round(received_wall, 3), "rule": rule_index, "throttled": throttled}
     rec["message"] = format_alert(rec)
@@ -97,8 +110,10 @@ def alert_record(d: Detection, rule_index: int, rule: AlertRule, received_wall: 
 
 def format_alert(rec: dict) -> str:
     where = "position unknown" if rec["lat_deg"] is None else f"{rec['lat_deg']:+.5f} {rec['lon_deg']:+.5f}"
+    px = lambda v: "?" if v is None else f"{v:.1f}"  # noqa: E731 (None: not a number in the product)
+    t = "t unknown" if rec["capture_time_s"] is None else f"t+{rec['capture_time_s']:.1f}s"
     line = (f"ALERT {rec['severity'].upper():8s} {rec['class']:5s} frame {rec['frame_id']:5d} conf {rec['confidence']:.2f} "
-            f"at {where} (px {rec['row_px']:.1f},{rec['col_px']:.1f}) t+{rec['capture_time_s']:.1f}s")
+            f"at {where} (px {px(rec['row_px'])},{px(rec['col_px'])}) {t}")
     if rec.get("latency_s") is not None:
         line += f" seen +{rec['latency_s']:.1f}s"
     return line

@@ -254,6 +254,19 @@ def _jsonable(product) -> dict:
     return out
 
 
+def _text(text: str) -> str:
+    """Text as a TEXT column holds it on both back ends: PostgreSQL refuses NUL characters (a
+    DataError that would stop the station on a flight message holding one), so they become U+FFFD
+    (the packet itself, kept in the packets table, still has the original bytes)."""
+    return text.replace("\x00", "\ufffd")
+
+
+def _finite(v):
+    """None for a non-finite float: SQLite stores NaN as NULL but PostgreSQL keeps NaN and
+    infinities, which no JSON reader (the console, exports) takes; both back ends now hold NULL."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
 class Archive:
     """`target`: an SQLite file path, or a PostgreSQL URL (postgresql://...). `station`: the name
     recorded with what this archive writes ("" for a single-station ground)."""
@@ -279,7 +292,9 @@ class Archive:
         transaction (one commit per packet)."""
         kind = type(product).__name__
         frame_id = getattr(product, "frame_id", None)
-        time_s = getattr(product, "capture_time_s", getattr(product, "time_s", None))
+        # NULL for a time that is not a finite number, on both back ends (PostgreSQL would keep NaN,
+        # and every reader computing a latency from it would put NaN into its JSON)
+        time_s = _finite(getattr(product, "capture_time_s", getattr(product, "time_s", None)))
         pid = product.product_id
         db = self.db
         db.begin()
@@ -297,12 +312,12 @@ class Archive:
                 return False
             if isinstance(product, Housekeeping):
                 db.executemany("INSERT INTO telemetry (product_id, time_s, channel, value, satellite_id) VALUES (?, ?, ?, ?, ?)",
-                               [(pid, product.time_s, c, v, satellite_id) for c, v in product.channels().items()])
+                               [(pid, time_s, c, _finite(v), satellite_id) for c, v in product.channels().items()])
             elif isinstance(product, Event):
                 db.execute("INSERT INTO events (product_id, time_s, event_id, severity, frame_id, message, satellite_id) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           (pid, product.time_s, product.event_id, product.severity, product.frame_id, product.message,
-                            satellite_id))
+                           (pid, time_s, product.event_id, product.severity, product.frame_id,
+                            _text(product.message), satellite_id))
             elif isinstance(product, ImageChip):
                 db.execute("INSERT INTO chips (product_id, frame_id, png, satellite_id) VALUES (?, ?, ?, ?)",
                            (pid, product.frame_id, product.png, satellite_id))
@@ -329,7 +344,7 @@ class Archive:
         row.setdefault("satellite_id", 1)
         row.setdefault("station", self.station)
         self.db.execute(f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES ({', '.join('?' * len(ALERT_COLUMNS))})",
-                        [row.get(c) for c in ALERT_COLUMNS])
+                        [_finite(row.get(c)) for c in ALERT_COLUMNS])
 
     def alert_unless_repeat(self, record: dict, window_s: float, is_repeat) -> bool:
         """Archive an alert of a ground of several stations, throttled when `is_repeat(shown)` finds
@@ -343,8 +358,10 @@ class Archive:
         try:
             if db.dialect == "postgresql":
                 db.execute("SELECT pg_advisory_xact_lock(18019)")
-            shown = db.execute("SELECT time_s, lat_deg, lon_deg FROM alerts WHERE class = ? AND throttled = 0 "
-                               "AND time_s BETWEEN ? AND ?", (record["class"], t - window_s, t + window_s)).fetchall()
+            # no capture time (not a number in the product): nothing to be a repeat of in time
+            shown = [] if t is None else db.execute(
+                "SELECT time_s, lat_deg, lon_deg FROM alerts WHERE class = ? AND throttled = 0 "
+                "AND time_s BETWEEN ? AND ?", (record["class"], t - window_s, t + window_s)).fetchall()
             throttled = bool(record["throttled"]) or bool(is_repeat(shown))
             self.alert(dict(record, throttled=throttled))
             db.commit()

@@ -308,7 +308,7 @@ class Commander:
                 counters.append(self.send(name, **args))
                 next_copy_s, last = up_s + try_s, time.monotonic()
             final = {r["counter"]: r for r in self.reports() if r["counter"] in counters
-                     and ReportKind(r["report"]) in FINAL}
+                     and r["report"] in FINAL}
             if final and failed_s is None:
                 failed_s = up_s
             done = settle(final, counters, None if failed_s is None else up_s - failed_s, try_s)
@@ -360,7 +360,10 @@ class Commander:
         for (fields,) in rows:
             r = json.loads(fields)
             if counter is None or r["counter"] == counter:
-                r["kind"] = ReportKind(r["report"]).name
+                # a report kind the dictionary does not know (a malformed or foreign report) is shown
+                # by its number: it used to raise ValueError and hide every other report
+                r["kind"] = (ReportKind(r["report"]).name if r["report"] in ReportKind._value2member_map_
+                             else str(r["report"]))
                 r["product"] = product_label(r["product_id"])  # epoch:n, as operators read product ids
                 r["reason"] = Reason(r["code"]).name if r["code"] in Reason._value2member_map_ else str(r["code"])
                 out.append(r)
@@ -371,7 +374,7 @@ class Commander:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for r in self.reports(counter):
-                if ReportKind(r["report"]) in kinds:
+                if r["report"] in kinds:  # an IntEnum set: an unknown number is simply not in it
                     return r
             time.sleep(0.1)
         raise CommanderError(f"no {sorted(k.name for k in kinds)} report for command {counter} within {timeout_s} s")
@@ -757,7 +760,7 @@ def _run(a: argparse.Namespace) -> int:
         a.out.write_bytes(data)
         print(f"{a.out}: {len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()}")
         return 0
-    if a.timeout <= 0:
+    if not a.timeout > 0:  # also NaN, which `<= 0` let through: the command went, then no wait at all
         raise CommanderError(f"--timeout {a.timeout:g}: must be > 0 seconds")
     name, cmd_args = "", {}
     if a.cmd == "send":  # the command first: it needs no run to be checked
@@ -798,7 +801,7 @@ def _run(a: argparse.Namespace) -> int:
         else:
             data = a.model.read_bytes() if not a.model.name.endswith(".card.json") else pack_bundle(a.model)
             say = lambda m: print(m, file=sys.stderr)  # noqa: E731
-            if a.timeout_s <= 0 or not 64 <= a.segment_bytes <= 1024:
+            if not a.timeout_s > 0 or not 64 <= a.segment_bytes <= 1024:  # NaN too
                 raise CommanderError("--timeout-s must be > 0 and --segment-bytes in 64..1024")
             if a.chunks:
                 rep = cmd.upload(data, a.chunk_bytes, timeout_s=a.timeout, activate=not a.no_activate, log=say,

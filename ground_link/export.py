@@ -35,6 +35,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -160,19 +161,28 @@ def utc_text(epoch: datetime, t_s: float | None) -> str | None:
     """Scenario seconds -> `2026-11-28T06:01:10Z` (milliseconds when not whole)."""
     if t_s is None or not math.isfinite(t_s):
         return None
-    return _iso(epoch + timedelta(milliseconds=round(t_s * 1000)))
+    try:
+        return _iso(epoch + timedelta(milliseconds=round(t_s * 1000)))
+    except (OverflowError, ValueError):  # finite but past what a date holds (a product's 1e300 s): no time,
+        return None  # not an exception that fails every export and empties the console's lists
 
 
 def wall_text(wall: float | None) -> str | None:
     """A wall-clock time (time.time()) as UTC ISO 8601."""
     if wall is None or not math.isfinite(wall):
         return None
-    return _iso(datetime.fromtimestamp(round(wall, 3), UTC))
+    try:
+        return _iso(datetime.fromtimestamp(round(wall, 3), UTC))
+    except (OverflowError, OSError, ValueError):  # past what a date holds
+        return None
 
 
-def _cap_time(epoch: datetime, t_s: float) -> str:
-    """CAP 1.2 dateTime: whole seconds, explicit offset, UTC as -00:00."""
-    return _iso((epoch + timedelta(seconds=round(t_s))).replace(microsecond=0), zulu=False)
+def _cap_time(epoch: datetime, t_s: float) -> str | None:
+    """CAP 1.2 dateTime: whole seconds, explicit offset, UTC as -00:00 (None past what a date holds)."""
+    try:
+        return _iso((epoch + timedelta(seconds=round(t_s))).replace(microsecond=0), zulu=False)
+    except (OverflowError, ValueError):
+        return None
 
 
 # --- alerts ----------------------------------------------------------------------------------------
@@ -305,8 +315,11 @@ def cap_alert(rec: dict, epoch: datetime, sender: str = CAP_SENDER, scope: str =
     ET.SubElement(alert, c("identifier")).text = cap_identifier(rec, sender)
     ET.SubElement(alert, c("sender")).text = sender
     wall = sent_wall if sent_wall is not None else rec.get("received_wall")
-    sent = (datetime.fromtimestamp(round(wall), UTC) if wall is not None
-            else epoch + timedelta(seconds=round(rec.get("capture_time_s") or 0.0)))
+    try:
+        sent = (datetime.fromtimestamp(round(wall), UTC) if wall is not None
+                else epoch + timedelta(seconds=round(rec.get("capture_time_s") or 0.0)))
+    except (OverflowError, OSError, ValueError):  # a time past what a date holds (or NaN): sent is required
+        sent = epoch
     ET.SubElement(alert, c("sent")).text = _iso(sent.replace(microsecond=0), zulu=False)
     ET.SubElement(alert, c("status")).text = "Actual"
     ET.SubElement(alert, c("msgType")).text = "Alert"
@@ -322,9 +335,10 @@ def cap_alert(rec: dict, epoch: datetime, sender: str = CAP_SENDER, scope: str =
     conf = float(p["confidence"] or 0.0)
     ET.SubElement(info, c("certainty")).text = "Likely" if conf > 0.5 else "Possible"
     t = rec.get("capture_time_s")
-    if t is not None and math.isfinite(t):
-        ET.SubElement(info, c("effective")).text = _cap_time(epoch, t)
-        ET.SubElement(info, c("onset")).text = _cap_time(epoch, t)
+    when = _cap_time(epoch, t) if t is not None and math.isfinite(t) else None
+    if when is not None:
+        ET.SubElement(info, c("effective")).text = when
+        ET.SubElement(info, c("onset")).text = when
     ET.SubElement(info, c("senderName")).text = "Onboard payload ground station"
     pos = _pos(rec)
     where = f"{pos[0]:.5f}, {pos[1]:.5f}" if pos else "position unknown"
@@ -456,6 +470,18 @@ def write_export(archive: Path | str, kind: str, fmt: str, rows: list[dict], out
             print(f"query: no partner {partner!r} in {partners_file or 'the demo partners'}", file=sys.stderr)
             return 2
         rows = ArchiveView(ctx).keep_for(who, kind, rows)
+    try:
+        return _write(archive, kind, fmt, rows, out, partner, ctx)
+    except BrokenPipeError:  # `| head` closed stdout: not an error (stdout pointed away so exit is quiet)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # --out a folder, in a folder that is not there, not writable: one line, not a traceback
+        print(f"query: cannot write the export: {exc.filename or out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+def _write(archive: Path | str, kind: str, fmt: str, rows: list[dict], out: Path | None, partner: str | None,
+           ctx: RunContext) -> int:
     if fmt == "png":
         if kind != "chips":
             print("query: --format png exports chips and quicklooks: use --kind chips", file=sys.stderr)

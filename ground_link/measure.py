@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -110,12 +111,50 @@ def analyse(run_dir: Path, frames: int) -> dict:
     }
 
 
+def _rates(text: str) -> list[float]:
+    """Comma-separated downlink rates: each a finite number of bit/s >= 1 (it names a run folder
+    as a whole number, so NaN or inf used to end the tool in a traceback)."""
+    try:
+        rates = [float(r) for r in text.split(",")]
+    except ValueError:
+        rates = []
+    if not rates or not all(math.isfinite(r) and 1 <= r <= 1e12 for r in rates):
+        raise argparse.ArgumentTypeError(f"{text[:60]!r}: expected rates in bit/s, 1..1e12, comma-separated")
+    return rates
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = low - 1
+        if n < low:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected a whole number >= {low}")
+        return n
+    return parse
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected a finite number > 0")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Bytes per frame and capture-to-alert latency through payload_sim.hil")
-    p.add_argument("--rates", default="9600,1000000", help="downlink rates, bit/s, comma-separated")
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--size", type=int, default=256, help="frame height and width, px")
-    p.add_argument("--clock-rate", type=float, default=10.0, help="scenario seconds per wall second")
+    from ground_link.query import CliParser  # one-line errors, as every operator tool
+
+    p = CliParser(prog="python -m ground_link.measure",
+                  description="Bytes per frame and capture-to-alert latency through payload_sim.hil")
+    # checked before any run is launched (a bad value used to fail after, or during, the first run)
+    p.add_argument("--rates", type=_rates, default=[9600.0, 1e6], help="downlink rates, bit/s, comma-separated")
+    p.add_argument("--frames", type=_at_least(1), default=8)
+    p.add_argument("--size", type=_at_least(1), default=256, help="frame height and width, px")
+    p.add_argument("--clock-rate", type=_positive, default=10.0, help="scenario seconds per wall second")
     p.add_argument("--run-root", type=Path, default=None, help="keep the run folders here")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--set", dest="extra", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -123,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     root = args.run_root or Path(tempfile.mkdtemp(prefix="link-measure-"))
     results = {}
-    for rate_bps in (float(r) for r in args.rates.split(",")):
+    for rate_bps in args.rates:
         run_dir = root / f"rate-{int(rate_bps)}"
         sets = overrides(rate_bps, args.frames, args.size, args.clock_rate) + args.extra
         summary = run(run_dir, sets)

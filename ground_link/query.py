@@ -139,6 +139,18 @@ def natural_int(text: str) -> int:
     return n
 
 
+FRAME_ID_MAX = 2**32 - 1  # frame ids are u32 on the wire (flight.products LAYOUTs)
+
+
+def frame_int(text: str) -> int:
+    """A frame id: 0..2**32-1. A larger number used to reach SQL and fail there (OverflowError past
+    64 bits: a traceback); it cannot match any frame, so it is refused as the mistake it is."""
+    n = natural_int(text)
+    if n > FRAME_ID_MAX:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: a frame id is 0..{FRAME_ID_MAX}")
+    return n
+
+
 def run_epoch(run_dir: Path) -> tuple[datetime | None, str]:
     """The scenario epoch of the run in this folder (from launch.json and its scenario), or None
     and why not."""
@@ -249,7 +261,9 @@ def query(archive: str | Path, kind: str = "detections", since: float | None = N
                     except db.Error:  # before issue #18
                         cur = db.execute("SELECT channel, value FROM telemetry WHERE product_id = ? ORDER BY channel",
                                          (rec["product_id"],))
-                    rec["channels"] = {channel_name(c): v for c, v in cur}
+                    # NaN is NULL in SQLite, kept by PostgreSQL; inf by both: None, as JSON can hold
+                    rec["channels"] = {channel_name(c): v if v is not None and math.isfinite(v) else None
+                                       for c, v in cur}
     finally:
         db.close()
     rows = [r for r in rows if _keep(r, cls, region)]
@@ -339,7 +353,7 @@ def format_row(rec: dict, epoch: datetime | None = None) -> str:
         fields.append(f"sat={rec.get('satellite_id')} via={rec['station']}")
     fields += [f"{k}={_fmt(v)}" for k, v in rec.items() if k not in _RAW]
     if "channels" in rec:
-        fields += [f"{k}={_fmt(Mode(int(v)).name if k == 'mode' and int(v) in Mode._value2member_map_ else v)}"
+        fields += [f"{k}={_fmt(Mode(int(v)).name if k == 'mode' and v is not None and int(v) in Mode._value2member_map_ else v)}"
                    for k, v in rec["channels"].items()]
     return "  ".join(head + names + fields)
 
@@ -377,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--until", type=parse_time, help="scenario seconds or a UTC time, inclusive")
     p.add_argument("--class", dest="cls", type=str.lower, choices=[c.name.lower() for c in DetectionClass])
     p.add_argument("--region", type=parse_region, help="LAT0,LON0,LAT1,LON1 (deg; LON0 > LON1 crosses 180)")
-    p.add_argument("--frame", type=natural_int)
+    p.add_argument("--frame", type=frame_int)
     p.add_argument("--throttled", action="store_true", help="alerts: include throttled repeats")
     p.add_argument("--limit", type=positive_int, help="only the last N rows")
     p.add_argument("--epoch", type=parse_epoch_arg, help="scenario epoch (UTC of t=0), if launch.json is not beside "

@@ -39,7 +39,7 @@ import zmq
 from flight.acks import batches, encode_ack, range_ids
 from flight.clock import ScenarioClock
 from flight.config import Scenario
-from flight.products import Detection, PacketError, decode_tm
+from flight.products import Detection, Housekeeping, PacketError, decode_tm
 from flight.security import KeyMaterialError, SecureContext, load_mission_key
 from flight.service import Service, common_args, setup
 from ground_link.alerts import Throttle, alert_record, is_repeat_of, match_rule
@@ -134,6 +134,10 @@ class Station:
         self.counts["bytes_received"] += len(raw)
         try:
             tm, product = decode_tm(raw)
+            if isinstance(product, Housekeeping):
+                # a channel count that does not match its values decodes, but cannot be archived:
+                # checked here so it is a bad packet (counted, kept, not acked), not a crash of the loop
+                product.channels()
         except PacketError as exc:
             self.counts["packets_bad"] += 1
             sat["packets_bad"] += 1

@@ -198,10 +198,10 @@ class ArchiveView:
                 "station": row["station"], "key": f"{sat}:{pid}", "frame_key": f"{sat}:{row['frame_id']}",
                 "severity": row["severity"],
                 "class": row["class"], "confidence": row["confidence"], "lat": _num(row["lat_deg"]),
-                "lon": _num(row["lon_deg"]), "frame_id": row["frame_id"], "capture_time_s": row["time_s"],
+                "lon": _num(row["lon_deg"]), "frame_id": row["frame_id"], "capture_time_s": _num(row["time_s"]),
                 "capture_utc": self.ctx.utc(row["time_s"]), "received_wall": row["received_wall"],
                 "received_utc": (self.ctx.utc(row["received_s"]) if row["received_s"] is not None
-                                 else self.received_utc(row["received_wall"])), "latency_s": row["latency_s"],
+                                 else self.received_utc(row["received_wall"])), "latency_s": _num(row["latency_s"]),
                 "area_px": row["area_px"], "rule": row["rule"], "throttled": bool(row["throttled"]),
                 "message": row["message"]}
 
@@ -273,9 +273,12 @@ class ArchiveView:
                     centres[rec["frame_key"]] = rec
         for c in chips:
             best = None
-            if c["class"] is not None:
+            # pixel positions are None when the product's were not numbers (NaN): such a chip or
+            # detection matches nothing (it used to raise TypeError and fail the whole read)
+            if c["class"] is not None and c["row_px"] is not None and c["col_px"] is not None:
                 cands = [(math.hypot(d["row_px"] - c["row_px"], d["col_px"] - c["col_px"]), d)
-                         for d in dets.get(c["frame_key"], []) if d["class"] == c["class"]]
+                         for d in dets.get(c["frame_key"], []) if d["class"] == c["class"]
+                         and d["row_px"] is not None and d["col_px"] is not None]
                 cands = [x for x in cands if x[0] <= CHIP_MATCH_PX]
                 if cands:
                     best = min(cands, key=lambda x: x[0])[1]
@@ -402,9 +405,13 @@ class ArchiveView:
         for (sat, cid), r in sorted(self._read(read, {}).items(), key=lambda kv: (kv[0][1], kv[0][0])):
             ch = TELEMETRY_BY_ID.get(cid)
             name = ch.name if ch else f"channel_{cid}"
+            # a value that is not a finite number (NaN: NULL in SQLite; inf) has no text or limit
+            # check, and is no JSON: None, shown as such and in alarm (it used to fail the snapshot)
+            value = _num(r["value"])
             out.append({"id": cid, "satellite_id": sat, "name": name, "description": ch.description if ch else "",
-                        "unit": channel_unit(name), "value": r["value"], "text": channel_text(name, r["value"]),
-                        "state": channel_state(cid, r["value"]), "time_s": r["time_s"],
+                        "unit": channel_unit(name), "value": value,
+                        "text": "not a number" if value is None else channel_text(name, value),
+                        "state": "alarm" if value is None else channel_state(cid, value), "time_s": _num(r["time_s"]),
                         "time_utc": self.ctx.utc(r["time_s"]),
                         "warn": list(ch.warn) if ch and ch.warn else None,
                         "alarm": list(ch.alarm) if ch and ch.alarm else None})
@@ -565,7 +572,7 @@ class ArchiveView:
         if hk is not None:  # the onboard queue as the flight last reported it (housekeeping)
             q = next((c for c in hk if c["name"] == "store_products"), None)
             if q is not None:
-                out["queue"] = {"products": int(q["value"]), "time_utc": q["time_utc"]}
+                out["queue"] = {"products": None if q["value"] is None else int(q["value"]), "time_utc": q["time_utc"]}
         return out
 
     # --- link state of a constellation (issue #18) ----------------------------------------------------
@@ -617,8 +624,8 @@ class ArchiveView:
         for name in info.get("stations", []):
             st, age = self._status(f"{name}/station")
             mine = [r for r in rows if r["station"] == name]
-            lat = [(r["received_wall"] - t0) * rate - r["time_s"] for r in mine
-                   if t0 is not None and r["time_s"] is not None and r["received_wall"] is not None]
+            lat = [(r["received_wall"] - t0) * rate - r["time_s"] for r in mine  # NaN (an old archive's): no latency
+                   if t0 is not None and _num(r["time_s"]) is not None and r["received_wall"] is not None]
             out.append({"station": name, "running": age is not None and age < STATUS_FRESH_S,
                         "products_archived": len(mine),
                         "by_satellite": {str(s): sum(1 for r in mine if r["satellite_id"] == s) for s in sats},
@@ -651,7 +658,7 @@ class ArchiveView:
                          "los_utc": self.ctx.utc(max(los)) if los else None,
                          "next_aos_utc": self.ctx.utc(nxt[0][0]) if nxt else None,
                          "next_station": nxt[0][1] if nxt else None,
-                         "queue": None if q is None else {"products": int(q["value"]), "time_utc": q["time_utc"]}})
+                         "queue": None if q is None else {"products": None if q["value"] is None else int(q["value"]), "time_utc": q["time_utc"]}})
         contacts = self.ctx.scenario.link.contacts if self.ctx.scenario else None
         out = {"run_active": active, "scenario_s": None if now_s is None else round(now_s, 1),
                "scenario_utc": self.ctx.utc(now_s), "contacts": contacts,
