@@ -285,6 +285,57 @@ def test_peaks_empty_and_bad_input():
         heatmap_peaks(np.zeros((1, 16, 16), np.float32), 0.5, 0)
 
 
+def _peaks_by_definition(h, thr, stride, d):
+    """heatmap_peaks written out cell by cell: the docstring's rule, and the 3x3 centroid summed in
+    raster order in float64."""
+    out = []
+    n, rows, cols = h.shape
+    for t in range(n):
+        found = []
+        for i in range(rows):
+            for j in range(cols):
+                v = h[t, i, j]
+                if not v >= np.float32(thr):
+                    continue
+                ok = True
+                for di in range(-d, d + 1):
+                    for dj in range(-d, d + 1):
+                        if (di, dj) == (0, 0) or not (0 <= i + di < rows and 0 <= j + dj < cols):
+                            continue
+                        nb = h[t, i + di, j + dj]
+                        ok &= bool(v > nb) if (di < 0 or (di == 0 and dj < 0)) else bool(v >= nb)
+                if not ok:
+                    continue
+                tot = rs = cs = 0.0
+                for di in (-1, 0, 1):
+                    for dj in (-1, 0, 1):
+                        inside = 0 <= i + di < rows and 0 <= j + dj < cols
+                        wk = max(float(h[t, i + di, j + dj]), 0.0) if inside else 0.0
+                        tot += wk
+                        rs += (i + di) * wk
+                        cs += (j + dj) * wk
+                r, c = (rs / tot, cs / tot) if tot > 0 else (i, j)
+                found.append((t, (r + 0.5) * stride, (c + 0.5) * stride, float(v)))
+        out += sorted(found, key=lambda p: -p[3])  # stable: raster order among equal scores
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_peaks_match_their_cell_by_cell_definition_exactly(seed):
+    """The vectorized heatmap_peaks gives the definition's peaks, positions and order bit for bit,
+    with plateaus, ties, NaN and values outside 0..1 among the cells."""
+    rng = np.random.default_rng(seed)
+    stride = (1, 2, 4, 8)[seed % 4]
+    cells = 64 // stride
+    h = (rng.random((int(rng.integers(1, 6)), cells, cells)) ** 3).astype(np.float32)
+    if seed % 2:
+        h = np.round(h * 8) / np.float32(8)  # plateaus: equal neighbours
+    odd = rng.random(h.shape) < 0.03
+    h[odd] = rng.choice(np.array([np.nan, -0.5, 1.5, 0.75], np.float32), size=int(odd.sum()))
+    thr, d = float(rng.uniform(0.05, 0.9)), int(rng.integers(1, 4))
+    assert heatmap_peaks(h, thr, stride, d) == _peaks_by_definition(h, thr, stride, d)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.floats(0.05, 0.95), st.sampled_from([1, 2, 4]), st.integers(1, 3))
 def test_peaks_are_local_maxima_above_threshold(seed, thr, stride, dist):
