@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import struct
 import sys
 import time
 import traceback
@@ -143,12 +144,20 @@ class OpsState:
         os.replace(tmp, self.path)
 
 
+class _Unpackable(Exception):
+    """A product's values do not fit its packet (raised while building it, before it is stored)."""
+
+
 class CalibrateTap:
     """The calibrator as the pipeline sees it: timed by the watchdog, and each calibrated strip
     feeds the quicklook ring on its way."""
 
     def __init__(self, calibrator: Calibrator, app: FlightApp):
         self.calibrator, self.app = calibrator, app
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.calibrator.shape
 
     def calibrate_strip(self, raw: np.ndarray, row0: int, out: np.ndarray | None = None) -> np.ndarray:
         with self.app.watchdog.stage("calibrate"):
@@ -488,9 +497,24 @@ class FlightApp:
     def _store(self, apid: Apid, time_s: float, make) -> None:
         """Store one product; `make(product_id)` builds it. Evictions and refusals become events."""
         def build(pid: int, seq: int) -> bytes:
-            return encode_tm(make(pid), seq, self.clock.epoch, time_s)
+            try:
+                return encode_tm(make(pid), seq, self.clock.epoch, time_s)
+            except (ValueError, OverflowError, struct.error) as exc:
+                raise _Unpackable(exc) from exc
         try:
             _, evicted = self.store.put(self.priority.get(int(apid), 4), apid, time_s, build)
+        except _Unpackable as exc:
+            # A value that does not fit its packet is a defect upstream. Only this product is lost
+            # (built before the store's transaction: nothing half-written); the frame's other
+            # products and the flight go on, and it is a software fault like any other.
+            self.counts["products_lost"] += 1
+            self.counts["software_faults"] += 1
+            self.counts["errors"] += 1
+            self.svc.log(f"product of apid {int(apid):#x} not packable: {traceback.format_exc()}")
+            if apid != Apid.EVENT:  # an event that cannot be packed is not reported by another event
+                self.emit("SOFTWARE_FAULT", handler=f"packing apid {int(apid):#x}", reason=repr(exc.__cause__)[:150])
+            self.modes.fault(self.clock.now_s(), f"product of apid {int(apid):#x} not packable")
+            return
         except StoreFull as exc:
             # lost: the disk could not write and the RAM buffer was full too; refused: the full store's policy
             self.counts["products_lost" if exc.lost else "products_refused"] += 1

@@ -177,6 +177,9 @@ def encode_chip(strip: np.ndarray, row: float, col: float, size: int, max_bytes:
 class StripCalibrator(Protocol):
     """What the pipeline calls of its calibrator (calibrate.Calibrator, or a wrapper around one)."""
 
+    @property
+    def shape(self) -> tuple[int, int, int]: ...  # (bands, height, width) the products are for
+
     def calibrate_strip(self, raw: np.ndarray, row0: int, out: np.ndarray | None = None) -> np.ndarray: ...
 
 
@@ -202,6 +205,9 @@ class FramePipeline(Generic[M]):
         self.calibrator = calibrator
         self.models = models
         self.ingest = FrameIngest(cfg.tile_px)
+        # a frame of another size cannot be calibrated: refused as input at its header, not failed
+        # in calibration (a stage error charged to the error budget)
+        self.ingest.frame_shape = (calibrator.shape[1], calibrator.shape[2])
         self.disabled: set[str] = set()  # models switched off at run time (by command or after a fault)
         self._reset()
 

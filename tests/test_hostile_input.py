@@ -100,6 +100,47 @@ def test_generated_strips_are_rejected_as_input(app_and_scenario):
     assert_unharmed(app, sc, 8)
 
 
+@pytest.mark.parametrize("size", [(0, -64), (-64, 0), (64, 64), (-128, -128)])
+def test_a_frame_of_another_size_than_the_calibrated_sensor_is_rejected_as_input(app_and_scenario, size):
+    """A header whose size is valid in itself (a multiple of the tile) but not the size the
+    calibration products are for is refused at the header, as input: before, it passed ingest and
+    failed in calibration, a stage error charged to the error budget."""
+    app, sc = app_and_scenario
+    h = valid_header(app, sc, 5)
+    h["height"], h["width"] = h["height"] + size[0], h["width"] + size[1]
+    app.on_frame_message([b"frame", json.dumps(h).encode()])
+    rows = sc.sensor.strip_rows
+    hdr = json.dumps({"frame_id": 5, "row0": 0, "rows": rows}).encode()
+    app.on_frame_message([b"strip", hdr, bytes(6 * rows * h["width"] * 2)])
+    assert app.counts["input_rejected"] >= 1 and app.counts["frames_rejected"] == 1, app.counts
+    assert_unharmed(app, sc, 6)
+
+
+@pytest.mark.parametrize("area_px, class_id", [(2**16, 1), (-1, 1), (2**63, 1), (1, 256), (1, -1)])
+def test_a_product_that_does_not_fit_its_packet_is_lost_alone_as_a_software_fault(app_and_scenario, area_px, class_id):
+    """A value that does not fit its packet field (a defect upstream: every field is range-checked
+    before packing) loses that product only: counted, reported, charged as a software fault, and the
+    flight's next frame and its products go on. Before, the exception escaped _store and took the
+    rest of the frame's products with it."""
+    from flight.dictionary import Apid
+    from flight.products import Detection
+
+    app, sc = app_and_scenario
+
+    def detections() -> int:
+        return app.store.db.execute("SELECT COUNT(*) FROM products WHERE apid = ?", (int(Apid.DETECTION),)).fetchone()[0]
+
+    lost, before = app.counts["products_lost"], detections()
+    t = app.clock.now_s()
+    app._store(Apid.DETECTION, t, lambda pid: Detection(pid, 1, t, class_id, 200, 1.0, 2.0, 40.0, 49.0, area_px))
+    assert app.counts["products_lost"] == lost + 1 and app.counts["software_faults"] == 1
+    assert detections() == before and EV["SOFTWARE_FAULT"] in event_ids(app)
+    created = app.counts["products_created"]
+    done = app.counts["frames_processed"]
+    feed_frame(app, sc, 12)
+    assert app.counts["frames_processed"] == done + 1 and app.counts["products_created"] > created + 1
+
+
 def test_seeded_campaign_of_hostile_camera_messages(app_and_scenario):
     """The camera's own generator (what the end-to-end test sends over ZeroMQ), 5000 messages,
     nested JSON 100,000 deep and 2**63 frame ids included."""
