@@ -380,13 +380,14 @@ class FramePipeline(Generic[M]):
         heat = model.run(tiles if idx.size == len(tiles) else tiles[idx])  # all selected (open water): no copy
         cls = MODEL_CLASS.get(step.model, 0)
         tp = self.cfg.tile_px
-        hot_px = (heat >= model.card.threshold).sum(axis=(1, 2)) * model.card.stride**2  # per tile, once
-        for k, r, c, score in heatmap_peaks(heat, model.card.threshold, model.card.stride):
+        card = model.card  # once: a guarded model makes its card on each access
+        hot_px = (heat >= card.threshold).sum(axis=(1, 2)) * card.stride**2  # per tile, once
+        chips_wanted = (DetectionClass(cls).name.lower() if cls else step.model) in self.cfg.chip_classes
+        for k, r, c, score in heatmap_peaks(heat, card.threshold, card.stride):
             row, col = row0 + r, col0 + int(idx[k]) * tp + c
             area = int(hot_px[k])
             self.found.append((int(cls), float(score), float(row), float(col), area))
-            name = DetectionClass(cls).name.lower() if cls else step.model
-            if name in self.cfg.chip_classes and len(self.chips) < self.cfg.chips_per_frame:
+            if chips_wanted and len(self.chips) < self.cfg.chips_per_frame:
                 t0 = time.perf_counter()
                 chip = encode_chip(cal, r, col, self.cfg.chip_px, self.cfg.chip_max_bytes)
                 if chip is not None:
