@@ -87,6 +87,9 @@ def hash_password(password: str, salt: bytes | None = None) -> str:
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(key)}"
 
 
+MAXMEM = 2**26  # what one check may take (scrypt's memory is about 128 * r * n bytes)
+
+
 def verify_password(password: str, stored: str) -> bool:
     try:
         algo, n, r, p, salt, key = stored.split("$")
@@ -94,10 +97,29 @@ def verify_password(password: str, stored: str) -> bool:
             return False
         want = _unb64(key)
         got = hashlib.scrypt(password.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p), dklen=len(want),
-                             maxmem=2**26)
+                             maxmem=MAXMEM)
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, want)
+
+
+def check_hash(stored: str) -> str | None:
+    """Why a stored hash can never verify (None: it can). verify_password answers False for a
+    hash it cannot compute (parameters scrypt refuses or past MAXMEM, a salt or key that is not
+    base64, an empty key) exactly as for a wrong password: such a partner could never log in and
+    nothing said why. Checked when a partners file is loaded, by one computation (about as long as
+    one login: p is bounded first so that stays short)."""
+    try:
+        algo, n, r, p, salt, key = stored.split("$")
+        want = _unb64(key)
+        if algo != "scrypt" or not want:
+            return "not scrypt$N$r$p$salt$key with a key"
+        if not (1 <= int(p) <= 16 and 1 <= int(r) <= 64):
+            return f"r={r}, p={p}: r must be 1..64 and p 1..16"
+        hashlib.scrypt(b"", salt=_unb64(salt), n=int(n), r=int(r), p=int(p), dklen=len(want), maxmem=MAXMEM)
+    except (ValueError, TypeError, OverflowError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
 
 
 # --- rules ---------------------------------------------------------------------------------------
@@ -200,6 +222,10 @@ def parse_partners(data: dict, source: str = "partners") -> dict[str, Partner]:
         pw = t.get("password_hash")
         if not isinstance(pw, str) or not pw.startswith("scrypt$") or pw.count("$") != 5:
             raise PartnersError(f"{key}.password_hash: must be a hash from `python -m ground_link.partners hash`")
+        why = check_hash(pw)
+        if why is not None:  # it would load, and that partner could never log in (every login "wrong password")
+            raise PartnersError(f"{key}.password_hash: cannot be checked ({why}); make one with "
+                                "`python -m ground_link.partners hash`")
         role = t.get("role", "partner")
         if role not in ROLES:
             raise PartnersError(f"{key}.role = {role!r}: must be one of {list(ROLES)}")
@@ -251,7 +277,12 @@ class Sessions:
         now = time.monotonic()
         with self._lock:
             recent = [t for t in self._failures.get(name, []) if now - t < self.lockout_s]
-            self._failures[name] = recent
+            # kept only while there are failures to remember: every name ever tried (any string a
+            # client sends, known or not) used to stay here for good, a memory anyone could fill
+            if recent:
+                self._failures[name] = recent
+            else:
+                self._failures.pop(name, None)
             locked = len(recent) >= self.max_failures
         partner = self.partners.get(name)
         ok = verify_password(password, partner.password_hash if partner else self._dummy) and partner is not None

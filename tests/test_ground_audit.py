@@ -352,3 +352,43 @@ def test_no_archived_time_or_value_is_nan_or_infinite_on_either_back_end(archive
     assert values == [3.5]
     assert db.execute("SELECT count(*) FROM packets WHERE ok = 1").fetchone()[0] == len(odd)
     st.close()
+
+
+# --- partners and console sessions -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stored", [
+    "scrypt$1000$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",  # n not a power of 2
+    "scrypt$1048576$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",  # 1 GiB: past MAXMEM
+    f"scrypt${2**70}$8$1$AAAA$AAAA", f"scrypt$16384$8${2**63}$AAAA$AAAA", "scrypt$16384$0$1$AAAA$AAAA",
+    "scrypt$16384$8$-1$AAAA$AAAA", "scrypt$16384$8$1$AAAA$", "scrypt$16384$8$1$AAAA$A", "scrypt$16384$x$1$AAAA$AAAA",
+    "scrypt$$$$$", "scrypt$16384$8$1$\u00e9\u00e9$AAAA",
+])
+def test_a_password_hash_that_can_never_verify_is_refused_when_the_file_is_loaded(tmp_path, stored):
+    """Before: any `scrypt$...` with five dollars loaded; verify_password then answered False for
+    every password (scrypt refused the parameters), so that partner could never log in and the
+    console said only 'wrong password'."""
+    from ground_link.partners import PartnersError, hash_password, load_partners, main
+
+    good = hash_password("pw")
+    path = tmp_path / "partners.toml"
+    path.write_text(f'[[partner]]\nname = "ok"\npassword_hash = "{good}"\n\n'
+                    f'[[partner]]\nname = "broken"\npassword_hash = "{stored}"\n')
+    with pytest.raises(PartnersError, match=r"partner\[1\]\.password_hash"):
+        load_partners(path)
+    assert main(["check", str(path)]) == 2
+
+
+def test_failed_logins_under_names_nobody_has_leave_nothing_behind():
+    """Before: Sessions.login stored an (empty) failure list under every name tried, known or
+    not, for good: a client sending names could grow the console's memory without limit."""
+    from ground_link.partners import Partner, Sessions, hash_password
+
+    s = Sessions({"a": Partner("a", hash_password("right"))}, max_failures=3, lockout_s=60.0)
+    rng = random.Random(7)
+    names = [f"{rng.getrandbits(64):x}" for _ in range(12)] + ["", "\u0000", "x" * 10_000, "A", "a "]
+    for name in names:
+        assert s.login(name, "whatever") is None
+    assert s._failures == {}
+    assert s.login("a", "wrong") is None and list(s._failures) == ["a"]  # a real partner's failures still count
+    assert s.login("a", "right") and s._failures == {}
