@@ -934,8 +934,10 @@ class FlightApp:
             "" if self.sc.flight.use_contact_plan else " (kept; flight.use_contact_plan is off)")
 
     def cmd_upload_abort(self, cmd: Command) -> str:
-        self.uploads.meta(cmd.args["upload_id"])
-        self.uploads.abort(cmd.args["upload_id"])
+        uid = cmd.args["upload_id"]
+        if not self.uploads.exists(uid):
+            self.uploads.meta(uid)  # raises: no such upload
+        self.uploads.abort(uid)  # a damaged one too: else it would hold one of the few upload slots for good
         return "aborted"
 
     def cmd_rollback_model(self, cmd: Command) -> str:

@@ -401,6 +401,8 @@ def upload_id_of(sha256: bytes) -> int:
     return int.from_bytes(sha256[:4], "big")
 
 
+_UPLOAD_DIR = re.compile(r"[0-9a-f]{8}")  # an upload folder: its id, 8 hex digits
+
 class Uploads:
     """Chunked uploads persisted chunk by chunk."""
 
@@ -422,7 +424,11 @@ class Uploads:
             raise ModelUpdateError("no such upload (begin it first)", upload_id=upload_id) from None
 
     def open_ids(self) -> list[int]:
-        return sorted(int(p.name, 16) for p in self.root.iterdir() if p.is_dir() and len(p.name) == 8)
+        return sorted(int(p.name, 16) for p in self.root.iterdir() if p.is_dir() and _UPLOAD_DIR.fullmatch(p.name))
+
+    def exists(self, upload_id: int) -> bool:
+        """An upload folder is there, readable or not (a damaged one can still be aborted)."""
+        return self._dir(upload_id).is_dir()
 
     def begin(self, model: str, size_bytes: int, chunk_bytes: int, sha256: bytes) -> tuple[UploadMeta, int]:
         """Start an upload, or resume the same one; returns it and the chunks already held."""
@@ -479,7 +485,13 @@ class Uploads:
             raise ModelUpdateError("no such upload", upload_id=upload_id) from None
 
     def received(self, upload_id: int) -> int:
-        return sum(1 for b in self.have(upload_id) if b)
+        """Chunks held; 0 for an upload whose chunk map cannot be read (housekeeping counts every
+        open upload: one damaged folder must not fail it)."""
+        try:
+            have = self.have(upload_id)
+        except ModelUpdateError:
+            return 0
+        return len(have) - have.count(0)
 
     def missing(self, upload_id: int) -> list[int]:
         return [i for i, b in enumerate(self.have(upload_id)) if not b]

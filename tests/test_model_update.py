@@ -426,3 +426,29 @@ def test_a_new_detector_version_gets_no_prescreen_cut_its_card_does_not_validate
         assert "2.2.2" in limited[2] and "in swir22, not nir" in limited[2]
         feed_frame(app, sc, 0)
         assert app.counts["frames_processed"] == 1 and app.counts["errors"] == 0
+
+
+def test_a_damaged_upload_folder_neither_fails_housekeeping_nor_holds_a_slot_for_good(flight, good_bundle):
+    """An upload whose meta.json or chunk map is damaged on disk (and a stray folder beside them):
+    housekeeping still counts the others' chunks, and UPLOAD_ABORT frees the damaged one. Before,
+    the chunk count raised in housekeeping and the abort said "no such upload" for good."""
+    make, key = flight
+    app, _ = make()
+    send = Uplink(app, key)
+    bad_meta = send.upload(good_bundle, skip={1})
+    bad_map = send.upload(bundle("1.0.2"), skip={1})
+    good = send.upload(bundle("1.0.3"), skip={1})
+    root = app.uploads.root
+    (root / f"{bad_meta:08x}" / "meta.json").write_text("{not json")
+    (root / f"{bad_map:08x}" / "have.bin").unlink()
+    (root / "zzzzzzzz").mkdir()
+    app.housekeeping(force=True)
+    assert app.counts["software_faults"] == 0 and app.counts["errors"] == 0
+    assert app.uploads.open_ids() == sorted([bad_meta, bad_map, good])
+    assert app.uploads.received(bad_map) == 0 and app.uploads.received(good) == app.uploads.meta(good).chunks - 1
+    for uid in (bad_meta, bad_map):
+        send("UPLOAD_ABORT", upload_id=uid)
+        assert last_report(app).report == 7, last_report(app).message
+    assert app.uploads.open_ids() == [good]
+    send("UPLOAD_ABORT", upload_id=0x12345678)  # none such: still refused
+    assert last_report(app).report == 8 and "no such upload" in last_report(app).message
