@@ -242,7 +242,9 @@ class FlightApp:
         self.watchdog = StageWatchdog(ops.watchdog_limit_s)
         self.quicklooks = QuicklookRing(ops.quicklook_frames, ops.quicklook_factor)
         self.recent = RecentFrames(self.state_dir / "recent_frames", ops.recent_frames_full_res)
+        self.recent_errors_seen, self.recent_fault_reported = 0, False
         self.emit("STARTED", profile=scenario.obc.profile)
+        self.report_recent_frames()  # its folder may already have failed to clear
         if self.ops_state.restored:
             self.emit("STATE_RESTORED", file=self.ops_state.path.name, reason=self.ops_state.restored)
         self.modes.restore(self.ops_state.mode, self.ops_state.error_times, clock.now_s())
@@ -608,6 +610,7 @@ class FlightApp:
                 meta = p.begin(bytes(parts[1]))
                 self.quicklooks.begin(meta)
                 self.recent.begin(meta)
+                self.report_recent_frames()
             elif kind == b"strip":
                 if len(parts) != 3:
                     raise FrameRejected(p.meta.frame_id if p.meta else None, f"strip message has {len(parts)} parts, expected 3")
@@ -642,6 +645,7 @@ class FlightApp:
             result = p.finish()
         self.quicklooks.commit()
         self.recent.commit()
+        self.report_recent_frames()
         self.package(result)
         self.last_latency_ms = result.processing_ms + (time.perf_counter() - t0) * 1e3
         self.last_stage_ms = dict(result.stage_ms)
@@ -649,6 +653,17 @@ class FlightApp:
         for g in p.models.values():
             g.probation = max(0, g.probation - 1)
         self.apply_pending_models()
+
+    def report_recent_frames(self) -> None:
+        """One event per episode of mass-memory faults of the full-resolution ring (the first
+        frame it could not keep; a frame kept again ends the episode); telemetry counts them all."""
+        errors = self.recent.errors
+        if errors > self.recent_errors_seen and not self.recent_fault_reported:
+            self.emit("RECENT_FRAMES_FAULT", reason=self.recent.last_error[:140])
+            self.recent_fault_reported = True
+        elif errors == self.recent_errors_seen and self.recent.meta is None and self.recent.ring:
+            self.recent_fault_reported = False  # the last frame was kept: the next fault is news
+        self.recent_errors_seen = errors
 
     def reject(self, frame_id: int | None, reason: str, hostile: bool = False) -> None:
         """Drop the frame in progress. `hostile`: the input itself was bad (counted as rejected
@@ -1008,7 +1023,7 @@ class FlightApp:
                       upload_chunks_received=sum(self.uploads.received(u) for u in self.uploads.open_ids()),
                       quicklooks_held=len(self.quicklooks.ring), rto_s=self.link_timer.rto_s,
                       store_state=self.store.state, store_ram_products=self.store.ram_products,
-                      store_epoch=self.store.epoch)
+                      store_epoch=self.store.epoch, recent_frames_errors=self.recent.errors)
         for s in STAGES:
             values[f"stage_{s}_ms_last"] = self.last_stage_ms.get(s, 0.0)
         for name in KNOWN_MODELS:

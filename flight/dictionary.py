@@ -133,6 +133,7 @@ EVENTS: dict[str, EventDef] = {
         EventDef(42, "CONTACT_PLAN_ENDED", Severity.MEDIUM, "contact plan ended at {last}: sending as without a plan until a new one is loaded"),
         # appended (issue #16): a detector prescreen the loaded model's card does not validate
         EventDef(43, "PRESCREEN_LIMITED", Severity.MEDIUM, "{model} {version}: prescreen {band} cut {requested:g} -> {applied:g}: {reason}"),
+        EventDef(44, "RECENT_FRAMES_FAULT", Severity.MEDIUM, "{reason}: frames go on; chips of recent frames come from quicklooks"),
     )
 }
 EVENTS_BY_ID = {e.id: e for e in EVENTS.values()}
@@ -208,6 +209,7 @@ TELEMETRY: tuple[Channel, ...] = (
     Channel(50, "store_epoch", "store epoch: the high 32 bits of every product id"),
     Channel(51, "products_created", "products put into the store (or RAM buffer)"),
     Channel(52, "events_suppressed", "input-driven events not sent because their type exceeded ops.event_burst in ops.event_window_s"),
+    Channel(53, "recent_frames_errors", "frames the full-resolution ring on mass memory could not keep (full, read-only, I/O error)", warn=(None, 0)),
 )
 TELEMETRY_BY_ID = {c.id: c for c in TELEMETRY}
 TELEMETRY_BY_NAME = {c.name: c for c in TELEMETRY}

@@ -234,6 +234,30 @@ def test_the_flight_processes_a_frame_whose_full_resolution_copy_finds_the_disk_
     assert summaries == 1
 
 
+def test_mass_memory_faults_of_the_ring_are_reported_once_per_episode_and_counted_in_telemetry(flight):
+    from flight.dictionary import EVENTS, TELEMETRY_BY_NAME
+    from flight.products import Event, decode_tm
+    from payload_sim.camera import frame_meta, make_orbit, make_sensor, render
+
+    app, sc = flight(["ops.recent_frames_full_res=2"])
+    sensor, orbit = make_sensor(sc), make_orbit(sc, app.clock)
+    for fid in (0, 1, 3):  # 0 and 1: one episode; 2 is kept; 3: a second episode
+        (app.recent.folder / f"{fid}.rgb").symlink_to("/dev/full")
+    for fid in range(4):
+        _, raw = render(sc, sensor, fid)
+        meta = frame_meta(sc, orbit, fid)
+        app.on_frame_message([b"frame", meta.to_json()])
+        for r in range(0, meta.height, 128):
+            app.on_frame_message([b"strip", json.dumps({"frame_id": fid, "row0": r, "rows": 128}).encode(),
+                                  raw[:, r : r + 128].tobytes()])
+    assert app.counts["frames_processed"] == 4 and list(app.recent.ring) == [2]
+    faults = [p.message for p in (decode_tm(r[0])[1] for r in app.store.db.execute(
+        "SELECT packet FROM products WHERE apid = 0x105 ORDER BY id"))
+        if isinstance(p, Event) and p.event_id == EVENTS["RECENT_FRAMES_FAULT"].id]
+    assert len(faults) == 2 and "frame 0 not kept" in faults[0] and "frame 3 not kept" in faults[1], faults
+    assert app.telemetry()["recent_frames_errors"] == 3 and "recent_frames_errors" in TELEMETRY_BY_NAME
+
+
 # -- the ops report's exit status -----------------------------------------------------------------------
 
 def test_the_ops_report_fails_when_a_campaign_went_wrong(monkeypatch, capsys):
