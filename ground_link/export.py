@@ -133,16 +133,27 @@ def constellation_context(run_dir: Path, archive: Path | None = None) -> RunCont
     from ground_link.archive import archive_target
 
     path = run_dir / "constellation.json"
-    info = json.loads(path.read_text())
-    epoch = parse_epoch(info.get("epoch", ScenarioSection().epoch))
-    clock = info.get("clock_start")
+    try:  # a malformed file (not an object, an epoch that is not a time) is a ValueError saying so, not a traceback
+        info = json.loads(path.read_text())
+        if not isinstance(info, dict):
+            raise ValueError(f"a JSON object expected, not {type(info).__name__}")
+        epoch = parse_epoch(str(info.get("epoch", ScenarioSection().epoch)))
+        clock = info.get("clock_start")
+        clock = None if clock is None else float(clock)
+        if clock is not None and not math.isfinite(clock):
+            raise ValueError(f"clock_start {clock}: not a time")
+        for key in ("satellites", "stations"):
+            if not isinstance(info.get(key, []), list):
+                raise ValueError(f"{key}: a list expected")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
     scenario, note = None, ""
     try:
         scenario = load_scenario(info["scenario"], info.get("overrides", []))
     except (OSError, ValueError, KeyError, ConfigError) as exc:
         note = f"{path}: scenario not loaded ({exc}): no sensor, contact plan or partners file from it"
     return RunContext(archive if archive is not None else archive_target(run_dir), run_dir, scenario, epoch,
-                      None if clock is None else float(clock), note, constellation=info, follow=archive is None)
+                      clock, note, constellation=info, follow=archive is None)
 
 
 def record_clock(launch: Path) -> float | None:
@@ -456,7 +467,11 @@ def write_export(archive: Path | str, kind: str, fmt: str, rows: list[dict], out
     (ground_link.partners). `epoch` (query's --epoch) overrides the run's. `archive`: a file or a
     postgresql:// URL; `ctx`: the run it belongs to when not beside it (query --db). Returns the
     exit status."""
-    ctx = run_context(archive) if ctx is None else dataclasses.replace(ctx, archive=archive, follow=False)
+    try:
+        ctx = run_context(archive) if ctx is None else dataclasses.replace(ctx, archive=archive, follow=False)
+    except (OSError, ValueError) as exc:  # a malformed constellation.json beside the archive
+        print(f"query: {exc}", file=sys.stderr)
+        return 2
     if epoch is not None:
         ctx = dataclasses.replace(ctx, epoch=epoch, note="")
     if ctx.note:

@@ -160,7 +160,7 @@ def run_epoch(run_dir: Path) -> tuple[datetime | None, str]:
     constellation = Path(run_dir) / "constellation.json"
     if not path.exists() and constellation.exists():  # a constellation's run folder (issue #18)
         try:
-            return parse_epoch(json.loads(constellation.read_text())["epoch"]), ""
+            return parse_epoch(str(json.loads(constellation.read_text())["epoch"])), ""  # str(): a number is no epoch (was AttributeError)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             return None, f"{constellation}: no epoch ({exc})"
     try:
@@ -363,7 +363,11 @@ def _export(args, target: str, epoch: datetime | None) -> int:
     query() as for a file, the run's epoch and scenario from the run folder when one is given."""
     from ground_link.export import run_context, write_export
 
-    ctx = run_context(args.archive if args.archive is not None else target)
+    try:
+        ctx = run_context(args.archive if args.archive is not None else target)
+    except (OSError, ValueError) as exc:  # a malformed constellation.json
+        print(f"query: {exc}", file=sys.stderr)
+        return 2
     known = epoch is not None or ctx.scenario is not None or ctx.constellation is not None
     if not known and any(isinstance(v, datetime) for v in (args.since, args.until)):
         print("query: --since/--until as a UTC time needs the scenario epoch (--epoch)", file=sys.stderr)

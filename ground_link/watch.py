@@ -77,8 +77,14 @@ def constellation_screen(run_dir: Path, db: str | None, rows: int = 10) -> str:
     archive with which satellite and which station."""
     import json
 
-    info = json.loads((run_dir / "constellation.json").read_text())
-    db = db or info.get("archive")
+    try:  # rewritten by the launcher as the run goes: a malformed one is said, and the next redraw reads it again
+        info = json.loads((run_dir / "constellation.json").read_text())
+        if not isinstance(info, dict) or not all(isinstance(info.get(k), list) for k in ("satellites", "stations")) \
+                or not all(isinstance(n, str) for n in info["stations"]):
+            raise ValueError("not an object with satellites and stations (names) lists")
+    except (OSError, ValueError) as exc:
+        return f"ground watch  {run_dir}  {time.strftime('%H:%M:%S')}\n  constellation.json unreadable ({exc})"
+    db = db or info.get("archive") or ""  # none named: reads fail below, said as unreadable
     lines = [f"ground watch  {run_dir}  {time.strftime('%H:%M:%S')}  ({len(info['satellites'])} satellites x "
              f"{len(info['stations'])} stations, archive {info.get('dialect', '?')})"]
     for sat in info["satellites"]:

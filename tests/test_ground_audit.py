@@ -392,3 +392,56 @@ def test_failed_logins_under_names_nobody_has_leave_nothing_behind():
     assert s._failures == {}
     assert s.login("a", "wrong") is None and list(s._failures) == ["a"]  # a real partner's failures still count
     assert s.login("a", "right") and s._failures == {}
+
+
+# --- malformed run-folder files and listening ports ----------------------------------------------------------
+
+BAD_CONSTELLATION = ["[]", "5", '"x"', '{"epoch": 5}', '{"epoch": "tuesday"}', '{"clock_start": "x"}',
+                     '{"clock_start": 1e400}', '{"satellites": 3, "stations": ["a"]}', '{"satellites": [1], "stations": [7]}',
+                     "{", ""]
+
+
+@pytest.mark.parametrize("text", BAD_CONSTELLATION)
+def test_a_malformed_constellation_json_is_one_line_not_a_traceback(tmp_path, capsys, text):
+    """Before: the console, the query tool's exports and watch read constellation.json assuming an
+    object of the right types: a list, a number for the epoch or a string for clock_start ended each
+    in an AttributeError or TypeError traceback (the console never started, watch died mid-run)."""
+    import subprocess
+    import sys
+
+    from ground_link import query, watch
+
+    run_dir = tmp_path / "run"
+    hostile_run(run_dir)
+    (run_dir / "launch.json").unlink()  # a constellation's run folder has constellation.json instead
+    (run_dir / "constellation.json").write_text(text)
+    capsys.readouterr()
+    watch_only = text == '{"satellites": [1], "stations": [7]}'  # station names are folder names to watch only
+    assert query.main([str(run_dir), "--kind", "alerts", "--format", "csv"]) == (0 if watch_only else 2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert watch_only or (len(err) == 1 and "constellation.json" in err[0]), err
+    assert query.main([str(run_dir), "--kind", "alerts"]) in (0, 2)  # the listing: a note or an answer, no traceback
+    capsys.readouterr()
+    assert watch.main([str(run_dir), "--once"]) == 0
+    out = capsys.readouterr().out
+    if watch_only or text in ('{"satellites": 3, "stations": ["a"]}', "{", "") or not text.startswith("{"):
+        assert "constellation.json unreadable" in out, out
+    if not watch_only:
+        proc = subprocess.run([sys.executable, "-m", "ground_link.console", str(run_dir), "--port", "0"], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and "constellation.json" in proc.stderr, \
+            proc.stderr
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", str(2**64), "x", "1e3"])
+def test_the_console_refuses_a_port_no_socket_can_have_in_one_line(tmp_path, port):
+    """Before: --port took any int; bind() then raised OverflowError (a traceback, exit 1)."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    hostile_run(run_dir)
+    proc = subprocess.run([sys.executable, "-m", "ground_link.console", str(run_dir), f"--port={port}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--port" in proc.stderr, proc.stderr

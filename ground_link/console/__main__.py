@@ -18,10 +18,23 @@ from ground_link.export import run_context
 from ground_link.partners import PartnersError
 
 
+def _port(text: str) -> int:
+    """0..65535 (a larger or negative one used to reach bind() and end in an OverflowError traceback)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: a TCP port is 0..65535 (0: a free one)")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ground_link.console", description="Operator console (web)")
+    from ground_link.query import CliParser  # one-line errors, as every operator tool
+
+    p = CliParser(prog="python -m ground_link.console", description="Operator console (web)")
     p.add_argument("path", type=Path, help="run folder or archive.sqlite")
-    p.add_argument("--port", type=int, default=0, help="0 (default): a free port")
+    p.add_argument("--port", type=_port, default=0, help="0 (default): a free port")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default loopback; anything else belongs behind a TLS proxy)")
     p.add_argument("--partners", type=Path, default=None,
