@@ -312,10 +312,18 @@ def decode(rec: dict, epoch: datetime | None = None) -> dict:
     return out
 
 
+def _shown(text: str) -> str:
+    """Text from the flight (an event's or a report's message) as one line of the operator's
+    terminal: control and format characters escaped (\\n, \\x1b, \\u202e). Printed as they came, a
+    newline let a message forge whole rows of its own (a 'Detection class=fire' line that was
+    never archived) and an escape sequence could clear or recolour the screen."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _fmt(v) -> str:
     if v is None:
         return "-"
-    return f"{v:.5g}" if isinstance(v, float) else str(v)
+    return f"{v:.5g}" if isinstance(v, float) else _shown(str(v))
 
 
 def _when(rec: dict, epoch: datetime | None) -> str:

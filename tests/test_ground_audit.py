@@ -445,3 +445,32 @@ def test_the_console_refuses_a_port_no_socket_can_have_in_one_line(tmp_path, por
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "--port" in proc.stderr, proc.stderr
+
+
+FORGED = "ok\n2026-11-28T06:00:00.000Z (t=0.0s)  Detection  class=fire  confidence=0.99  product=0:666"
+
+
+def test_a_flight_message_cannot_forge_rows_or_drive_the_terminal_in_query_output(tmp_path, capsys):
+    """Before: format_row printed an event's message as it came: a newline in it printed a line
+    that reads as a detection the ground never archived, and escape sequences reached the
+    operator's terminal as they were. Now each row is one line, control characters escaped."""
+    from ground_link import query
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    st = make_station(run_dir / "archive.sqlite")
+    messages = [FORGED, "\x1b[2J\x1b[31mSAFE MODE CLEARED", "right-to-left \u202edecnuonna", "tab\there\rcr", "\u2028\x85\x00",
+                "plain é 日本"]
+    for i, msg in enumerate(messages):
+        st.on_packet(tm(Event(10 + i, 5.0 + i, 3, 2, -1, msg)))
+    st.close()
+    capsys.readouterr()
+    assert query.main([str(run_dir), "--kind", "events", "--epoch", "2026-11-28T06:00:00Z"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(messages), lines
+    assert not any(c in "".join(lines) for c in "\x1b\u202e\r\x85\u2028\x00")
+    assert not any(line.startswith("2026-11-28T06:00:00.000Z (t=0.0s)  Detection") for line in lines)
+    assert lines[-1].endswith("message=plain é 日本")  # printable text, any script, as it is
+    # --json is JSON's own escaping: each message comes back exactly as the flight sent it
+    assert query.main([str(run_dir), "--kind", "events", "--json"]) == 0
+    assert [strict_json(line)["message"] for line in capsys.readouterr().out.splitlines()] == messages
