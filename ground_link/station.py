@@ -100,6 +100,7 @@ class Station:
         self.signers = {sid: AckSigner(k, scenario.security.ack_source_id, clock) for sid, k in keys.items()}
         self.signer = self.signers.get(self.default_sat)
         self.archive = Archive(archive, station=self.name)
+        self.alerts_path = alerts_file
         self.alerts_file = open(alerts_file, "a") if alerts_file else None
         self.throttle = Throttle()
         self.counts = dict(packets_received=0, packets_bad=0, products_archived=0, duplicates=0, alerts=0,
@@ -145,8 +146,11 @@ class Station:
             self.svc.log(f"bad packet dropped: {exc}")
             return
         self.heard[sid] = time.monotonic()
+        archived = self.archive.product(product, now, sid, raw=raw)  # the packet is logged in the same transaction
+        # acknowledged only once it is in the archive: if the archive write raised (an outage), the
+        # flight keeps the product and sends it again
         self.acks.setdefault(sid, []).append(product.product_id)
-        if not self.archive.product(product, now, sid, raw=raw):  # the packet is logged in the same transaction
+        if not archived:
             self.counts["duplicates"] += 1
             sat["duplicates"] += 1
             return
@@ -157,7 +161,24 @@ class Station:
             if match is not None:
                 self.raise_alert(product, *match, now, sid)
 
+    def receive(self, raw: bytes, satellite_id: int | None = None) -> None:
+        """on_packet with the main loop's last resort: an archive outage (disk full, a lost database
+        connection) or any other error costs this packet only. It is counted and logged, not
+        acknowledged (the flight sends it again), and the station goes on with the next one."""
+        try:
+            self.on_packet(raw, satellite_id)
+        except Exception as exc:  # noqa: BLE001 (database drivers raise their own types; nothing may stop the loop)
+            self.counts["packets_failed"] = self.counts.get("packets_failed", 0) + 1
+            self.svc.log(f"packet not archived (not acknowledged: the flight sends it again): {exc!r}"[:300])
+
+    def _alert_not_archived(self, exc: Exception) -> None:
+        self.counts["alerts_not_archived"] = self.counts.get("alerts_not_archived", 0) + 1
+        self.svc.log(f"alert shown but not archived: {exc!r}"[:300])
+
     def raise_alert(self, d: Detection, rule_index: int, rule, now: float, satellite_id: int | None = None) -> None:
+        """Show, file and publish one alert, and archive it. The product is archived already, so an
+        alert lost here would never come again (a re-sent product is a duplicate): when its archive
+        write fails it is still shown, as not a repeat (better twice than never)."""
         received_s = self.clock.now_s() if self.clock else None
         if self.name:  # a constellation's alert says which satellite and which station
             rec = alert_record(d, rule_index, rule, now, received_s, False)
@@ -166,12 +187,19 @@ class Station:
             rec["message"] += f"  sat {sid} via {self.name}"
             # a repeat is judged against what every station has shown (the shared archive), not
             # only this one: the same fire seen by two satellites via two stations is shown once
-            throttled = rec["throttled"] = self.archive.alert_unless_repeat(
-                rec, rule.throttle_s, lambda shown: is_repeat_of(rule, d, shown))
+            try:
+                throttled = rec["throttled"] = self.archive.alert_unless_repeat(
+                    rec, rule.throttle_s, lambda shown: is_repeat_of(rule, d, shown))
+            except Exception as exc:  # noqa: BLE001 (the shared archive is out)
+                throttled = rec["throttled"] = False
+                self._alert_not_archived(exc)
         else:
             throttled = self.throttle.is_repeat(rule, d)
             rec = alert_record(d, rule_index, rule, now, received_s, throttled)
-            self.archive.alert(rec)
+            try:
+                self.archive.alert(rec)
+            except Exception as exc:  # noqa: BLE001
+                self._alert_not_archived(exc)
         if throttled:
             self.counts["alerts_throttled"] += 1
             return
@@ -179,9 +207,16 @@ class Station:
         self.counts["alerts"] += 1
         text = json.dumps(rec)
         print(text if self.as_json else rec["message"], flush=True)
+        if self.alerts_path and self.alerts_file is None:  # could not be reopened last time: try again
+            self._reopen_alerts_file()
         if self.alerts_file:
-            self.alerts_file.write(text + "\n")
-            self.alerts_file.flush()
+            try:
+                self.alerts_file.write(text + "\n")
+                self.alerts_file.flush()
+            except OSError as exc:  # a full disk: the alert is still printed, archived and published
+                self.counts["alerts_file_errors"] = self.counts.get("alerts_file_errors", 0) + 1
+                self.svc.log(f"alerts file: {exc!r}"[:300])
+                self._reopen_alerts_file()
         if self.feed is not None:
             try:
                 self.feed.send_multipart([FEED_TOPIC, text.encode()], zmq.NOBLOCK)
@@ -245,10 +280,27 @@ class Station:
         return self.counts | {"station": self.name, "archive_dialect": self.archive.dialect,
                               "satellites": {str(k): v for k, v in sorted(self.per_sat.items())}}
 
+    def _reopen_alerts_file(self) -> None:
+        """After a failed write: drop what the file object still buffers (else every later flush
+        fails on it and it grows), and append again from the next alert."""
+        old, self.alerts_file = self.alerts_file, None
+        try:
+            if old is not None:
+                old.close()
+        except OSError:
+            pass
+        try:
+            self.alerts_file = open(self.alerts_path, "a") if self.alerts_path else None
+        except OSError as exc:
+            self.svc.log(f"alerts file not reopened: {exc!r}"[:300])
+
     def close(self) -> None:
         self.archive.close()
         if self.alerts_file:
-            self.alerts_file.close()
+            try:
+                self.alerts_file.close()
+            except OSError as exc:  # its last lines could not be written (full disk): said, not raised
+                self.svc.log(f"alerts file: {exc!r}"[:300])
 
 
 def _default_link():
@@ -322,10 +374,13 @@ def main(argv: list[str] | None = None) -> int:
             if poller.poll(50):
                 for sid, rx in rxs.items():
                     while rx.poll(0):
-                        station.on_packet(rx.recv(), sid)
+                        station.receive(rx.recv(), sid)
             if time.monotonic() >= next_ack:
-                station.send_acks(txs)
                 next_ack = time.monotonic() + scenario.ground.ack_period_s
+                try:
+                    station.send_acks(txs)
+                except Exception as exc:  # noqa: BLE001 (the shared archive read for ground acks: retried next period)
+                    svc.log(f"acks not sent this period: {exc!r}"[:300])
             svc.write_status(lambda: station.status() | clock_info)
         svc.write_status(station.status() | clock_info, force=True)
     finally:

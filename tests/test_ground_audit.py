@@ -474,3 +474,39 @@ def test_a_flight_message_cannot_forge_rows_or_drive_the_terminal_in_query_outpu
     # --json is JSON's own escaping: each message comes back exactly as the flight sent it
     assert query.main([str(run_dir), "--kind", "events", "--json"]) == 0
     assert [strict_json(line)["message"] for line in capsys.readouterr().out.splitlines()] == messages
+
+
+def test_an_archive_outage_costs_the_packet_only_and_it_is_not_acknowledged(tmp_path, capsys):
+    """The archive's connection is lost (here: closed under the station) while packets come in:
+    each costs that packet only, counted and not acknowledged, so the flight keeps the product and
+    sends it again; the station goes on, and once the archive is back the re-sent product is
+    archived, acknowledged and alerted exactly once. Before, the exception ended the main loop."""
+    from ground_link.archive import Archive
+
+    path = tmp_path / "archive.sqlite"
+    st = make_station(path)
+    st.receive(tm(fire(1)))
+    assert st.counts["products_archived"] == 1 and st.to_ack == [1] and st.counts["alerts"] == 1
+    st.archive.db.conn.close()  # the outage
+    st.receive(tm(fire(2, lat=41.5)))
+    st.receive(b"\x00" * 12)  # a bad packet cannot be logged either: counted the same way
+    assert st.counts["packets_failed"] == 2 and st.to_ack == [1] and st.counts["products_archived"] == 1
+    st.archive = Archive(path)  # back
+    st.receive(tm(fire(2, lat=41.5)))  # the flight's re-send
+    assert st.counts["products_archived"] == 2 and st.to_ack == [1, 2] and st.counts["alerts"] == 2
+    assert st.archive.db.execute("SELECT count(*) FROM products").fetchone()[0] == 2
+    st.close()
+    capsys.readouterr()
+
+
+def test_an_alerts_file_on_a_full_disk_loses_no_alert(tmp_path, capsys):
+    full = tmp_path / "alerts.jsonl"
+    full.symlink_to("/dev/full")
+    st = make_station(tmp_path / "archive.sqlite", alerts_file=full)
+    st.receive(tm(fire(1)))
+    assert st.counts["alerts"] == 1 and st.counts["alerts_file_errors"] == 1 and st.to_ack == [1]
+    assert "fire" in capsys.readouterr().out.lower()  # shown to the operator
+    assert st.archive.db.execute("SELECT count(*) FROM alerts").fetchone()[0] == 1  # and archived
+    st.receive(tm(fire(2, lat=45.0)))
+    assert st.counts["alerts"] == 2 and st.counts["products_archived"] == 2
+    st.close()
