@@ -80,6 +80,7 @@ class AckSigner:
 
 
 HEARD_S = 2.0  # wall seconds: a satellite heard this recently is in contact (shared acks go to it)
+RECONNECT_S = 5.0  # after an archive failure, at most one new connection per this many seconds
 SAT_COUNTS = ("packets_received", "packets_bad", "products_archived", "duplicates", "acks_shared")
 
 
@@ -99,7 +100,9 @@ class Station:
             keys.setdefault(self.default_sat, key)
         self.signers = {sid: AckSigner(k, scenario.security.ack_source_id, clock) for sid, k in keys.items()}
         self.signer = self.signers.get(self.default_sat)
+        self.archive_target = archive
         self.archive = Archive(archive, station=self.name)
+        self.reconnect_after = 0.0  # monotonic time before which no new archive connection is tried
         self.alerts_path = alerts_file
         self.alerts_file = open(alerts_file, "a") if alerts_file else None
         self.throttle = Throttle()
@@ -170,6 +173,25 @@ class Station:
         except Exception as exc:  # noqa: BLE001 (database drivers raise their own types; nothing may stop the loop)
             self.counts["packets_failed"] = self.counts.get("packets_failed", 0) + 1
             self.svc.log(f"packet not archived (not acknowledged: the flight sends it again): {exc!r}"[:300])
+            self._reconnect_archive()
+
+    def _reconnect_archive(self) -> None:
+        """A connection lost with its server stays lost: open a new one, at most every RECONNECT_S."""
+        now = time.monotonic()
+        if now < self.reconnect_after:
+            return
+        self.reconnect_after = now + RECONNECT_S
+        try:
+            fresh = Archive(self.archive_target, station=self.name)
+        except Exception as exc:  # noqa: BLE001 (still out: the next failure tries again)
+            self.svc.log(f"archive not reachable: {exc!r}"[:300])
+            return
+        try:
+            self.archive.close()
+        except Exception:  # noqa: BLE001 (the old connection is gone anyway)
+            pass
+        self.archive = fresh
+        self.counts["archive_reconnects"] = self.counts.get("archive_reconnects", 0) + 1
 
     def _alert_not_archived(self, exc: Exception) -> None:
         self.counts["alerts_not_archived"] = self.counts.get("alerts_not_archived", 0) + 1

@@ -487,11 +487,15 @@ def test_an_archive_outage_costs_the_packet_only_and_it_is_not_acknowledged(tmp_
     st = make_station(path)
     st.receive(tm(fire(1)))
     assert st.counts["products_archived"] == 1 and st.to_ack == [1] and st.counts["alerts"] == 1
-    st.archive.db.conn.close()  # the outage
+    st.archive.db.conn.close()  # the outage: a connection that is gone for good
+    st.reconnect_after = float("inf")  # (no new connection yet)
     st.receive(tm(fire(2, lat=41.5)))
     st.receive(b"\x00" * 12)  # a bad packet cannot be logged either: counted the same way
     assert st.counts["packets_failed"] == 2 and st.to_ack == [1] and st.counts["products_archived"] == 1
-    st.archive = Archive(path)  # back
+    st.reconnect_after = 0.0  # the server is back: the next failure opens a new connection
+    st.receive(tm(fire(2, lat=41.5)))
+    assert st.counts["packets_failed"] == 3 and st.counts["archive_reconnects"] == 1 and st.to_ack == [1]
+    assert isinstance(st.archive, Archive)
     st.receive(tm(fire(2, lat=41.5)))  # the flight's re-send
     assert st.counts["products_archived"] == 2 and st.to_ack == [1, 2] and st.counts["alerts"] == 2
     assert st.archive.db.execute("SELECT count(*) FROM products").fetchone()[0] == 2
