@@ -446,6 +446,8 @@ class Commander:
         at AOS; lost PDUs are asked for again by the flight (NAK) and re-sent selectively.
         CommanderError when the flight reports the file incomplete, or at `timeout_s`."""
         log = log or (lambda _m: None)
+        if not data:  # nothing for the flight to check or keep (and no rate to report)
+            raise CommanderError(f"file {name}: empty, nothing to send")
         if self.route:  # the constellation's radio does not route CFDP replies to the ground yet
             raise CommanderError("file transfer to a constellation satellite is not supported yet; "
                                  "upload with --chunks (the command-based upload)")
@@ -502,7 +504,7 @@ class Commander:
             raise CommanderError(f"file {name}: {sender.describe()}"
                                  + (" (a resumed transaction; sending again starts a new one)" if resume else ""))
         c = sender.counts
-        log(f"file {name}: delivered in {took:.1f} s ({len(data) * 8 / took / 1e3:.1f} kbit/s of file data; ideal "
+        log(f"file {name}: delivered in {took:.1f} s ({len(data) * 8 / max(took, 1e-6) / 1e3:.1f} kbit/s of file data; ideal "
             f"{len(data) * 8 / link.uplink_rate_bps:.1f} s), {c['pdus_out']} PDUs up, {c['resent_bytes']} bytes re-sent "
             f"after {c['naks_in']} NAKs")
         return sender
@@ -527,7 +529,7 @@ class Commander:
                                    segment_bytes, log)
         ideal = len(bundle) * 8 / self.sc.link.uplink_rate_bps
         figures = {"bytes": len(bundle), "seconds": round(sender.took_s, 2), "ideal_s": round(ideal, 2),
-                   "ratio": round(sender.took_s / ideal, 2), "sha256": sha.hex(), "seq": sender.seq} | {
+                   "ratio": round(sender.took_s / max(ideal, 1e-9), 2), "sha256": sha.hex(), "seq": sender.seq} | {
                        k: sender.counts[k] for k in ("pdus_out", "file_data_out", "resent_bytes", "naks_in", "prompts")}
         if not activate:
             return {"kind": "COMPLETED", "message": f"{name} bundle on board, not activated", "transfer": figures}

@@ -514,3 +514,26 @@ def test_an_alerts_file_on_a_full_disk_loses_no_alert(tmp_path, capsys):
     st.receive(tm(fire(2, lat=45.0)))
     assert st.counts["alerts"] == 2 and st.counts["products_archived"] == 2
     st.close()
+
+
+def test_the_commander_refuses_an_empty_file_before_anything_goes_up(tmp_path):
+    """An empty file has nothing for the flight to check or keep, and its transfer figures divided
+    by an ideal time of 0 (ZeroDivisionError after the transfer)."""
+    import zmq
+
+    from flight.clock import ScenarioClock
+    from ground_link.commander import Commander, CommanderError
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    sc = load_scenario(None, ["security.curve=false", f'network.ground_in="tcp://127.0.0.1:{port}"'])
+    c = Commander(sc, ScenarioClock(EPOCH, 1.0, time.time()), tmp_path, key=KEY)
+    try:
+        with pytest.raises(CommanderError, match="empty"):
+            c.put_file(b"", "empty.mdlpkg", timeout_s=5.0)
+        assert not pull.poll(200)  # nothing was sent
+    finally:
+        c.close()
+        pull.close(0)
+        ctx.term()
