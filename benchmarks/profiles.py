@@ -6,6 +6,7 @@ A bad value fails fast with the key, the value and what is allowed, like the fli
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import tomllib
@@ -100,6 +101,11 @@ def load_profile(name: str, smoke: bool = False, path: Path = BUDGETS_FILE) -> P
     profiles = {k: v for k, v in data.items() if k != "smoke"}
     if name not in profiles:
         raise ProfileError("profile", name, f"must be one of {sorted(profiles)}")
+    # a profile or [smoke] that is not a table raised TypeError past the harness's usage errors
+    if not isinstance(profiles[name], dict):
+        raise ProfileError(name, profiles[name], "must be a table")
+    if not isinstance(data.get("smoke", {}), dict):
+        raise ProfileError("smoke", data["smoke"], "must be a table")
     raw = dict(profiles[name])
     if smoke:
         raw.update(data.get("smoke", {}))
@@ -119,7 +125,8 @@ def load_profile(name: str, smoke: bool = False, path: Path = BUDGETS_FILE) -> P
             if not isinstance(value, dict) or set(value) - set(BUDGET_KEYS):
                 raise ProfileError(f"{name}.budgets", value, f"keys must be among {sorted(BUDGET_KEYS)}")
             for k, v in value.items():
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                # NaN passed `v <= 0` (and compared false with every measurement); inf is no budget
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
                     raise ProfileError(f"{name}.budgets.{k}", v, "must be a positive number")
             kw[key] = {k: float(v) for k, v in value.items()}
         elif key == "worst_case":

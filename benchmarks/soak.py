@@ -86,10 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="off,arena", help=f"among {sorted(VARIANTS)}")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "soak")
     args = ap.parse_args(argv)
-    p = load_profile(args.profile, args.smoke)
+    try:  # an unknown profile or a bad budgets.toml is a usage error, not a traceback
+        p = load_profile(args.profile, args.smoke)
+    except (ValueError, OSError) as exc:
+        ap.error(str(exc))
     variants = args.variants.split(",")
-    if set(variants) - set(VARIANTS) or args.frames < 1 or args.every < 1:
-        ap.error(f"--variants among {sorted(VARIANTS)}, --frames and --every >= 1")
+    # a variant named twice started two children on one log and lost track of the first (left running)
+    if set(variants) - set(VARIANTS) or len(set(variants)) != len(variants) or args.frames < 1 or not 1 <= args.every <= args.frames:
+        ap.error(f"--variants: distinct names among {sorted(VARIANTS)}; --frames >= 1, --every in 1..--frames (else no memory sample)")
     try:
         wanted = [int(c) for c in args.cores.split(",")]
     except ValueError:

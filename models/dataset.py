@@ -263,6 +263,9 @@ def load_real(path, noise_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     from payload_sim.scenes import real_scene
 
     scene = real_scene(path)
+    _, h, w = scene.reflectance.shape
+    if h < TILE or w < TILE:  # no whole tile: the tiler would crash (cv2 assertion) instead of saying so
+        raise ValueError(f"{path}: scene is {h} x {w} px, smaller than one {TILE} x {TILE} tile")
     frame = flight_view(scene.reflectance, noise_seed=noise_seed)
     return tiles_of(frame), mask_tiles(scene.cloud_mask).mean(axis=(1, 2)).astype(np.float32)
 

@@ -85,7 +85,9 @@ def trained_half(card_path, scene_path) -> str | None:
 
     card = json.loads(Path(card_path).read_text())
     real = card.get("real_scene_metrics") or {}
-    use = real.get("training_use") or {}
+    use = real.get("training_use") or {} if isinstance(real, dict) else {}
+    if not isinstance(real, dict) or not isinstance(use, dict):  # an odd card: no training use recorded
+        return None
     digest = hashlib.sha256(Path(scene_path).read_bytes()).hexdigest()
     if any(isinstance(v, dict) and v.get("sha256") == digest for v in real.values()) and use.get("fold"):
         return str(use["fold"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import socket
@@ -157,9 +158,108 @@ def parse_expect(item: str) -> tuple[str, str, float]:
     if not sep or not key.isidentifier():
         raise ValueError(f"--expect {item!r}: must look like KEY=VALUE, KEY<=VALUE or KEY>=VALUE")
     try:
-        return key, op, float(value)
+        number = float(value)
     except ValueError:
         raise ValueError(f"--expect {item!r}: {value!r} is not a number") from None
+    if math.isnan(number):  # compares false with everything: a whole run, then "not met" whatever it did
+        raise ValueError(f"--expect {item!r}: NaN can never be met")
+    return key, op, number
+
+
+# Every [faults] key and who reads it. A key nobody reads (a typo) used to be ignored, so a run
+# meant to inject a fault tested nothing and still said ok; values were read in the child
+# processes, so a wrong type crashed the camera (or the launcher's loop) midway through a run.
+FAULT_KEYS = {
+    "corrupt_frames", "hostile_messages_per_frame",  # camera
+    "kill_flight_at_s", "corrupt_model", "corrupt_model_at_s",  # this launcher
+    "kill_station", "kill_station_at_s", "restart_station_at_s",  # payload_sim.constellation
+    "slow_model", "slow_model_s", "slow_frames", "fail_model", "raise_in",  # flight (flight/faults.py checks these)
+}
+MAX_HOSTILE_PER_FRAME = 10_000  # each is built in memory before the frame is sent
+
+
+def _time_s(key: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ConfigError(key, value, "must be a finite number of scenario seconds >= 0")
+    return float(value)
+
+
+def check_sim_sections(scenario) -> None:
+    """The simulator's own sections ([faults], [expect], [orbit], [[ground_stations]]) and a real
+    scene as sensor.source, checked before anything starts: a bad value is one ConfigError here,
+    not a child process that dies (or a fault that silently never happens) midway through a run."""
+    from flight.faults import InjectedFaults
+    from payload_sim.orbit import DEFAULT_TLE, GroundStation, Orbit
+    from payload_sim.scenes import real_scene
+
+    extra = scenario.extra
+    faults = extra.get("faults", {})
+    if not isinstance(faults, dict):
+        raise ConfigError("faults", faults, "must be a table")
+    InjectedFaults.from_extra(extra)  # the flight's own keys, as the flight reads them at start-up
+    unknown = sorted(set(faults) - FAULT_KEYS)
+    if unknown:
+        raise ConfigError(f"faults.{unknown[0]}", faults[unknown[0]], f"unknown fault; known: {sorted(FAULT_KEYS)}")
+    frames = scenario.scenario.frames
+    ids = faults.get("corrupt_frames", [])
+    if (not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < frames for i in ids)
+            or len(set(ids)) != len(ids)):
+        raise ConfigError("faults.corrupt_frames", ids, f"must be a list of distinct frame ids in 0..{frames - 1}")
+    n = faults.get("hostile_messages_per_frame", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_HOSTILE_PER_FRAME:
+        raise ConfigError("faults.hostile_messages_per_frame", n, f"must be an integer in 0..{MAX_HOSTILE_PER_FRAME}")
+    for key in ("kill_flight_at_s", "kill_station_at_s", "restart_station_at_s", "corrupt_model_at_s"):
+        if key in faults:
+            _time_s(f"faults.{key}", faults[key])
+    for name, at in (("corrupt_model", "corrupt_model_at_s"), ("kill_station", "kill_station_at_s")):
+        if (name in faults) != (at in faults):  # one without the other was silently no fault at all
+            raise ConfigError(f"faults.{name if name in faults else at}", faults.get(name, faults.get(at)),
+                              f"faults.{name} and faults.{at} go together")
+        if name in faults and not (isinstance(faults[name], str) and faults[name]):
+            raise ConfigError(f"faults.{name}", faults[name], "must be a non-empty name")
+    models = {step.model for step in scenario.flight.cascade}
+    if "corrupt_model" in faults and faults["corrupt_model"] not in models:
+        raise ConfigError("faults.corrupt_model", faults["corrupt_model"], f"must be a model of flight.cascade {sorted(models)}")
+    if "restart_station_at_s" in faults and ("kill_station" not in faults
+                                             or faults["restart_station_at_s"] < faults["kill_station_at_s"]):
+        raise ConfigError("faults.restart_station_at_s", faults["restart_station_at_s"],
+                          "needs faults.kill_station, and a time >= faults.kill_station_at_s")
+    expect = extra.get("expect", {})
+    if not isinstance(expect, dict):
+        raise ConfigError("expect", expect, "must be a table of KEY = number or KEY = \"<= number\"")
+    for key, value in expect.items():
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"expect.{key}", value, "must be a number or a string like \"<= 0.3\"")
+    orbit = extra.get("orbit", {})
+    if not isinstance(orbit, dict) or set(orbit) - {"tle1", "tle2"}:
+        raise ConfigError("orbit", orbit, "must be a table with tle1 and tle2 only")
+    from flight.clock import parse_epoch
+
+    try:
+        Orbit(orbit.get("tle1", DEFAULT_TLE[0]), orbit.get("tle2", DEFAULT_TLE[1]), parse_epoch(scenario.scenario.epoch))
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError("orbit", orbit, str(exc)) from None
+    stations = extra.get("ground_stations")
+    if stations is not None:
+        if not isinstance(stations, list) or not stations:
+            raise ConfigError("ground_stations", stations, "must be a non-empty array of tables")
+        for k, t in enumerate(stations):
+            where = f"ground_stations[{k}]"
+            if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not t.get("name"):
+                raise ConfigError(where, t, "must be a table with a non-empty string name")
+            for f, v in t.items():
+                if f != "name" and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
+                    raise ConfigError(f"{where}.{f}", v, "must be a finite number")
+            try:
+                GroundStation(**t)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(where, t, str(exc)) from None
+    sensor = scenario.sensor
+    if sensor.source != "synthetic":  # the camera reads it for every frame: fail here, not in the camera
+        shape = real_scene(sensor.source).reflectance.shape[1:]
+        if shape != (sensor.height, sensor.width):
+            raise ConfigError("sensor.source", sensor.source, f"is a {shape[0]}x{shape[1]} scene, the sensor is "
+                              f"{sensor.height}x{sensor.width}")
 
 
 def default_expectations(scenario) -> dict[str, tuple[str, float]]:
@@ -174,6 +274,9 @@ def default_expectations(scenario) -> dict[str, tuple[str, float]]:
         "frames_rejected": ("==", float(len(faults.get("corrupt_frames", []) or []))),
         "products_lost": ("==", 0.0),
         "commands_refused": ("==", 0.0),
+        # an exception caught by the flight's last-resort handler is a bug, not a nominal run: ok was
+        # true with software faults counted; only the steps the scenario makes raise may count
+        "software_faults": ("==", float(len(set(faults.get("raise_in", []) or [])))),
         # a lost packet costs about one re-send (two when its ack is lost too), plus slack
         "retransmit_fraction": ("<=", round(0.1 + 2 * loss + link.bit_error_rate * 8 * 2000, 3)),
     }
@@ -336,7 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         scenario = load_scenario(args.scenario, args.overrides)
+        check_sim_sections(scenario)
         expect = expectations(scenario, args.expect)
+        if args.run_dir is not None and args.run_dir.exists() and not args.run_dir.is_dir():
+            raise ValueError(f"--run-dir {args.run_dir} exists and is not a folder")
     except (ConfigError, ValueError) as exc:
         print(f"hil: {exc}", file=sys.stderr)
         return 2

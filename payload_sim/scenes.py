@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -923,6 +924,26 @@ def _draw_fire(rng, r, c, E, gsd_m, p, wind_vec, turb, H, W):
 # =============================================================================================
 
 
+REAL_MAX_PX = 16384  # payload_sim.sensor.Sensor's frame limit per side
+
+
+def _npz_headers(path: Path) -> dict:
+    """{name: (shape, dtype)} of each .npy member of an .npz, from the headers only."""
+    out = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            out[info.filename[:-4]] = (tuple(shape), np.dtype(dtype))
+    return out
+
+
 def real_scene(path: str | os.PathLike, gsd_m: float = 30.0) -> Scene:
     """A real TOA reflectance scene (.npz with 'img' (H, W, 6) float32, optional 'msk' (H, W, 1)).
 
@@ -933,16 +954,34 @@ def real_scene(path: str | os.PathLike, gsd_m: float = 30.0) -> Scene:
     """
     path = Path(path)
     try:
+        # shapes and dtypes from the .npy headers first: a file that declares a huge array must be
+        # refused before numpy allocates it (np.load allocates the declared size, then reads)
+        heads = _npz_headers(path)
+        if "img" not in heads:
+            raise ValueError(f"{path}: no 'img' array (keys: {sorted(heads)})")
+        shape, dtype = heads["img"]
+        if len(shape) != 3 or shape[2] != NB or not (1 <= shape[0] <= REAL_MAX_PX and 1 <= shape[1] <= REAL_MAX_PX):
+            raise ValueError(f"{path}: 'img' has shape {shape}, expected (H, W, {NB}) with H, W in 1..{REAL_MAX_PX}")
+        if dtype.kind not in "fiu":  # strings, complex, bool, objects are no reflectance
+            raise ValueError(f"{path}: 'img' has dtype {dtype}, expected a real number type (float32)")
+        if "msk" in heads:
+            mshape, mdtype = heads["msk"]
+            if math.prod(mshape) != shape[0] * shape[1] or mdtype.kind not in "iu":
+                raise ValueError(f"{path}: 'msk' is {mdtype} {mshape}, expected integer ({shape[0]}, {shape[1]}, 1)")
         with np.load(path, allow_pickle=False) as data:
-            if "img" not in data:
-                raise ValueError(f"{path}: no 'img' array (keys: {sorted(data.keys())})")
             img = np.asarray(data["img"])
             msk = np.asarray(data["msk"]) if "msk" in data else None
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+        # a truncated or non-zip file, a member that is not .npy (or pickled): one clear line
+        if isinstance(exc, ValueError) and str(exc).startswith(f"{path}: "):
+            raise
         raise ValueError(f"{path}: not a readable .npz: {exc}") from exc
-    if img.ndim != 3 or img.shape[2] != NB:
-        raise ValueError(f"{path}: 'img' has shape {img.shape}, expected (H, W, {NB})")
-    refl = np.ascontiguousarray(np.transpose(img.astype(np.float32, copy=False), (2, 0, 1)))
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32 becomes inf, refused just below
+        refl = np.ascontiguousarray(np.transpose(img.astype(np.float32, copy=False), (2, 0, 1)))
+    # NaN / inf reflectance (also float64 beyond float32's range) would reach the sensor model as
+    # silent zeros or saturation and give made-up metrics: refuse it
+    if not np.isfinite(refl).all():
+        raise ValueError(f"{path}: 'img' holds {int((~np.isfinite(refl)).sum())} NaN or infinite values (as float32)")
     H, W = img.shape[:2]
     cls = np.full((H, W), SurfaceClass.UNKNOWN, np.uint8)
     cloud = np.zeros((H, W), bool)
