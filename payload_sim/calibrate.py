@@ -38,13 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.frames < 1:
         print("error: --frames must be at least 1", file=sys.stderr)
         return 2
-    products = make_sensor(sc).calibration_products(args.version, dark_frames=args.frames, flat_frames=args.frames)
-    products.save(args.out)
-    if args.tables is not None:
-        products.save_tables(args.tables)
     from flight.calibrate import CalibrationProducts
 
-    loaded = CalibrationProducts.load(args.out)  # read back: what the flight will check at start-up
+    try:  # a bad --version or an --out that is a folder / unwritable: one line, not a traceback
+        products = make_sensor(sc).calibration_products(args.version, dark_frames=args.frames, flat_frames=args.frames)
+        products.save(args.out)
+        if args.tables is not None:
+            products.save_tables(args.tables)
+        loaded = CalibrationProducts.load(args.out)  # read back: what the flight will check at start-up
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     shape = "x".join(str(n) for n in loaded.dark_offset_dn.shape)
     print(f"{args.out}: version {loaded.version}, {shape}, sensor {sc.sensor.height}x{sc.sensor.width}"
           + (f", tables {args.tables}" if args.tables else ""))

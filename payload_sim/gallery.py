@@ -296,10 +296,21 @@ def real_tiles_figure(out: Path) -> list[Path]:
     return written
 
 
+def _size(text: str) -> int:
+    """--size: whole 128-row strips within the simulator's range (0 or 100 was a traceback midway)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 256 <= n <= 8192 or n % 128:  # 128-row strips (detections_figure), 96-px zoom boxes
+        raise argparse.ArgumentTypeError(f"{n}: must be a multiple of 128 in 256..8192")
+    return n
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("docs/gallery"))
-    ap.add_argument("--size", type=int, default=1024, help="synthetic scene size, pixels")
+    ap.add_argument("--size", type=_size, default=1024, help="synthetic scene size, pixels (256..8192, a multiple of 128)")
     ap.add_argument("--report", action="store_true", help="also print the error and speed tables")
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)

@@ -138,6 +138,9 @@ def compare(a_path: Path, b_path: Path) -> bool:
               file=sys.stderr)
         ok = False
     ha, hb = [p["sha256"] for p in a["packets"]], [p["sha256"] for p in b["packets"]]
+    if a["frames"] < 1 or not ha:  # two empty runs are "the same" and verified nothing
+        print(f"verify: nothing to compare: {a['frames']} frames, {len(ha)} science packets", file=sys.stderr)
+        ok = False
     if ha != hb:
         ok = False
         diff = [i for i, (x, y) in enumerate(zip(ha, hb, strict=False)) if x != y]
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("prepare")
     s.add_argument("dir", type=Path)
-    s.add_argument("--frames", type=int, default=FRAMES)
+    s.add_argument("--frames", type=_frames, default=FRAMES, help=f"1..{MAX_FRAMES} (default {FRAMES})")
     s = sub.add_parser("run")
     s.add_argument("dir", type=Path)
     s.add_argument("--out", type=Path, required=True)
@@ -162,13 +165,31 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("a", type=Path)
     s.add_argument("b", type=Path)
     args = p.parse_args(argv)
-    if args.cmd == "prepare":
-        prepare(args.dir, args.frames)
-        return 0
-    if args.cmd == "run":
-        r = run(args.dir, args.out)
-        return 0 if r["frames_processed"] == r["frames"] and not r["errors"] else 1
-    return 0 if compare(args.a, args.b) else 1
+    try:  # a missing or malformed prepared folder or result file: one line and exit 2, not a traceback
+        if args.cmd == "prepare":
+            prepare(args.dir, args.frames)
+            return 0
+        if args.cmd == "run":
+            r = run(args.dir, args.out)
+            return 0 if r["frames_processed"] == r["frames"] and r["frames"] > 0 and not r["errors"] else 1
+        return 0 if compare(args.a, args.b) else 1
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        print(f"verify: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+MAX_FRAMES = 1000
+
+
+def _frames(text: str) -> int:
+    """--frames: at least one (0 or a negative count prepared nothing and then verified nothing)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= n <= MAX_FRAMES:
+        raise argparse.ArgumentTypeError(f"{n} is out of range 1..{MAX_FRAMES}")
+    return n
 
 
 if __name__ == "__main__":

@@ -334,3 +334,77 @@ def test_harness_reports_a_profile_that_is_not_a_table_as_cannot_measure(text, t
     assert harness.main(args + (["--smoke"] if "smoke" in text else [])) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("benchmark: cannot measure: ") and "must be a table" in err, err
+
+
+# ------------------------------------------------------------------------------- other simulator CLIs
+SMALL_SENSOR = ["--set", "sensor.height=64", "--set", "sensor.width=64", "--set", "sensor.strip_rows=64"]
+
+
+@pytest.mark.parametrize("args", [["--version="], ["--out-is-folder"], ["--tables-is-folder"]])
+def test_calibrate_bad_version_or_output_is_one_line(args, tmp_path, capsys):
+    # before: ValueError / IsADirectoryError tracebacks
+    from payload_sim.calibrate import main
+
+    out = tmp_path if args == ["--out-is-folder"] else tmp_path / "cal.npz"
+    extra = ["--tables", str(tmp_path)] if args == ["--tables-is-folder"] else [a for a in args if a.startswith("--version")]
+    assert main(["--out", str(out), *SMALL_SENSOR, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+
+
+def _verify_result(path: Path, frames: int, packets: list) -> Path:
+    path.write_text(json.dumps({"machine": "x86_64", "onnxruntime": "1", "frames": frames, "frames_processed": frames,
+                                "errors": 0, "packets": packets}))
+    return path
+
+
+def test_verify_aarch64_compare_of_two_empty_runs_is_not_same(tmp_path, capsys):
+    # before: 0 frames on both sides, no packets: "SAME 0 science packets", exit 0, nothing verified
+    from payload_sim.verify_aarch64 import main
+
+    a, b = _verify_result(tmp_path / "a.json", 0, []), _verify_result(tmp_path / "b.json", 0, [])
+    assert main(["compare", str(a), str(b)]) == 1
+    assert "nothing to compare" in capsys.readouterr().err
+    pk = [{"apid": 257, "sha256": "ab" * 32, "hex": ""}]
+    a, b = _verify_result(tmp_path / "a.json", 1, pk), _verify_result(tmp_path / "b.json", 1, pk)
+    assert main(["compare", str(a), str(b)]) == 0  # the same one packet: still SAME
+
+
+@pytest.mark.parametrize("case", ["missing", "not_json", "no_keys"])
+def test_verify_aarch64_compare_of_a_bad_result_file_is_one_line(case, tmp_path, capsys):
+    from payload_sim.verify_aarch64 import main
+
+    good = _verify_result(tmp_path / "good.json", 1, [{"apid": 257, "sha256": "ab" * 32, "hex": ""}])
+    bad = tmp_path / "bad.json"
+    if case == "not_json":
+        bad.write_text("{")
+    elif case == "no_keys":
+        bad.write_text("{}")
+    assert main(["compare", str(good), str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("verify: error: ") and "\n" not in err, err
+
+
+def test_verify_aarch64_run_of_a_folder_never_prepared_is_one_line(tmp_path, capsys):
+    from payload_sim.verify_aarch64 import main
+
+    assert main(["run", str(tmp_path), "--out", str(tmp_path / "r.json")]) == 2
+    assert capsys.readouterr().err.strip().startswith("verify: error: FileNotFoundError")
+
+
+@pytest.mark.parametrize("tool, argv", [
+    ("payload_sim.verify_aarch64", ["prepare", "DIR", "--frames", "0"]),  # was: "prepared 0 frames", then SAME
+    ("payload_sim.verify_aarch64", ["prepare", "DIR", "--frames", "-1"]),
+    ("payload_sim.gallery", ["--size", "0", "--out", "DIR"]),  # was: ValueError traceback
+    ("payload_sim.gallery", ["--size", "100", "--out", "DIR"]),
+    ("payload_sim.gallery", ["--size", str(2**63), "--out", "DIR"]),
+])
+def test_simulator_cli_count_arguments_are_usage_errors(tool, argv, tmp_path, capsys):
+    import importlib
+
+    main = importlib.import_module(tool).main
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "d") if a == "DIR" else a for a in argv])
+    assert exc.value.code == 2
+    assert "error: argument" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
