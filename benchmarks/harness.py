@@ -431,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         profile = load_profile(args.profile, args.smoke, args.budgets or BUDGETS_FILE)
         out = args.out or (REPO / "runs" / "bench-smoke" if args.smoke else RESULTS)
+        if out.exists() and not out.is_dir():  # found only when writing, after the whole measurement
+            raise ValueError(f"--out {out} exists and is not a folder")
         res, rc = measure(profile, out)
     except CeilingExceeded as exc:
         print(f"BUDGET EXCEEDED: {exc}", file=sys.stderr)

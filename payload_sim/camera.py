@@ -99,6 +99,13 @@ def send_parts(sock: zmq.Socket, parts: list, svc: Service) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = common_args("Simulated camera: scenes -> sensor -> raw strips").parse_args(argv)
     scenario, clock = setup(args)
+    from payload_sim.hil import check_sim_sections
+
+    try:  # started on its own (not by the launcher, which checks first): [faults], [orbit], a real source
+        check_sim_sections(scenario)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     run_dir = args.run_dir or Path("runs/camera")
     run_dir.mkdir(parents=True, exist_ok=True)
     svc = Service("camera", run_dir)

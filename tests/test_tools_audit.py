@@ -408,3 +408,26 @@ def test_simulator_cli_count_arguments_are_usage_errors(tool, argv, tmp_path, ca
     assert exc.value.code == 2
     assert "error: argument" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_harness_refuses_an_out_that_is_a_file_before_measuring(tmp_path, capsys):
+    # before: the whole measurement ran, then mkdir failed with "[Errno 17] File exists"
+    from benchmarks import harness
+
+    out = tmp_path / "results"
+    out.write_text("not a folder")
+    assert harness.main(["--profile", "default", "--smoke", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"benchmark: cannot measure: --out {out} exists and is not a folder", err
+
+
+def test_camera_started_alone_refuses_a_real_source_of_another_size(tmp_path):
+    # before: the camera bound its socket, then died rendering frame 0 (a ValueError from render)
+    scene = tmp_path / "scene.npz"
+    np.savez(scene, img=np.full((128, 128, 6), 0.1, np.float32))
+    r = subprocess.run([sys.executable, "-m", "payload_sim.camera", str(LAB), "--run-dir", str(tmp_path / "run"),
+                        "--set", f"sensor.source={json.dumps(str(scene))}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().startswith("error: config sensor.source") and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "run" / "truth.jsonl").exists()
