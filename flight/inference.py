@@ -169,7 +169,9 @@ class ModelCard:
             req("stride", lambda v: _is_int(v) and 1 <= v < TILE_PX and TILE_PX % v == 0,
                 f"must be an int dividing {TILE_PX} (1..32) for kind heatmap")
         req("threshold", lambda v: _is_num(v) and 0 < v < 1, "must be a number in (0, 1)")
-        req("macs_per_tile", lambda v: _is_int(v) and v > 0, "must be a positive int")
+        # bounded (a 64 x 64 tile model of 2**40 MACs would take minutes a tile): the benchmark's
+        # MACs/s and roofline fractions are computed from it
+        req("macs_per_tile", lambda v: _is_int(v) and 0 < v <= 1 << 40, "must be an int in 1..2**40")
         fp32 = {k: obj.get(k) for k in ("fp32_file", "fp32_sha256", "fp32_size_bytes")}
         if any(v is not None for v in fp32.values()):
             req("fp32_file", lambda v: isinstance(v, str) and _FILE_RE.match(v) and v != obj["file"],

@@ -113,6 +113,8 @@ def _edit_card(card_path: Path, **changes) -> None:
         ("threshold", 1.5),
         ("threshold", "0.5"),
         ("macs_per_tile", 0),
+        ("macs_per_tile", 2**63),
+        ("macs_per_tile", 2**40 + 1),
         ("file", "../elsewhere.onnx"),
         ("treshold", 0.5),  # unknown key (typo)
         ("threshold", KeyError),  # missing key
