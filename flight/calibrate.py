@@ -603,11 +603,11 @@ class Calibrator:
         self._repairs = [self._plan_repairs(bad[bounds[b]:bounds[b + 1]].astype(np.int64) - b * h * w, w)
                          for b in range(nb)]
         n = min(self.strip_rows, h)
-        self._dark_buf = np.empty((n, w), np.uint16)
+        # the dark is expanded into the output rows themselves (overwritten by the result): one
+        # strip-sized buffer fewer, memory that grows with the frame's width (issue #16)
         self._gain_buf = np.empty((n, w), np.uint16)
-        if self.table_file is not None:  # the table rows of one band and strip, as read
-            self._offset_u8 = np.empty((n, w), np.uint8)
-            self._flat_u8 = np.empty((n, w), np.uint8)
+        if self.table_file is not None:  # the table rows of one band and strip, as read: one buffer for
+            self._table_u8 = np.empty((n, w), np.uint8)  # both tables, the offset used before the flat is read
 
     def close(self) -> None:
         """Close the table file ("stream"); the calibrator is unusable afterwards."""
@@ -657,19 +657,19 @@ class Calibrator:
             for s0 in range(0, n, self.strip_rows):
                 s1 = min(s0 + self.strip_rows, n)
                 g0, g1 = row0 + s0, row0 + s1
-                dark = self._dark_buf[: s1 - s0]
+                dark = out[b, s0:s1]  # the output rows, as scratch until the multiply writes them
                 gain = self._gain_buf[: s1 - s0]
-                if self.table_file is None:
-                    offset, flat = self._offset[b, g0:g1], self._flat[b, g0:g1]
-                else:  # two contiguous positioned reads into strip-sized buffers
-                    offset = self.table_file.read_rows(0, b, g0, self._offset_u8[: s1 - s0])
-                    flat = self.table_file.read_rows(1, b, g0, self._flat_u8[: s1 - s0])
                 # uint8 -> uint16 expansion: numpy's casting add is ~4x faster here than cv2.add
                 # with dtype=CV_16U (mixed-depth path): 2 vs 7-9 ms per 2048 x 2048 x 6 frame
-                np.add(offset, base, out=dark)
+                if self.table_file is None:
+                    np.add(self._offset[b, g0:g1], base, out=dark)
+                    np.add(self._flat[b, g0:g1], _FLAT_BIAS_U16, out=gain)
+                else:  # two contiguous positioned reads into one strip-sized buffer, in turn
+                    table = self._table_u8[: s1 - s0]
+                    np.add(self.table_file.read_rows(0, b, g0, table), base, out=dark)
+                    np.add(self.table_file.read_rows(1, b, g0, table), _FLAT_BIAS_U16, out=gain)
                 cv2.subtract(raw[b, s0:s1], dark, dst=dark)
-                np.add(flat, _FLAT_BIAS_U16, out=gain)
-                cv2.multiply(dark, gain, dst=out[b, s0:s1], scale=scale, dtype=cv2.CV_16U)
+                cv2.multiply(dark, gain, dst=dark, scale=scale, dtype=cv2.CV_16U)
             rows_b, bad_b, da, db = self._repairs[b]
             lo, hi = np.searchsorted(rows_b, (row0, row0 + n))
             if hi > lo:  # donors are good pixels of the same rows: already calibrated above
