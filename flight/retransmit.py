@@ -24,6 +24,7 @@ All times are wall seconds (time.time()), like the store's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 ALPHA = 1 / 8  # RFC 6298 gains
 BETA = 1 / 4
 K = 4
+RTT_CAP = 4  # a round trip counts as at most RTT_CAP x rto_max_s (see on_sample)
 
 
 @dataclass
@@ -69,7 +71,15 @@ class LinkTimer:
 
     def on_sample(self, rtt_s: float) -> None:
         """A round trip of a packet sent once (RFC 6298 section 2); ends any back-off."""
-        r = max(rtt_s, 0.0)  # the queue model can run a little late: never a negative round trip
+        if not math.isfinite(rtt_s):
+            # NaN made SRTT and the RTO NaN for good: no timer ever expired again (left_wall + NaN
+            # <= now is false; SQLite reads NaN as NULL) and silent() was never true; inf pinned
+            # SRTT at inf. Not a round trip: ignored.
+            return
+        # the queue model can run a little late: never a negative round trip. Any round trip
+        # past rto_max_s already puts the RTO at its ceiling; unbounded, one outlier (a ground
+        # stalled for a day, 1e300) kept it there for hundreds to thousands of samples after
+        r = min(max(rtt_s, 0.0), RTT_CAP * self.rto_max_s)
         if self.srtt_s is None:
             self.srtt_s, self.rttvar_s = r, r / 2
         else:

@@ -122,11 +122,12 @@ class Direction:
     bits_flipped: int = 0
     dropped_outside_contact: int = 0
     dropped_no_listener: int = 0  # arrived, but the far end's process was not connected
-    lost_ack_ids: int = 0  # product ids in the acknowledgements this direction lost or dropped outside contact
+    lost_ack_ids: int = 0  # product ids in the acks this direction lost or dropped (contact, queue full, no listener)
 
     @property
     def queued(self) -> int:
-        """Packets waiting for the transmitter or on their way (what queue_max bounds)."""
+        """Packets waiting for the transmitter or on their way (status; occupancy() is what
+        queue_max bounds)."""
         return len(self.queue) + sum(len(q) for q in self.waiting.values())
 
     def class_of(self, packet: bytes) -> int:
@@ -140,12 +141,31 @@ class Direction:
             self.lost_ack_ids += ack_ids_in(packet)
             return
         self._serve(now)
-        if self.queued >= self.queue_max:
+        cls = self.class_of(packet)
+        if self.occupancy(now) >= self.queue_max:
+            # Full: the packet dropped is the newest of the least urgent class waiting, when that
+            # is less urgent than this one. Dropping the newcomer always let bulk file data that
+            # filled the queue make the link drop acks and commands, the classes' whole point.
+            victim = self._push_out(cls)
             self.dropped_queue_full += 1
-            return
+            self.lost_ack_ids += ack_ids_in(packet if victim is None else victim)  # costs a re-send too
+            if victim is None:
+                return
         self.seq += 1
-        self.waiting.setdefault(self.class_of(packet), deque()).append((now, self.seq, packet))
+        self.waiting.setdefault(cls, deque()).append((now, self.seq, packet))
         self._serve(now)
+
+    def occupancy(self, now: float) -> int:
+        """What queue_max bounds: packets waiting for the transmitter and the one on the air.
+        Packets already sent and propagating hold no place in the transmitter (counting them
+        made a long delay_ms drop packets at an idle transmitter)."""
+        return sum(len(q) for q in self.waiting.values()) + (1 if self.free_at > now else 0)
+
+    def _push_out(self, cls: int) -> bytes | None:
+        """Remove and return the newest waiting packet of the least urgent class less urgent than
+        `cls` (None when there is none)."""
+        worst = max((c for c, q in self.waiting.items() if q and c > cls), default=None)
+        return None if worst is None else self.waiting[worst].pop()[2]
 
     def _serve(self, now: float) -> None:
         """Put on the air every packet whose transmission begins by `now`: each time the
@@ -311,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                         out.send(packet, zmq.NOBLOCK)
                     except zmq.Again:  # nobody listening on that side: the packet is lost, as on a radio
                         d.dropped_no_listener += 1
+                        d.lost_ack_ids += ack_ids_in(packet)  # a lost ack costs the flight re-sends
                         continue
                     d.packets_out += 1
                     d.bytes_out += len(packet)
