@@ -86,7 +86,14 @@ from spacepackets.cfdp import (
     PduType,
     TransmissionMode,
 )
-from spacepackets.cfdp.pdu import AckPdu, DirectiveType, FileDataPdu, FinishedPdu, TransactionStatus
+from spacepackets.cfdp.pdu import (
+    AckPdu,
+    DirectiveType,
+    FileDataPdu,
+    FinishedPdu,
+    NakPdu,
+    TransactionStatus,
+)
 from spacepackets.cfdp.pdu.file_data import FileDataParams
 from spacepackets.cfdp.pdu.finished import DeliveryCode, FileStatus, FinishedParams
 from spacepackets.cfdp.pdu.helper import PduFactory
@@ -101,6 +108,7 @@ SEGMENT_BYTES = 512  # file data per PDU by default: 0.45 s on the air at 9.6 kb
 MAX_PDU_BYTES = 1100  # largest PDU either side accepts (segments up to 1024 bytes + headers)
 PRIMARY_HEADER = 6
 HISTORY_KEEP = 64
+MAX_SEQ = 0xFFFFFFFF  # the ground's transaction sequence numbers are 32 bits (_FixedSeq)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -425,9 +433,11 @@ class FileReceiver:
             self.history = {}
         self.events: list[tuple[str, dict]] = []
         self.counts = dict(pdus_in=0, pdus_rejected=0, pdus_ignored=0, pdus_late=0, pdus_out=0, naks_out=0,
-                           files_received=0, transfers_failed=0, protocol_errors=0, resumed=0)
+                           files_received=0, transfers_failed=0, protocol_errors=0, resumed=0, seq_reused=0,
+                           orphans_removed=0)
         self.eof_crc: dict[tuple[int, int], tuple[bytes, int]] = {}  # the EOF's CRC-32 and size, per transaction
         self.names: dict[tuple[int, int], str] = {}  # the file name the ground gave, per transaction
+        self.sizes: dict[tuple[int, int], int] = {}  # the file size its Metadata PDU gave, per transaction
         self.started_s: dict[tuple[int, int], float] = {}
         self.last_activity_s = 0.0
         self._meta_nak_wall = 0.0
@@ -486,6 +496,14 @@ class FileReceiver:
                 raise FileTransferError("only acknowledged mode is accepted")
             if get_packet_destination(pdu) != PacketDestination.DEST_HANDLER:
                 raise FileTransferError("a PDU for a sending entity")
+            if int(pdu.transaction_seq_num.value) > MAX_SEQ:
+                # the ground numbers transactions in 32 bits; a wider one (2**63) would pre-empt the
+                # transfer in progress and make every real one look older ("late") until inactivity
+                raise FileTransferError(f"transaction sequence number {pdu.transaction_seq_num.value} over 32 bits")
+            if pdu.pdu_type == PduType.FILE_DATA and pdu.offset + len(pdu.file_data) > self.vfs.max_bytes:
+                # never part of a file the flight accepts: cfdp-py would NAK everything up to it (a
+                # NAK of 2**63 bytes) or swallow it silently once the file exists
+                raise FileTransferError(f"file data at {pdu.offset}+{len(pdu.file_data)} beyond {self.vfs.max_bytes} bytes")
         except (FileTransferError, ValueError) as exc:
             self.counts["pdus_rejected"] += 1
             if now - self._refused_logged >= 10.0:  # bit errors or junk can come in floods: a line per 10 s
@@ -499,6 +517,13 @@ class FileReceiver:
         tid = tid_of(pdu)
         directive = None if pdu.pdu_type == PduType.FILE_DATA else pdu.directive_type
         active = self.active
+        if tid != active and tid in self.history and self._reused(pdu, self.history[tid]):
+            # the same number for another file: a new ground run (its RUN_DIR/cfdp.json starts again)
+            # against a flight whose state folder survived. Answering from the history would hand
+            # the ground the old transaction's Finished (ok) for a file never received.
+            self.counts["seq_reused"] += 1
+            self.log(f"file transaction {tid[0]}:{tid[1]}: the number is used again for another file; a new transfer")
+            del self.history[tid]
         if tid != active and tid in self.history:  # finished, failed or abandoned: only an EOF gets an answer
             self.counts["pdus_late"] += 1
             if directive == DirectiveType.EOF_PDU:
@@ -525,12 +550,14 @@ class FileReceiver:
             self._meta_nak_wall = now
         if not self.busy:
             self._start(tid, now)
+            self._drop_orphans(tid)
             if not self._resume(tid) and pdu.pdu_type == PduType.FILE_DATA:
                 self._meta_nak_wall = now
         if directive == DirectiveType.EOF_PDU and pdu.condition_code == ConditionCode.NO_ERROR:
             self.eof_crc[tid] = (bytes(pdu.file_checksum), int(pdu.file_size))
         if directive == DirectiveType.METADATA_PDU and pdu.dest_file_name and tid not in self.names:
             self.names[tid] = pdu.dest_file_name
+            self.sizes[tid] = int(pdu.file_size)
             self._save_open(tid, pdu)
         self.last_activity_s = self.scenario_now()
         self._feed(pdu)
@@ -573,6 +600,42 @@ class FileReceiver:
 
     _restoring = False
 
+    def _drop_orphans(self, tid: tuple[int, int]) -> None:
+        """Open transactions older than `tid` that this process never ran (the flight restarted
+        during them): the newer transaction pre-empts them as it would a running one. Without
+        this, each such transfer left its partial file (up to max_bytes) and records for ever."""
+        own = self._open_path(tid, "meta")
+        for meta_path in sorted(self.open_dir.glob("*.meta")):
+            try:
+                src, seq = (int(x) for x in meta_path.stem.split("-"))
+            except ValueError:
+                continue
+            old = (src, seq)
+            if src != tid[0] or seq >= tid[1] or old in self.history:
+                continue
+            try:
+                name = parse_pdu(meta_path.read_bytes()).dest_file_name or "file"
+            except (OSError, FileTransferError):
+                name = "file"
+            path = self.vfs.local(name)
+            try:  # keep the file when it is the one the new transaction resumes (same name)
+                mine = own.exists() and self.vfs.local(parse_pdu(own.read_bytes()).dest_file_name) == path
+            except (OSError, FileTransferError):
+                mine = False
+            if not mine:
+                path.unlink(missing_ok=True)
+                path.with_name(path.name + ".resume").unlink(missing_ok=True)
+            self.names[old] = name
+            self.counts["orphans_removed"] += 1
+            self.counts["transfers_failed"] += 1
+            reason = f"abandoned: a newer transaction began (after a restart, {tid[0]}:{tid[1]})"
+            self.events.append(("FILE_TRANSFER_FAILED", dict(seq=seq, reason=reason[:120])))
+            self.log(f"file transaction {src}:{seq} {reason}")
+            self._record(old, {"source": src, "seq": seq, "failed": reason,
+                               "condition": int(ConditionCode.CANCEL_REQUEST_RECEIVED),
+                               "delivery": int(DeliveryCode.DATA_INCOMPLETE),
+                               "file_status": int(FileStatus.DISCARDED_DELIBERATELY), "at_s": round(self.scenario_now(), 1)})
+
     def _resume(self, tid: tuple[int, int]) -> bool:
         """Rebuild an open transaction after a restart; False when there is nothing to resume."""
         try:
@@ -588,6 +651,7 @@ class FileReceiver:
             if path.exists():
                 os.replace(path, kept)
             self.names[tid] = meta.dest_file_name
+            self.sizes[tid] = int(meta.file_size)
             self.dest.state_machine(meta)  # creates an empty file ...
             self._after()
             if kept.exists():
@@ -744,11 +808,21 @@ class FileReceiver:
         self._record(tid, entry)
 
     def _record(self, tid: tuple[int, int], entry: dict) -> None:
+        # what the transaction was about (name, Metadata size, EOF), so that the same number used
+        # again for another file is told from a late PDU of this one (_reused)
+        entry = entry.copy()
+        if "name" not in entry and tid in self.names:
+            entry["name"] = self.names[tid]
+        if tid in self.sizes:
+            entry.setdefault("file_size", self.sizes[tid])
+        if tid in self.eof_crc:
+            entry.setdefault("eof_crc", self.eof_crc[tid][0].hex())
+            entry.setdefault("eof_size", self.eof_crc[tid][1])
         self.history[tid] = entry
         self._forget_open(tid)
         for old in list(self.history)[:-HISTORY_KEEP]:
             del self.history[old]
-        for d in (self.eof_crc, self.names, self.started_s):
+        for d in (self.eof_crc, self.names, self.sizes, self.started_s):
             d.pop(tid, None)
         try:
             _atomic_json(self.history_path, list(self.history.values()))
@@ -776,6 +850,20 @@ class FileReceiver:
                                             else ConditionCode.CANCEL_REQUEST_RECEIVED),
                            "delivery": int(DeliveryCode.DATA_INCOMPLETE),
                            "file_status": int(FileStatus.DISCARDED_DELIBERATELY), "at_s": round(self.scenario_now(), 1)})
+
+    @staticmethod
+    def _reused(pdu, entry: dict) -> bool:
+        """Whether a Metadata or EOF PDU of a transaction in the history describes another file
+        (name, size or CRC-32 differ from what was recorded): the number was used again."""
+        directive = None if pdu.pdu_type == PduType.FILE_DATA else pdu.directive_type
+        size = entry.get("file_size", entry.get("size"))
+        if directive == DirectiveType.METADATA_PDU:
+            return entry.get("name") != pdu.dest_file_name or (size is not None and size != int(pdu.file_size))
+        if directive == DirectiveType.EOF_PDU and pdu.condition_code == ConditionCode.NO_ERROR:
+            if "eof_crc" in entry:
+                return entry["eof_crc"] != bytes(pdu.file_checksum).hex() or entry.get("eof_size") != int(pdu.file_size)
+            return "size" in entry and entry["size"] != int(pdu.file_size)
+        return False
 
     def _answer_late_eof(self, eof, entry: dict) -> None:
         """CFDP 4.7.2: every EOF is acknowledged, even of a transaction no longer active; the
@@ -942,7 +1030,7 @@ class FileSender:
         self.last_heard = now()
         self.took_s = 0.0  # set by the driver when done
         self.counts = dict(pdus_out=0, file_data_out=0, resent_bytes=0, naks_in=0, pdus_in=0, pdus_rejected=0,
-                           protocol_errors=0, prompts=0)
+                           protocol_errors=0, prompts=0, naks_out_of_range=0)
         self.resumed = resume
         if resume:
             # the same transaction as an earlier commander's: Metadata again, then straight to EOF;
@@ -985,6 +1073,24 @@ class FileSender:
             self.counts["prompts"] += 1
             self.directives.append(self.eof)
 
+    def _nak_within_file(self, nak):
+        """The NAK with its segment requests cut to the file (None: nothing left to send). cfdp-py
+        makes a File Data PDU for every segment of a requested range even past the end of the
+        file: a NAK of (0, 2**63) (a hostile File Data PDU makes the flight send one) would
+        queue about 2**54 PDUs here and never return."""
+        reqs = []
+        for start, end in nak.segment_requests:
+            if (start, end) == (0, 0):  # the Metadata PDU
+                reqs.append((0, 0))
+            elif start < min(end, self.size):
+                reqs.append((start, min(end, self.size)))
+        if reqs == list(nak.segment_requests):
+            return nak
+        self.counts["naks_out_of_range"] += 1
+        if not reqs:
+            return None
+        return NakPdu(nak.pdu_header.pdu_conf, min(nak.start_of_scope, self.size), min(nak.end_of_scope, self.size), reqs)
+
     def _effective_step(self) -> SourceStep:
         """cfdp-py's step, looking through RETRANSMITTING to the step it returns to."""
         step = self.src.step
@@ -1011,6 +1117,9 @@ class FileSender:
             return
         if directive == DirectiveType.NAK_PDU:
             self.counts["naks_in"] += 1
+            pdu = self._nak_within_file(pdu)
+            if pdu is None:
+                return
         if (directive == DirectiveType.FINISHED_PDU and pdu.condition_code != ConditionCode.NO_ERROR
                 and self._effective_step() in (SourceStep.SENDING_METADATA, SourceStep.SENDING_FILE_DATA)):
             # the flight gave up early (e.g. a file over its limit): cfdp-py would ignore this until

@@ -1,0 +1,192 @@
+"""File transfer (flight/filetransfer.py) under hostile or odd input, restarts and new ground runs:
+each test reproduces a defect found in an audit and fails without its repair. The simulated
+link and the transfer driver are tests/test_filetransfer.py's."""
+
+from __future__ import annotations
+
+import random
+import struct
+import time
+import zlib
+from pathlib import Path
+
+from spacepackets.cfdp import (
+    ChecksumType,
+    CrcFlag,
+    Direction,
+    LargeFileFlag,
+    PduConfig,
+    TransmissionMode,
+)
+from spacepackets.cfdp.pdu import (
+    DirectiveType,
+    EofPdu,
+    FileDataPdu,
+    MetadataParams,
+    MetadataPdu,
+    NakPdu,
+)
+from spacepackets.cfdp.pdu.file_data import FileDataParams
+from spacepackets.util import ByteFieldU16, ByteFieldU32, ByteFieldU64
+from test_filetransfer import FAST, Link, received, transfer
+
+from flight.dictionary import Apid
+from flight.filetransfer import FileReceiver, FileSender, parse_pdu, wrap
+
+
+def conf(seq: int, large: bool = False, direction: Direction = Direction.TOWARDS_RECEIVER) -> PduConfig:
+    """A PDU header as the ground (entity 1) to the flight (entity 2) would write it."""
+    return PduConfig(source_entity_id=ByteFieldU16(1), dest_entity_id=ByteFieldU16(2),
+                     transaction_seq_num=(ByteFieldU64 if seq > 0xFFFFFFFF else ByteFieldU32)(seq),
+                     trans_mode=TransmissionMode.ACKNOWLEDGED,
+                     file_flag=LargeFileFlag.LARGE if large else LargeFileFlag.NORMAL,
+                     crc_flag=CrcFlag.WITH_CRC, direction=direction)
+
+
+def up(pdu) -> bytes:
+    return wrap(bytes(pdu.pack()), Apid.FILE_DATA, 1)
+
+
+def file_data(seq: int, offset: int, data: bytes, large: bool = False) -> bytes:
+    return up(FileDataPdu(conf(seq, large), FileDataParams(file_data=data, offset=offset, segment_metadata=None)))
+
+
+def receiver(folder: Path, out: list, max_bytes: int = 10**7) -> FileReceiver:
+    return FileReceiver(folder, max_bytes, FAST, out.append, scenario_now=time.time, inactivity_s=60)
+
+
+def test_a_new_ground_run_reusing_a_transaction_number_gets_the_new_file_not_the_old_ok(tmp_path):
+    """Each ground run numbers its transactions from 1 (RUN_DIR/cfdp.json) while the flight's
+    state folder (history.json) outlives runs. Every PDU of the new run's transaction 1 was taken
+    for a late PDU of the old one and its EOF answered with the old Finished (NO_ERROR): the
+    ground read ok for a file the flight never received."""
+    first = random.Random(20).randbytes(5000)
+    tx, rx = transfer(tmp_path, first, Link(seed=21), seq=1)
+    assert tx.ok and received(rx, first)
+    second = random.Random(22).randbytes(7000)
+    restarted = receiver(tmp_path / "files", [])  # the flight restarted too: only the files on disk remain
+    tx2, rx2 = transfer(tmp_path, second, Link(seed=23), seq=1, receiver=restarted, timeout_s=15,
+                        sender=FileSender(second, "second.mdlpkg", 1, FAST, segment_bytes=256))
+    assert tx2.ok and received(rx2, second), (tx2.describe(), rx2.counts)
+    assert rx2.counts["seq_reused"] == 1 and received(rx2, first)
+    # a late EOF of the old transaction 1 is told apart by its CRC-32 and size: no new transfer
+    late = EofPdu(conf(1), file_checksum=struct.pack("!I", zlib.crc32(second)), file_size=len(second))
+    before = rx2.counts["seq_reused"]
+    rx2.on_packet(up(late))
+    assert rx2.counts["seq_reused"] == before and not rx2.busy and rx2.counts["pdus_late"] >= 1
+
+
+def test_file_data_beyond_the_size_limit_is_refused_and_counted_not_naked(tmp_path):
+    """A File Data PDU at offset 2**63 (large-file header) before the Metadata PDU made the
+    flight send a NAK of 2**63 bytes (cfdp-py asks for everything up to it); after the Metadata PDU
+    it was swallowed without a count. Both are refused as bad input; the transfer goes on."""
+    out: list[bytes] = []
+    rx = receiver(tmp_path / "files", out, max_bytes=100_000)
+    rx.on_packet(file_data(5, 2**63, b"abc", large=True))
+    rx.on_packet(file_data(5, 100_000, b"x"))  # one byte past the limit, normal header
+    assert rx.counts["pdus_rejected"] == 2 and not out and not rx.busy
+    data = random.Random(24).randbytes(9000)
+    injected = []
+
+    def alter(way, p):
+        if way == "up" and len(injected) < 3:  # during the transfer, of its own transaction
+            injected.append(p)
+            rx.on_packet(file_data(5, 100_000 - 10, b"z" * 64))  # 54 bytes past the limit
+        return p
+
+    tx, rx = transfer(tmp_path, data, Link(alter=alter, seed=25), seq=5, receiver=rx, max_bytes=100_000)
+    assert tx.ok and received(rx, data) and rx.counts["pdus_rejected"] == 5, rx.counts
+    assert tx.counts["naks_out_of_range"] == 0 and tx.counts["file_data_out"] * 256 < 1.5 * len(data), tx.counts
+
+
+def test_a_nak_past_the_end_of_the_file_sends_only_the_file(tmp_path):
+    """cfdp-py's source makes a File Data PDU for every segment of a NAK's range, past the end
+    of the file too: a NAK of (0, size + 256 kB) queued 1,000 empty PDUs; one of (0, 2**63)
+    would never return. The ranges are cut to the file (and counted)."""
+    data = random.Random(26).randbytes(2000)
+    tx = FileSender(data, "a.bin", 5, FAST, segment_bytes=256)
+    for _ in range(20):
+        tx.pump()
+        while tx.next_packet():
+            pass
+    assert tx.step == "WAITING_FOR_EOF_ACK"
+    back = conf(5, direction=Direction.TOWARDS_SENDER)
+    tx.on_packet(wrap(bytes(NakPdu(back, 0, len(data) + 256_000, [(0, len(data) + 256_000)]).pack()), Apid.FILE_REPLY, 1))
+    sent = [parse_pdu(p) for p in tx.bulk]
+    assert [p.offset for p in sent] == list(range(0, len(data), 256)), len(sent)
+    assert b"".join(p.file_data for p in sent) == data and tx.counts["naks_out_of_range"] == 1
+    big = conf(5, large=True, direction=Direction.TOWARDS_SENDER)
+    tx.bulk.clear()
+    tx.on_packet(wrap(bytes(NakPdu(big, 0, 2**63, [(3000, 2**63), (100, 2**63)]).pack()), Apid.FILE_REPLY, 2))
+    assert [parse_pdu(p).offset for p in tx.bulk] == list(range(100, len(data), 256)) and not tx.done
+
+
+def test_a_transaction_number_over_32_bits_does_not_pre_empt_the_transfer(tmp_path):
+    """A PDU numbered 2**63 was 'newer' than every real transaction: it abandoned the one in
+    progress, and the ground's own PDUs were then dropped as late until the inactivity limit."""
+    data = random.Random(27).randbytes(20_000)
+    rx = receiver(tmp_path / "files", [])
+    sent = []
+
+    def alter(way, p):
+        if way == "up" and len(sent) < 20:
+            sent.append(p)
+            if len(sent) == 10:
+                rx.on_packet(file_data(2**63, 0, b"q" * 10))
+        return p
+
+    tx, rx = transfer(tmp_path, data, Link(alter=alter, seed=28), seq=9, receiver=rx, timeout_s=15)
+    assert tx.ok and received(rx, data), (tx.describe(), rx.counts)
+    assert rx.counts["pdus_rejected"] == 1 and rx.counts["transfers_failed"] == 0
+
+
+def test_a_transfer_cut_by_a_flight_restart_then_superseded_leaves_nothing_behind(tmp_path):
+    """The flight restarts during transaction 1, the ground gives it up and sends another file
+    (transaction 2). The restarted flight never ran transaction 1, so nothing abandoned it: its
+    partial file (up to upload_max_bytes) and open records stayed in STATE/files for ever, one
+    more per such transfer."""
+    a = random.Random(29).randbytes(40_000)
+    tx, _ = transfer(tmp_path, a, Link(seed=30), seq=1, stop_at=0.5,
+                     sender=FileSender(a, "first.mdlpkg", 1, FAST, segment_bytes=256))
+    files = tmp_path / "files"
+    assert not tx.done and (files / "incoming" / "first.mdlpkg").exists()
+    out: list[bytes] = []
+    rx = receiver(files, out)  # the restarted flight
+    b = random.Random(31).randbytes(7000)
+    tx2, rx = transfer(tmp_path, b, Link(seed=32), seq=2, receiver=rx, timeout_s=15)
+    assert tx2.ok and received(rx, b)
+    assert not list((files / "incoming").iterdir()) and not list((files / "open").iterdir())
+    assert ("FILE_TRANSFER_FAILED", 1) in [(e, kw.get("seq")) for e, kw in rx.events]
+    assert rx.counts["orphans_removed"] == 1 and rx.history[(1, 1)]["failed"].startswith("abandoned")
+    # the ground's late EOF of transaction 1 is told it failed (never ok)
+    rx.send = out.append
+    rx.on_packet(up(EofPdu(conf(1), file_checksum=struct.pack("!I", zlib.crc32(a)), file_size=len(a))))
+    finished = [parse_pdu(p) for p in out if parse_pdu(p).directive_type == DirectiveType.FINISHED_PDU]
+    assert finished and all(f.condition_code != 0 for f in finished) and not rx.busy
+
+
+def test_metadata_fields_over_their_range_end_in_a_clear_failure_or_a_confined_file(tmp_path):
+    """Sizes and names from the link over their whole range: a file too big (up to 2**64 - 1)
+    is refused at once with FILESTORE_REJECTION; names with separators, NUL or 255 characters
+    are confined to incoming/ (checked solid in the audit; kept as a guard)."""
+    for size in (100_001, 2**32, 2**63, 2**64 - 1):
+        out: list[bytes] = []
+        rx = receiver(tmp_path / f"s{size}", out, max_bytes=100_000)
+        large = size > 0xFFFFFFFF
+        rx.on_packet(up(MetadataPdu(conf(1, large), MetadataParams(
+            closure_requested=True, checksum_type=ChecksumType.CRC_32, file_size=size,
+            source_file_name="/g/x", dest_file_name="big.bin"))))
+        assert [parse_pdu(p).condition_code.name for p in out] == ["FILESTORE_REJECTION"], size
+        assert rx.events[-1][0] == "FILE_TRANSFER_FAILED" and rx.counts["transfers_failed"] == 1
+    for i, name in enumerate(("a\x00/../../b", "/etc/passwd", "q" * 255, "...", "dir/")):
+        out = []
+        rx = receiver(tmp_path / f"n{i}", out)
+        rx.on_packet(up(MetadataPdu(conf(1), MetadataParams(
+            closure_requested=True, checksum_type=ChecksumType.CRC_32, file_size=3,
+            source_file_name="/g/x", dest_file_name=name))))
+        rx.on_packet(file_data(1, 0, b"abc"))
+        rx.on_packet(up(EofPdu(conf(1), file_checksum=struct.pack("!I", zlib.crc32(b"abc")), file_size=3)))
+        assert rx.counts["files_received"] + rx.counts["transfers_failed"] == 1, name
+        root = tmp_path / f"n{i}"
+        assert {p.parent for p in root.rglob("*")} <= {root, root / "incoming", root / "received", root / "open"}, name
+        assert not list((root / "incoming").iterdir())
