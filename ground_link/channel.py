@@ -49,7 +49,8 @@ from ground_link.linkmodel import (
 )
 
 COUNTERS = ("packets_in", "packets_out", "bytes_out", "dropped_queue_full", "lost", "corrupted",
-            "bits_flipped", "dropped_outside_contact", "dropped_no_listener", "queued", "lost_ack_ids")
+            "bits_flipped", "dropped_outside_contact", "dropped_no_listener", "dropped_too_long", "queued",
+            "lost_ack_ids")
 
 # Priority classes by APID (0 goes first); a packet of an APID not listed is in the last class.
 # Uplink: acks free the flight's store and stop its retransmissions, so they go first; commands
@@ -58,6 +59,10 @@ UPLINK_CLASSES = {int(Apid.GROUND_ACK): 0, int(Apid.COMMAND): 1, int(Apid.FILE_D
 # Downlink: the flight's CFDP replies (ACK, NAK, Finished: tens of bytes) before products, so an
 # upload's control loop does not wait behind the seconds of products the flight keeps queued.
 DOWNLINK_CLASSES = {int(Apid.FILE_REPLY): 0}
+# The longest CCSDS space packet: 6 header bytes + 65,536 (a u16 length field). Anything longer is
+# no packet of ours; taken, one 1 MiB message held a 9.6 kbit/s transmitter for 15 minutes (the
+# packet on the air is never interrupted) while acks and commands waited behind it.
+MAX_PACKET_BYTES = 6 + 65536
 
 
 def apid_of(packet: bytes) -> int | None:
@@ -122,6 +127,7 @@ class Direction:
     bits_flipped: int = 0
     dropped_outside_contact: int = 0
     dropped_no_listener: int = 0  # arrived, but the far end's process was not connected
+    dropped_too_long: int = 0  # offered, longer than any space packet (MAX_PACKET_BYTES): never sent
     lost_ack_ids: int = 0  # product ids in the acks this direction lost or dropped (contact, queue full, no listener)
 
     @property
@@ -136,6 +142,9 @@ class Direction:
 
     def offer(self, packet: bytes, now: float) -> None:
         self.packets_in += 1
+        if len(packet) > MAX_PACKET_BYTES:
+            self.dropped_too_long += 1
+            return
         if not self.contacts.up(self.scenario_s(now)):
             self.dropped_outside_contact += 1  # transmitter has nobody to talk to: no airtime used
             self.lost_ack_ids += ack_ids_in(packet)

@@ -20,7 +20,7 @@ from flight.acks import encode_ack
 from flight.dictionary import Apid
 from flight.retransmit import LinkTimer
 from flight.store import ProductStore
-from ground_link.channel import DOWNLINK_CLASSES, UPLINK_CLASSES, Direction
+from ground_link.channel import DOWNLINK_CLASSES, MAX_PACKET_BYTES, UPLINK_CLASSES, Direction
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = bytes(range(32))
@@ -125,6 +125,22 @@ def test_a_cfdp_reply_is_not_dropped_behind_queued_products():
     down.offer(reply, now=T0 + 0.01)
     got = down.due(T0 + 10.0)
     assert reply in got and got.index(reply) == 1 and down.dropped_queue_full == 1
+
+
+def test_a_message_longer_than_any_space_packet_does_not_hold_the_transmitter():
+    """One 1 MiB message on the uplink was put on the air whole (131 s at 64 kbit/s, 15 min at
+    9.6 kbit/s; never interrupted): every ack and command waited behind it. It is no space packet
+    (6 + 65,536 bytes at most): dropped and counted; the longest real one still goes."""
+    up = Direction("up", rate_bps=64_000.0, delay_s=0.005, queue_max=100, classes=dict(UPLINK_CLASSES),
+                   default_class=2)
+    up.offer(bytes([(Apid.GROUND_ACK >> 8) & 7, Apid.GROUND_ACK & 0xFF]) + bytes(2**20), now=T0)
+    a = ack(3 << 32 | 1, 10, counter=1)
+    up.offer(a, now=T0)
+    assert up.due(T0 + 0.1) == [a]
+    assert up.dropped_too_long == 1 and up.stats()["up_dropped_too_long"] == 1
+    longest = bytes([(Apid.FILE_DATA >> 8) & 7, Apid.FILE_DATA & 0xFF]) + bytes(MAX_PACKET_BYTES - 2)
+    up.offer(longest, now=T0 + 1.0)
+    assert up.due(T0 + 10.0) == [longest] and up.dropped_too_long == 1
 
 
 # -- the channel process: acks it cannot deliver ------------------------------------------------
