@@ -241,7 +241,7 @@ def radio_main(argv: list[str]) -> int:
 
     from flight.security import SecureContext
     from flight.service import Service, common_args, setup
-    from ground_link.channel import link_status, make_link
+    from ground_link.channel import ack_ids_in, link_status, make_link
 
     p = common_args("A satellite's radio: one emulated link per ground station")
     p.add_argument("--satellite", type=int, required=True)
@@ -310,6 +310,7 @@ def radio_main(argv: list[str]) -> int:
                             out.send(packet, zmq.NOBLOCK)
                         except zmq.Again:  # nobody listening on that side (a station down): lost, as on a radio
                             d.dropped_no_listener += 1
+                            d.lost_ack_ids += ack_ids_in(packet)  # a lost ack costs the flight re-sends, as in the channel
                             continue
                         d.packets_out += 1
                         d.bytes_out += len(packet)
