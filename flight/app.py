@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import struct
 import sys
@@ -45,6 +46,7 @@ from flight.dictionary import (
     FRAME_ID_MAX,
     LATEST_FRAME,
     PARAMS,
+    PARAMS_BY_NAME,
     TELEMETRY_BY_NAME,
     AckFlag,
     Apid,
@@ -106,24 +108,70 @@ class OpsState:
         if path.exists() or self.prev.exists():  # unreadable both: refuse to start rather than forget the counter
             try:
                 self._load(json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            except (OSError, ValueError, TypeError, AttributeError, KeyError, ArithmeticError) as exc:
                 try:
                     self._load(json.loads(self.prev.read_text()))
-                except (OSError, ValueError, TypeError, AttributeError, KeyError):
+                except (OSError, ValueError, TypeError, AttributeError, KeyError, ArithmeticError):
                     raise ValueError(f"{path} and its previous copy unreadable ({exc}): repair it or restore "
                                      "the last counter") from None
                 self.restored = f"{exc}"[:100]
 
     def _load(self, d: dict) -> None:
-        self.last_counter = int(d.get("last_counter", 0))
-        self.params: dict = dict(d.get("params", {}))
-        self.disabled: list = list(d.get("disabled", []))
-        self.thresholds: dict = dict(d.get("thresholds", {}))
-        self.priorities: dict = {int(k): int(v) for k, v in d.get("priorities", {}).items()}
-        self.ack_counters: dict[int, int] = {int(k): int(v) for k, v in d.get("ack_counters", {}).items()}  # per ack source id
+        """Every field checked against what the flight will do with it: a damaged file (Infinity
+        crashed start-up with OverflowError; an unknown parameter crashed it later; a NaN
+        housekeeping period made a packet every loop turn; a huge counter refused every command
+        for good) is unreadable (ValueError), so the previous copy is used, or start-up refuses."""
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+
+        def integer(v, lo: int, hi: int, what: str) -> int:
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"{what} {str(v)[:24]} is not an integer in [{lo}, {hi}]")
+            return v
+
+        def number(v, lo: float, hi: float, what: str) -> float:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:  # NaN fails too
+                raise ValueError(f"{what} {str(v)[:24]} is not a number in [{lo}, {hi}]")
+            return float(v)
+
+        def mapping(key: str) -> dict:
+            v = d.get(key, {})
+            if not isinstance(v, dict):
+                raise ValueError(f"{key} is not an object")
+            return v
+
+        def listing(key: str) -> list:
+            v = d.get(key, [])
+            if not isinstance(v, list):
+                raise ValueError(f"{key} is not a list")
+            return v
+
+        u64 = 2**64 - 1
+        self.last_counter = integer(d.get("last_counter", 0), 0, u64, "last_counter")
+        self.params: dict = {}
+        for name, v in mapping("params").items():
+            p = PARAMS_BY_NAME.get(name)
+            if p is None:
+                raise ValueError(f"params: unknown parameter {str(name)[:32]!r}")
+            self.params[name] = p.type(number(v, p.lo, p.hi, f"params.{name}"))
+        self.disabled: list = listing("disabled")
+        if not all(isinstance(m, str) for m in self.disabled):
+            raise ValueError("disabled: not a list of model names")
+        self.thresholds: dict = {str(k): number(v, 0.001, 0.999, f"thresholds.{k}") for k, v in mapping("thresholds").items()}
+        self.priorities: dict = {}
+        for k, v in mapping("priorities").items():
+            apid = int(k)  # ValueError for a key that is not a number
+            if apid not in APID_PRIORITY:
+                raise ValueError(f"priorities: {k} is not a product type")
+            self.priorities[apid] = integer(v, 0, 4, f"priorities.{k}")
+        self.ack_counters: dict[int, int] = {  # per ack source id
+            integer(int(k), 0, 2**16 - 1, "ack source"): integer(v, 0, u64, f"ack_counters.{k}")
+            for k, v in mapping("ack_counters").items()}
         # the mode and the error budget's window survive a restart (a reset must not clear SAFE)
-        self.mode = Mode(int(d.get("mode", 0)))
-        self.error_times: list[float] = [float(t) for t in d.get("error_times", [])]
+        self.mode = Mode(integer(d.get("mode", 0), 0, max(Mode), "mode"))
+        self.error_times: list[float] = [number(t, -math.inf, math.inf, "error time") for t in listing("error_times")]
+        if not all(math.isfinite(t) for t in self.error_times):
+            raise ValueError("error_times: not finite")
 
     def save(self) -> None:
         """Write, fsync, keep the current file as the previous copy (a hard link: no moment
@@ -481,6 +529,8 @@ class FlightApp:
         """Re-hash the active model files: a file corrupted on disk is rolled back before the next
         start would find it (the running session was loaded from good bytes)."""
         t = self.clock.now_s()
+        if self.next_scrub_s > t + self.sc.ops.model_scrub_period_s:  # the clock stepped back (as housekeeping)
+            self.next_scrub_s = t
         if not self.sc.ops.model_scrub_period_s or t < self.next_scrub_s:
             return
         self.next_scrub_s = t + self.sc.ops.model_scrub_period_s
@@ -982,6 +1032,13 @@ class FlightApp:
         from when the queue model says it has left the radio."""
         now = time.time()
         timer = self.link_timer
+        # The modelled transmitter never holds more than queue_max_s plus one packet (65542 bytes
+        # at most): beyond that the wall clock stepped back, and the model said "full" for the
+        # whole step, so nothing went down at all. Rebase it (and the probe pacing) on now.
+        if timer.tx_free_at - now > timer.queue_max_s + 65542 * 8 / timer.rate_bps:
+            timer.tx_free_at = now
+        if timer.next_probe_wall - now > timer.rto_max_s:
+            timer.next_probe_wall = now
         if not timer.has_room(now):
             return
         cutoff = self.send_cutoff_wall(now)  # the contact plan: outside a window everything waits in the store
@@ -1036,6 +1093,8 @@ class FlightApp:
 
     def housekeeping(self, force: bool = False) -> None:
         t = self.clock.now_s()
+        if self.next_hk_s > t + self.cfg.housekeeping_period_s:  # the clock stepped back: else none for the whole step
+            self.next_hk_s = t
         if t < self.next_hk_s and not force:
             return
         self.next_hk_s = t + self.cfg.housekeeping_period_s
@@ -1063,6 +1122,17 @@ class FlightApp:
             models={n: self.model_store.active[n].version for n in self.pipeline.models if n in self.model_store.active},
             uploads={f"{u:08x}": self.uploads.received(u) for u in self.uploads.open_ids()},
             quicklooks=list(self.quicklooks.ring), contact_plan_windows=len(self.contact_plan.windows)), force=force)
+
+    def stop_cleanly(self) -> None:
+        """After the main loop, before the store closes. A frame still streaming is rejected with
+        the reason (it was counted captured: silently dropped, captured != processed + rejected
+        and nothing said why). The ack counters accepted since the last (rate-limited) save are
+        written: kept in memory only, a restarted flight took a replay of those acks as new."""
+        if self.pipeline.meta is not None:
+            self.reject(self.pipeline.meta.frame_id, f"flight stopping ({self.svc.stop_reason}) mid-frame")
+        if self.ack_auth.dirty:
+            self.ack_auth.dirty = False
+            self.ops_state.save()
 
     def run(self) -> int:
         net = self.sc.network
@@ -1098,9 +1168,10 @@ class FlightApp:
                 self.guarded("scrub_models", self.scrub_models)
                 self.guarded("store_maintenance", self.store_maintenance)
                 self.guarded("status", self.status)
+            self.guarded("stop_cleanly", self.stop_cleanly)
             self.emit("STOPPING", reason=self.svc.stop_reason)
             notifier.stopping(f"stopping: {self.svc.stop_reason}")
-            self.status(force=True)
+            self.guarded("status", lambda: self.status(force=True))  # a full disk must not turn a clean stop into a traceback
         finally:
             for s in (frames, down, up):
                 s.close(linger=0)

@@ -11,6 +11,8 @@ towards SAFE; only a command moves back (and clears the error window).
 
 from __future__ import annotations
 
+import bisect
+import math
 import signal
 import threading
 import time
@@ -36,7 +38,11 @@ class ModeManager:
     def restore(self, mode: Mode, error_times: list[float], now_s: float) -> None:
         """Mode and errors as saved before a restart (no events: the caller reports the restore)."""
         self.mode = Mode(mode)
-        self.errors = deque(sorted(t for t in error_times if t >= now_s - self.window_s))
+        # an error time later than now (the wall clock stepped back, or the clock restarted from
+        # another start) is clamped to now: it still counts, and leaves the window one window from
+        # now instead of staying in it for the size of the step
+        self.errors = deque(sorted(min(t, now_s) for t in error_times
+                                   if math.isfinite(t) and t >= now_s - self.window_s))
 
     def errors_in_window(self, now_s: float) -> int:
         while self.errors and self.errors[0] < now_s - self.window_s:
@@ -54,7 +60,9 @@ class ModeManager:
     def fault(self, now_s: float, reason: str, count: bool = True) -> None:
         """A fault: at least DEGRADED; counted against the error budget (SAFE when exceeded)."""
         if count:
-            self.errors.append(now_s)
+            # sorted insert, not append: after the wall clock stepped back an append behind later
+            # times hid the old errors from errors_in_window (it pops from the left): over-counted
+            bisect.insort(self.errors, now_s)
             n = self.errors_in_window(now_s)
             self.persist(self.mode, list(self.errors))
             if n > self.budget and self.mode != Mode.SAFE:
@@ -91,8 +99,10 @@ class EventLimiter:
     stream of hostile input must not turn into a stream of event packets that fills the store
     and the downlink. Suppressed events are counted by the caller; other event types pass."""
 
+    # SOFTWARE_FAULT too: a main-loop step that fails on every turn (a full disk under the status
+    # file) made 20 event packets a second, evicting products; software_faults still counts each
     LIMITED = frozenset({"FRAME_REJECTED", "INPUT_REJECTED", "BAD_UPLINK_PACKET", "ACK_REJECTED",
-                         "COMMAND_AUTH_FAILED", "COMMAND_REJECTED"})
+                         "COMMAND_AUTH_FAILED", "COMMAND_REJECTED", "SOFTWARE_FAULT"})
 
     def __init__(self, burst: int, window_s: float):
         self.burst, self.window_s = burst, window_s
@@ -102,6 +112,8 @@ class EventLimiter:
         if event not in self.LIMITED:
             return True
         q = self.sent.setdefault(event, deque())
+        if q and q[-1] > now_s:  # the clock stepped back: else the type stayed muted for the whole step
+            q = self.sent[event] = deque(min(t, now_s) for t in q)
         while q and q[0] <= now_s - self.window_s:
             q.popleft()
         if len(q) >= self.burst:
