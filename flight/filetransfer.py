@@ -548,10 +548,15 @@ class FileReceiver:
                 self.counts["pdus_ignored"] += 1
                 return
             self._meta_nak_wall = now
+        if not self.busy and directive not in (None, DirectiveType.METADATA_PDU, DirectiveType.EOF_PDU):
+            # an ACK, Prompt or Keep Alive of a transaction unknown here starts nothing (cfdp-py
+            # refuses it); "starting" it left a started_s entry per PDU for ever, and two log lines
+            self.counts["pdus_ignored"] += 1
+            return
         if not self.busy:
             self._start(tid, now)
             self._drop_orphans(tid)
-            if not self._resume(tid) and pdu.pdu_type == PduType.FILE_DATA:
+            if not self._resume(tid, pdu) and pdu.pdu_type == PduType.FILE_DATA:
                 self._meta_nak_wall = now
         if directive == DirectiveType.EOF_PDU and pdu.condition_code == ConditionCode.NO_ERROR:
             self.eof_crc[tid] = (bytes(pdu.file_checksum), int(pdu.file_size))
@@ -636,12 +641,23 @@ class FileReceiver:
                                "delivery": int(DeliveryCode.DATA_INCOMPLETE),
                                "file_status": int(FileStatus.DISCARDED_DELIBERATELY), "at_s": round(self.scenario_now(), 1)})
 
-    def _resume(self, tid: tuple[int, int]) -> bool:
-        """Rebuild an open transaction after a restart; False when there is nothing to resume."""
+    def _resume(self, tid: tuple[int, int], first=None) -> bool:
+        """Rebuild an open transaction after a restart; False when there is nothing to resume.
+        `first`: the PDU that starts it here."""
         try:
             meta = parse_pdu(self._open_path(tid, "meta").read_bytes())
             raw = self._open_path(tid, "have").read_bytes() if self._open_path(tid, "have").exists() else b""
         except (OSError, FileTransferError):
+            return False
+        if (first is not None and first.pdu_type == PduType.FILE_DIRECTIVE
+                and first.directive_type == DirectiveType.METADATA_PDU
+                and (first.dest_file_name, int(first.file_size)) != (meta.dest_file_name, int(meta.file_size))):
+            # the same number for another file (a new ground run): the bytes on board are not
+            # this file's; resuming would mix the two (and report the old name)
+            self.counts["seq_reused"] += 1
+            self.log(f"file transaction {tid[0]}:{tid[1]}: the number is used again for another file; not resumed")
+            self.vfs.local(meta.dest_file_name).unlink(missing_ok=True)
+            self._forget_open(tid)
             return False
         ranges = sorted(struct.unpack_from(">QI", raw, i) for i in range(0, len(raw) - len(raw) % 12, 12))
         path = self.vfs.local(meta.dest_file_name)

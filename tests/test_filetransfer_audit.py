@@ -190,3 +190,46 @@ def test_metadata_fields_over_their_range_end_in_a_clear_failure_or_a_confined_f
         root = tmp_path / f"n{i}"
         assert {p.parent for p in root.rglob("*")} <= {root, root / "incoming", root / "received", root / "open"}, name
         assert not list((root / "incoming").iterdir())
+
+
+def test_a_reused_number_after_a_flight_restart_does_not_resume_the_other_file(tmp_path):
+    """Transaction 1 of an earlier ground run was cut by a flight restart; a new ground run's
+    transaction 1 (another, smaller file) was 'resumed' on the old file's bytes: 19 kB of the
+    old file under a 10 kB new one, FILE_SIZE_ERROR, and the old name in the events."""
+    a = random.Random(33).randbytes(40_000)
+    tx, _ = transfer(tmp_path, a, Link(seed=34), seq=1, stop_at=0.5,
+                     sender=FileSender(a, "first.mdlpkg", 1, FAST, segment_bytes=256))
+    assert not tx.done
+    rx = receiver(tmp_path / "files", [])  # the restarted flight
+    b = random.Random(35).randbytes(10_000)
+    tx2, rx = transfer(tmp_path, b, Link(seed=36), seq=1, receiver=rx, timeout_s=15,
+                       sender=FileSender(b, "second.mdlpkg", 1, FAST, segment_bytes=256))
+    assert tx2.ok and received(rx, b), (tx2.describe(), rx.counts)
+    assert rx.counts["seq_reused"] == 1 and rx.counts["resumed"] == 0
+    assert rx.events[-1][0] == "FILE_RECEIVED" and rx.events[-1][1]["name"] == "second.mdlpkg"
+    assert not list((tmp_path / "files" / "incoming").iterdir()) and not list((tmp_path / "files" / "open").iterdir())
+
+
+def test_directives_that_cannot_start_a_transaction_leave_no_state_behind(tmp_path):
+    """An ACK, Prompt or Keep Alive PDU of a transaction unknown here, while idle: each one
+    'began' a transaction cfdp-py then refused, leaving an entry in started_s for ever (memory
+    growing with every such PDU) and two log lines. Now ignored and counted; a real transfer
+    after the flood goes through."""
+    from spacepackets.cfdp import ConditionCode
+    from spacepackets.cfdp.pdu import AckPdu, KeepAlivePdu, PromptPdu, TransactionStatus
+    from spacepackets.cfdp.pdu.prompt import ResponseRequired
+
+    out: list[bytes] = []
+    logs: list[str] = []
+    rx = receiver(tmp_path / "files", out)
+    rx.log = logs.append
+    for i in range(1, 301):
+        rx.on_packet(up(AckPdu(conf(i), DirectiveType.FINISHED_PDU, ConditionCode.NO_ERROR, TransactionStatus.ACTIVE)))
+        rx.on_packet(up(PromptPdu(conf(i + 1000), ResponseRequired.NAK)))
+        rx.on_packet(up(KeepAlivePdu(conf(i + 2000), progress=i)))
+    # (a Keep Alive goes to a sending entity: refused at the door)
+    assert (rx.counts["pdus_in"], rx.counts["pdus_ignored"], rx.counts["pdus_rejected"]) == (600, 600, 300), rx.counts
+    assert not rx.busy and not rx.started_s and len(logs) < 5 and not out and not rx.events
+    data = random.Random(37).randbytes(5000)
+    tx, rx = transfer(tmp_path, data, Link(seed=38), seq=3001, receiver=rx)
+    assert tx.ok and received(rx, data) and not rx.started_s
