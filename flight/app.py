@@ -665,6 +665,10 @@ class FlightApp:
                 if len(parts) != 3:
                     raise FrameRejected(p.meta.frame_id if p.meta else None, f"strip message has {len(parts)} parts, expected 3")
                 frame_id, row0, rows = p.ingest.strip_header(parts[1])
+                if p.meta is not None and self.modes.mode == Mode.SAFE:
+                    # SAFE came mid-frame (memory, error budget, command): before, the frame's other
+                    # strips were still processed (under memory pressure too); now it stops here
+                    self.reject(p.meta.frame_id, "SAFE mode: processing is off (entered mid-frame)")
                 if p.meta is None:
                     self.counts["strips_dropped"] += 1  # strips of a frame already rejected (or of none)
                     return

@@ -161,6 +161,30 @@ def test_the_downlink_goes_on_after_the_wall_clock_stepped_back(tmp_path, monkey
             ctx.term()
 
 
+def test_safe_entered_mid_frame_stops_processing_that_frame(tmp_path, monkeypatch):
+    """SAFE (here by command; memory pressure or the error budget alike) between two strips of a
+    frame: before, the rest of the frame was still processed and packaged."""
+    import json as _json
+
+    from payload_sim.camera import frame_meta, make_orbit, make_sensor, render
+
+    with flight_apps(tmp_path, monkeypatch, BASE + ["sensor.strip_rows=64"], now_s=100.0) as (make, _key):
+        app, sc = make()
+        _, raw = render(sc, make_sensor(sc), 0)
+        meta = frame_meta(sc, make_orbit(sc, app.clock), 0)
+        app.on_frame_message([b"frame", meta.to_json()])
+        strips = [[b"strip", _json.dumps({"frame_id": 0, "row0": r, "rows": 64}).encode(), raw[:, r:r + 64].tobytes()]
+                  for r in range(0, meta.height, 64)]
+        app.on_frame_message(strips[0])
+        app.modes.command(Mode.SAFE)
+        for s in strips[1:]:
+            app.on_frame_message(s)
+        assert app.counts["frames_processed"] == 0 and app.counts["frames_rejected"] == 1
+        assert app.counts["strips_dropped"] == len(strips) - 1 and app.pipeline.meta is None
+        assert app.counts["errors"] == 0 and app.counts["input_rejected"] == 0
+        assert EV["FRAME_REJECTED"] in event_ids(app)
+
+
 # --- a main-loop step failing on every turn -----------------------------------------------------------
 
 
