@@ -589,9 +589,22 @@ class FlightApp:
             finally:
                 self._reporting_evictions = False
 
+    def persist_ack_counters(self) -> None:
+        """Write the accepted ack counters at most once a second after a change (docs/operations.md:
+        why that is enough). Checked on every ack and every loop turn: checked on acks only, the
+        last counter of a burst stayed unwritten until the next ack, which may come a pass later."""
+        if self.ack_auth.persist_due():
+            try:
+                self.ops_state.save()
+            except OSError as exc:  # kept in memory; the next save writes it
+                self.ack_auth.dirty = True
+                self.svc.log(f"ack counters not persisted: {exc}")
+
     def store_maintenance(self) -> None:
         """Let the store retry a failing disk (it limits its own rate) and report what it found:
-        its events, and DEGRADED when the store was quarantined or cannot write."""
+        its events, and DEGRADED when the store was quarantined or cannot write. Also writes ack
+        counters left unwritten by the once-a-second limit."""
+        self.persist_ack_counters()
         self.store.maintain(time.time())
         for _ in range(3):  # emitting may itself find the disk failing: one more round says so
             events = self.store.take_events()
@@ -750,11 +763,7 @@ class FlightApp:
                 self.counts["uplink_rejected"] += 1
                 self.emit("BAD_UPLINK_PACKET", reason=str(exc)[:160])
             return
-        if self.ack_auth.persist_due():  # at most once a second (docs/operations.md: why that is enough)
-            try:
-                self.ops_state.save()
-            except OSError as exc:  # kept in memory; the next save writes it
-                self.svc.log(f"ack counters not persisted: {exc}")
+        self.persist_ack_counters()
         self.last_uplink = time.time()
         removed, rtts_s = self.store.ack_with_samples(ids, time.time())  # round trips of once-sent packets (Karn)
         self.link_timer.on_samples(rtts_s)

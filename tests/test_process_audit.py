@@ -293,3 +293,31 @@ def test_sigterm_mid_frame_rejects_the_frame_keeps_the_ack_counter_and_exits_cle
     rejected = [e for e in events if isinstance(e, Event) and e.event_id == EV["FRAME_REJECTED"]]
     assert len(rejected) == 1 and rejected[0].frame_id == 0 and "SIGTERM" in rejected[0].message
     assert isinstance(events[-1], Event) and events[-1].event_id == EV["STOPPING"]
+
+
+def test_the_last_ack_counter_of_a_burst_is_written_within_its_period_without_another_ack(tmp_path, monkeypatch):
+    """Two acks inside one second: the first counter is written at once, the second waited for the
+    next ack (a pass later, or never before a crash). The main loop now writes it once the period
+    is over (docs/operations.md: at most a second)."""
+    import json
+
+    from ops_util import flight_apps
+
+    from flight.acks import encode_ack
+
+    with flight_apps(tmp_path, monkeypatch, [], 100.0) as (make, key):
+        app, _ = make()
+        src = app.sc.security.ack_source_id
+
+        def saved() -> int:
+            return json.loads(app.ops_state.path.read_text())["ack_counters"].get(str(src), 0)
+
+        now = int(app.clock.now_s())
+        app.on_uplink(encode_ack(key, src, 1, now, [(1, 1)]))
+        app.on_uplink(encode_ack(key, src, 2, now, [(2, 1)]))
+        assert app.ack_auth.counters[src] == 2 and saved() == 1  # within the period: not yet
+        app.ack_auth._last_persist -= 1.0  # the period is over (monotonic time, not waited for)
+        app.store_maintenance()
+        assert saved() == 2
+        app.watchdog.close()
+        app.store.close()
