@@ -230,8 +230,7 @@ class _User(CfdpUserBase):
 
     def __init__(self, vfs):
         super().__init__(vfs)
-        self.finished: list = []  # TransactionFinishedParams, in order
-        self.metadata: list = []  # MetadataRecvParams
+        self.finished: list = []  # TransactionFinishedParams, in order (the wrappers pop them)
 
     def transaction_indication(self, transaction_indication_params) -> None:
         pass
@@ -243,7 +242,7 @@ class _User(CfdpUserBase):
         self.finished.append(params)
 
     def metadata_recv_indication(self, params) -> None:
-        self.metadata.append(params)
+        pass  # nothing reads them: kept, they were one more entry per transaction for ever
 
     def file_segment_recv_indication(self, params) -> None:
         pass

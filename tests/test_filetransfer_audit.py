@@ -233,3 +233,54 @@ def test_directives_that_cannot_start_a_transaction_leave_no_state_behind(tmp_pa
     data = random.Random(37).randbytes(5000)
     tx, rx = transfer(tmp_path, data, Link(seed=38), seq=3001, receiver=rx)
     assert tx.ok and received(rx, data) and not rx.started_s
+
+
+def test_many_transactions_opened_and_never_finished_leave_bounded_state(tmp_path):
+    """Transactions begun (a Metadata PDU each, as a flood or a ground restarting over and over)
+    and never finished: each one is given up when the next begins, its partial file deleted,
+    the history kept to its last 64. cfdp-py's metadata indications were kept in a list nobody
+    read: one more entry per transaction, for ever."""
+    out: list[bytes] = []
+    rx = receiver(tmp_path / "files", out)
+    for seq in range(1, 301):
+        rx.on_packet(up(MetadataPdu(conf(seq), MetadataParams(
+            closure_requested=True, checksum_type=ChecksumType.CRC_32, file_size=5000,
+            source_file_name="/g/x", dest_file_name=f"f{seq}.bin"))))
+        rx.on_packet(file_data(seq, 0, b"x" * 100))
+    state = [rx.user.__dict__.get(k) for k in ("metadata", "finished")] + [rx.names, rx.sizes, rx.started_s, rx.eof_crc]
+    assert all(x is None or len(x) <= 1 for x in state), [len(x) for x in state if x is not None]
+    assert len(rx.history) == 64 and rx.counts["transfers_failed"] == 299 and rx.active == (1, 300)
+    assert [p.name for p in (tmp_path / "files" / "incoming").iterdir()] == ["f300.bin"]
+    assert sorted(p.name for p in (tmp_path / "files" / "open").iterdir()) == ["1-300.have", "1-300.meta"]
+
+
+def test_at_9600_bit_s_with_loss_a_new_ground_run_delivers_its_file_despite_junk(tmp_path):
+    """The repairs at a real pass's rate: 9.6 kbit/s both ways, 10 % loss each way, the timers
+    the commander derives from that link; a new ground run reuses number 1 (the flight's
+    history has it) and file data past the size limit arrives in the middle. The file arrives
+    whole within a few times its airtime, and only the ground's own ranges are re-sent."""
+    from flight.filetransfer import timers_for
+
+    old = random.Random(39).randbytes(3000)
+    tx, rx = transfer(tmp_path, old, Link(seed=40), seq=1, max_bytes=100_000)
+    assert tx.ok
+    timers = timers_for(9600.0, 9600.0, 0.005, 1.5, 512)
+    rx = FileReceiver(tmp_path / "files", 100_000, timers, lambda _p: None, scenario_now=time.time, inactivity_s=600)
+    data = random.Random(41).randbytes(6000)  # 5 s of airtime
+    seen, junk = [], []
+
+    def alter(way, p):
+        if way == "up":
+            seen.append(p)
+            if len(seen) in (5, 9):  # after the Metadata PDU and between file data
+                junk.append(p)
+                rx.on_packet(file_data(1, 99_990, b"j" * 64))
+        return p
+
+    t0 = time.time()
+    tx, rx = transfer(tmp_path, data, Link(loss_up=0.1, loss_down=0.1, rate_Bps=1200.0, seed=42, alter=alter), seq=1,
+                      receiver=rx, timeout_s=60, sender=FileSender(data, "new.mdlpkg", 1, timers, segment_bytes=512))
+    took = time.time() - t0
+    assert tx.ok and received(rx, data), (tx.describe(), tx.counts, rx.counts)
+    assert took < 40 and rx.counts["pdus_rejected"] == len(junk) == 2 and tx.counts["naks_out_of_range"] == 0, took
+    assert tx.counts["resent_bytes"] <= 0.5 * len(data), tx.counts
