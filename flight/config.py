@@ -118,6 +118,11 @@ class ScenarioSection:
     capture_interval_s: float = field(default=10.0, metadata=rng(0.001, 86400.0))
     start_s: float = field(default=0.0, metadata=rng(0.0, 1e7))  # scenario time of the first capture
     max_wall_s: float = field(default=600.0, metadata=rng(1.0, 86400.0))  # the launcher gives up after this
+    # what scenario time 0 is when a process is given no --clock-start: "process", the moment it
+    # starts (a simulation, a lab run), or "epoch", the epoch itself in real UTC: the on-board time
+    # of a real flight, continuous across restarts (under "process" a restart by systemd set the
+    # mission time back to the epoch: timestamps, contact plan and command time windows broke)
+    clock_anchor: str = field(default="process", metadata=rng(choices=("process", "epoch")))
 
     def validate(self, section: str) -> None:
         from flight.clock import parse_epoch
@@ -129,6 +134,9 @@ class ScenarioSection:
         # every scenario time up to 2**31 s must fit a CCSDS CDS short time code (days since 1958, u16)
         if not 1958 <= epoch.year <= 2068:
             raise ConfigError(f"{section}.epoch", self.epoch, "must be in 1958..2068 (CCSDS CDS time codes end in 2137)")
+        if self.clock_anchor == "epoch" and self.clock_rate != 1.0:
+            raise ConfigError(f"{section}.clock_anchor", self.clock_anchor,
+                              f"'epoch' is real time since the epoch: needs clock_rate 1.0, not {self.clock_rate}")
         # ... and a run reaches scenario time clock_rate * max_wall_s at most: within range each allowed
         # (100000 x 86400 s), the first packet after 2**31 s failed to pack ('H' format, the CDS day)
         if self.clock_rate * self.max_wall_s > 2**31:

@@ -199,12 +199,18 @@ def setup(args: argparse.Namespace) -> tuple[Scenario, ScenarioClock]:
         sys.exit(2)
     if args.run_dir is not None:
         args.run_dir.mkdir(parents=True, exist_ok=True)
-    start = args.clock_start if args.clock_start is not None else time.time()
+    if args.clock_start is not None:
+        start = args.clock_start
+    elif scenario.scenario.clock_anchor == "epoch":  # on-board time: real seconds since the mission epoch
+        start = parse_epoch(scenario.scenario.epoch).timestamp()
+    else:
+        start = time.time()
     # scenario time now must be a number a CDS time code holds (|t| <= 2**31 s): --clock-start nan,
     # inf or 0 (1970) was taken and the first packet failed to pack, far from the cause
     now_s = (time.time() - start) * scenario.scenario.clock_rate
     if not math.isfinite(now_s) or abs(now_s) > 2**31:
-        print(f"error: --clock-start {args.clock_start!r} puts scenario time now at {now_s:.6g} s; "
+        given = f"--clock-start {args.clock_start!r}" if args.clock_start is not None else f"the clock start {start!r}"
+        print(f"error: {given} puts scenario time now at {now_s:.6g} s; "
               "it must be a wall time (time.time()) within 2**31 scenario seconds of now", file=sys.stderr)
         sys.exit(2)
     clock = ScenarioClock(parse_epoch(scenario.scenario.epoch), scenario.scenario.clock_rate, start)

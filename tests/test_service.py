@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from flight.sdnotify import Notifier
 from flight.service import Service, configure_logging, default_log_format, priority_of
 from payload_sim.testing import REPO
@@ -166,3 +168,31 @@ def test_flight_survives_its_launcher_unless_asked(tmp_path):
             time.sleep(0.1)
         results[asked] = out.read_text().strip()
     assert results == {"0": "ran on", "1": "stopped"}
+
+
+def test_on_board_time_anchored_at_the_epoch_is_continuous_across_restarts(monkeypatch):
+    """deploy/flight.toml sets scenario.clock_anchor = "epoch": scenario time is real seconds since
+    the mission epoch, so a flight restarted by systemd (no --clock-start) goes on where it was.
+    Under the default "process" anchor each restart set the on-board time back to the epoch."""
+    import argparse
+    import time
+    from datetime import UTC, datetime
+
+    from flight.config import ConfigError, load_scenario
+    from flight.service import setup
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # setup() installs its own
+    deploy = str(REPO / "deploy" / "flight.toml")
+    assert load_scenario(deploy).scenario.clock_anchor == "epoch"
+    clocks = []
+    for _ in range(2):  # a start, then a restart a little later
+        _, clock = setup(argparse.Namespace(scenario=deploy, overrides=[], run_dir=None, clock_start=None, log_format=None))
+        clocks.append(clock)
+        time.sleep(0.05)
+    t0, t1 = (c.now_s() for c in clocks)
+    assert abs(t0 - t1) < 1.0  # the same on-board time, not 0 again
+    assert abs((clocks[1].utc(t1) - datetime.now(UTC)).total_seconds()) < 1.0  # and it is UTC
+    _, lab = setup(argparse.Namespace(scenario=None, overrides=[], run_dir=None, clock_start=None, log_format=None))
+    assert abs(lab.now_s()) < 100  # a simulation still starts at 0
+    with pytest.raises(ConfigError, match="clock_rate 1.0"):
+        load_scenario(None, ['scenario.clock_anchor="epoch"', "scenario.clock_rate=10.0"])
