@@ -81,6 +81,7 @@ from spacepackets.ccsds.spacepacket import PacketType, SpacePacketHeader
 from spacepackets.cfdp import (
     ChecksumType,
     ConditionCode,
+    CrcFlag,
     Direction,
     FaultHandlerCode,
     PduType,
@@ -152,6 +153,10 @@ def parse_pdu(data: bytes):
         raise FileTransferError(f"bad PDU: {type(exc).__name__}: {exc}") from None
     if pdu is None:
         raise FileTransferError("not a PDU")
+    if pdu.pdu_header.crc_flag != CrcFlag.WITH_CRC:
+        # both ends always send the CRC-16: one flipped header bit would otherwise make the CRC
+        # two bytes of file data, and the rest of the PDU unchecked
+        raise FileTransferError("PDU without its CRC-16")
     return pdu
 
 

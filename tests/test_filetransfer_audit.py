@@ -284,3 +284,38 @@ def test_at_9600_bit_s_with_loss_a_new_ground_run_delivers_its_file_despite_junk
     assert tx.ok and received(rx, data), (tx.describe(), tx.counts, rx.counts)
     assert took < 40 and rx.counts["pdus_rejected"] == len(junk) == 2 and tx.counts["naks_out_of_range"] == 0, took
     assert tx.counts["resent_bytes"] <= 0.5 * len(data), tx.counts
+
+
+def test_a_flipped_crc_flag_bit_is_refused_not_written_as_file_data(tmp_path):
+    """Every PDU carries a CRC-16, announced by one header bit. With that bit flipped the PDU was
+    taken as one without CRC: its CRC became two bytes of file data (the whole PDU unchecked),
+    and a transfer whose next segment had already arrived failed its CRC-32 at the end, the
+    whole file for nothing. Both ends now refuse a PDU without its CRC (counted)."""
+    # some segments up and some replies down lose their CRC flag on the way
+    data = random.Random(43).randbytes(30_000)
+    flipped = {"up": 0, "down": 0}
+    rng = random.Random(46)
+
+    def alter(way, p):
+        if rng.random() < 0.1:
+            flipped[way] += 1
+            b = bytearray(p)
+            b[6] ^= 0x02  # the PDU's first byte, after the space packet header
+            return bytes(b)
+        return p
+
+    tx, rx = transfer(tmp_path, data, Link(alter=alter, seed=44))
+    assert tx.ok and received(rx, data), (tx.describe(), tx.counts, rx.counts, flipped)
+    assert flipped["up"] >= 3 and rx.counts["pdus_rejected"] == flipped["up"], (flipped, rx.counts)
+    assert tx.counts["pdus_rejected"] == flipped["down"]
+    # one segment, looked at closely: nothing of it reaches the file
+    out: list[bytes] = []
+    rx = receiver(tmp_path / "one", out)
+    rx.on_packet(up(MetadataPdu(conf(1), MetadataParams(
+        closure_requested=True, checksum_type=ChecksumType.CRC_32, file_size=600,
+        source_file_name="/g/x", dest_file_name="a.bin"))))
+    raw = bytearray(FileDataPdu(conf(1), FileDataParams(file_data=b"A" * 300, offset=0, segment_metadata=None)).pack())
+    raw[0] ^= 0x02  # the CRC flag
+    rx.on_packet(wrap(bytes(raw), Apid.FILE_DATA, 2))
+    assert rx.counts["pdus_rejected"] == 1 and rx.dest.progress == 0
+    assert (tmp_path / "one" / "incoming" / "a.bin").stat().st_size == 0
