@@ -291,6 +291,7 @@ class FlightApp:
         self.quicklooks = QuicklookRing(ops.quicklook_frames, ops.quicklook_factor)
         self.recent = RecentFrames(self.state_dir / "recent_frames", ops.recent_frames_full_res)
         self.recent_errors_seen, self.recent_fault_reported = 0, False
+        self.counter_save_error = ""  # why the last command counter could not be saved
         self.emit("STARTED", profile=scenario.obc.profile)
         self.report_recent_frames()  # its folder may already have failed to clear
         if self.ops_state.restored:
@@ -798,7 +799,7 @@ class FlightApp:
             return
         finally:  # the counter is on disk before anything executes: a restart cannot make a replay valid
             self.ops_state.last_counter = self.auth.last_counter
-            self.ops_state.save()
+            persisted = self._save_command_counter()
         self.counts["commands_accepted"] += 1
         quiet = cmd.name == "UPLOAD_CHUNK"  # hundreds per upload: counted, events only for failures
         if cmd.wants(AckFlag.ACCEPTANCE):
@@ -816,10 +817,26 @@ class FlightApp:
             self.emit("COMMAND_FAILED", counter=cmd.counter, name=cmd.name, reason=reason[:140])
             self.report(cmd.counter, cmd.opcode, ReportKind.FAILED, Reason.EXECUTION, reason)
             return
+        if not persisted:
+            detail = f"{detail} (command counter not saved: {self.counter_save_error})"
         if cmd.wants(AckFlag.COMPLETION):
             self.report(cmd.counter, cmd.opcode, ReportKind.COMPLETED, Reason.OK, detail)
         if not quiet:
             self.emit("COMMAND_COMPLETED", counter=cmd.counter, name=cmd.name, detail=detail[:120])
+
+    def _save_command_counter(self) -> bool:
+        """Save the accepted command counter. On storage that cannot write (a full disk) the command
+        still runs, with the counter kept in memory (a replay is then refused until a restart, and
+        after one only inside the command time window), and its report says so: refusing every
+        command would also refuse CLEAR_STORE, the ground's way to free the disk."""
+        try:
+            self.ops_state.save()
+            return True
+        except OSError as exc:
+            self.counts["command_counter_unsaved"] = self.counts.get("command_counter_unsaved", 0) + 1
+            self.counter_save_error = f"{exc.strerror or exc}"[:60]
+            self.svc.log(f"command counter {self.auth.last_counter} not persisted: {exc}")
+            return False
 
     # -- command handlers: return a short text for the completion report, raise CommandFailed ------
 

@@ -321,3 +321,32 @@ def test_the_last_ack_counter_of_a_burst_is_written_within_its_period_without_an
         assert saved() == 2
         app.watchdog.close()
         app.store.close()
+
+
+def test_a_command_runs_and_says_so_when_its_counter_cannot_be_saved(tmp_path, monkeypatch):
+    """ops_state.json on a full disk (its temporary file is /dev/full): the command used to be
+    neither executed nor reported (an OSError out of on_command, a SOFTWARE_FAULT), so CLEAR_STORE,
+    the ground's way to free the disk, could not run. Now it runs, its report says the counter was
+    not saved, and a replay of it is still refused."""
+    from ops_util import flight_apps
+
+    from flight.commands import encode_command
+    from flight.products import CommandReport, decode_tm
+
+    with flight_apps(tmp_path, monkeypatch, [], 100.0) as (make, key):
+        app, _ = make()
+        tmp = app.ops_state.path.with_name(app.ops_state.path.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to("/dev/full")
+        issued = int(app.clock.now_s())
+        packet = encode_command(key, 5, issued, "CLEAR_STORE", {"min_priority": 4})
+        app.on_uplink(packet)
+        reports = [p for p in (decode_tm(r[0])[1] for r in app.store.db.execute(
+            "SELECT packet FROM products WHERE apid = 0x106 ORDER BY id")) if isinstance(p, CommandReport)]
+        assert [r.report for r in reports][-1] == 7, reports  # COMPLETED
+        assert "counter not saved" in reports[-1].message and app.counts["software_faults"] == 0
+        assert app.auth.last_counter == 5
+        app.on_uplink(packet)  # the same packet again: a replay, refused from memory
+        assert app.counts["commands_replayed"] == 1
+        app.watchdog.close()
+        app.store.close()
