@@ -192,6 +192,9 @@ class OpsState:
         os.replace(tmp, self.path)
 
 
+UPLINK_PER_TURN = 200  # uplink packets handled per main-loop turn, at most (FlightApp.drain_uplink)
+
+
 class _Unpackable(Exception):
     """A product's values do not fit its packet (raised while building it, before it is stored)."""
 
@@ -291,7 +294,6 @@ class FlightApp:
         self.quicklooks = QuicklookRing(ops.quicklook_frames, ops.quicklook_factor)
         self.recent = RecentFrames(self.state_dir / "recent_frames", ops.recent_frames_full_res)
         self.recent_errors_seen, self.recent_fault_reported = 0, False
-        self.counter_save_error = ""  # why the last command counter could not be saved
         self.emit("STARTED", profile=scenario.obc.profile)
         self.report_recent_frames()  # its folder may already have failed to clear
         if self.ops_state.restored:
@@ -523,7 +525,7 @@ class FlightApp:
             return
         self.pipeline.disabled.add(name)
         self.ops_state.disabled = sorted(self.pipeline.disabled)
-        self.ops_state.save()
+        self.save_state("disabled models")
         self.emit("MODEL_DISABLED", model=name, reason=reason)
 
     def scrub_models(self) -> None:
@@ -799,7 +801,11 @@ class FlightApp:
             return
         finally:  # the counter is on disk before anything executes: a restart cannot make a replay valid
             self.ops_state.last_counter = self.auth.last_counter
-            persisted = self._save_command_counter()
+            # on storage that cannot write (a full disk) the command still runs, with the counter
+            # kept in memory (a replay is refused until a restart, after one only inside the time
+            # window), and its report says so: refusing every command would also refuse
+            # CLEAR_STORE, the ground's way to free the disk
+            unsaved = self.save_state("command counter")
         self.counts["commands_accepted"] += 1
         quiet = cmd.name == "UPLOAD_CHUNK"  # hundreds per upload: counted, events only for failures
         if cmd.wants(AckFlag.ACCEPTANCE):
@@ -817,26 +823,24 @@ class FlightApp:
             self.emit("COMMAND_FAILED", counter=cmd.counter, name=cmd.name, reason=reason[:140])
             self.report(cmd.counter, cmd.opcode, ReportKind.FAILED, Reason.EXECUTION, reason)
             return
-        if not persisted:
-            detail = f"{detail} (command counter not saved: {self.counter_save_error})"
+        detail += unsaved
         if cmd.wants(AckFlag.COMPLETION):
             self.report(cmd.counter, cmd.opcode, ReportKind.COMPLETED, Reason.OK, detail)
         if not quiet:
             self.emit("COMMAND_COMPLETED", counter=cmd.counter, name=cmd.name, detail=detail[:120])
 
-    def _save_command_counter(self) -> bool:
-        """Save the accepted command counter. On storage that cannot write (a full disk) the command
-        still runs, with the counter kept in memory (a replay is then refused until a restart, and
-        after one only inside the command time window), and its report says so: refusing every
-        command would also refuse CLEAR_STORE, the ground's way to free the disk."""
+    def save_state(self, what: str) -> str:
+        """Write ops_state.json after a change already in effect. On storage that cannot write (a
+        full disk) the change holds in memory until a restart: logged and counted, and the note
+        returned ("" when saved) goes into the command's report. Raising here left a command's
+        change in effect but reported it FAILED, or failed a frame whose stuck model was switched off."""
         try:
             self.ops_state.save()
-            return True
+            return ""
         except OSError as exc:
-            self.counts["command_counter_unsaved"] = self.counts.get("command_counter_unsaved", 0) + 1
-            self.counter_save_error = f"{exc.strerror or exc}"[:60]
-            self.svc.log(f"command counter {self.auth.last_counter} not persisted: {exc}")
-            return False
+            self.counts["state_not_saved"] = self.counts.get("state_not_saved", 0) + 1
+            self.svc.log(f"{what} not persisted: {exc}")
+            return f" ({what} not saved: {exc.strerror or exc}; holds until a restart)"[:100]
 
     # -- command handlers: return a short text for the completion report, raise CommandFailed ------
 
@@ -849,9 +853,9 @@ class FlightApp:
         old = getattr(self.cfg, p.name)
         self.pipeline.cfg = dataclasses.replace(self.cfg, **{p.name: value})
         self.ops_state.params[p.name] = value
-        self.ops_state.save()
+        unsaved = self.save_state(p.name)
         self.emit("PARAMETER_SET", name=p.name, value=value, old=old)
-        return f"{p.name} = {value} (was {old})"
+        return f"{p.name} = {value} (was {old}){unsaved}"
 
     def _cascade_model(self, name: str) -> str:
         if name not in {s.model for s in self.sc.flight.cascade}:
@@ -867,9 +871,9 @@ class FlightApp:
                 raise CommandFailed(f"cannot load {name}: {exc.reason}") from None
         self.pipeline.disabled.discard(name)
         self.ops_state.disabled = sorted(self.pipeline.disabled)
-        self.ops_state.save()
+        unsaved = self.save_state("enabled models")
         self.emit("MODEL_ENABLED", model=name)
-        return f"{name} enabled"
+        return f"{name} enabled{unsaved}"
 
     def cmd_disable_model(self, cmd: Command) -> str:
         name = self._cascade_model(cmd.args["model"])
@@ -934,10 +938,10 @@ class FlightApp:
             raise CommandFailed(f"apid {apid:#x} is not a product type {sorted(hex(a) for a in self.priority)}")
         self.priority[apid] = prio
         self.ops_state.priorities[apid] = prio
-        self.ops_state.save()
+        unsaved = self.save_state("priorities")
         n = self.store.reprioritize(apid, prio)
         self.emit("STORE_CLEARED", detail=f"apid {apid:#x} now priority {prio} ({n} waiting products moved)")
-        return f"apid {apid:#x} priority {prio}, {n} waiting products"
+        return f"apid {apid:#x} priority {prio}, {n} waiting products{unsaved}"
 
     def cmd_upload_begin(self, cmd: Command) -> str:
         name = self._cascade_model(cmd.args["model"])
@@ -1047,12 +1051,12 @@ class FlightApp:
     def cmd_set_model_threshold(self, cmd: Command) -> str:
         name = self._cascade_model(cmd.args["model"])
         self.ops_state.thresholds[name] = cmd.args["threshold"]
-        self.ops_state.save()
+        unsaved = self.save_state("thresholds")
         for g in (self.pipeline.models.get(name), self.pending_models.get(name)):
             if g is not None:
                 self.apply_threshold(g)
         self.emit("PARAMETER_SET", name=f"{name}.threshold", value=cmd.args["threshold"], old="card")
-        return f"{name} threshold {cmd.args['threshold']}"
+        return f"{name} threshold {cmd.args['threshold']}{unsaved}"
 
     # -- outputs -------------------------------------------------------------------------------------
 
@@ -1164,6 +1168,17 @@ class FlightApp:
             self.ack_auth.dirty = False
             self.ops_state.save()
 
+    def drain_uplink(self, up: zmq.Socket) -> int:
+        """The uplink packets waiting, at most UPLINK_PER_TURN of them: a flood faster than they can
+        be handled (junk, forged acks) leaves the rest for the next turn instead of starving the
+        frames, the downlink and systemd's watchdog. A real link brings a few per turn (an ack is
+        7.5 ms of airtime at 64 kbit/s, a turn about 50 ms). Returns how many were taken."""
+        n = 0
+        while n < UPLINK_PER_TURN and up.poll(0):
+            self.guarded("on_uplink", lambda: self.on_uplink(up.recv()))
+            n += 1
+        return n
+
     def run(self) -> int:
         net = self.sc.network
         ctx = SecureContext(self.sc.security, "flight", self.run_dir)
@@ -1189,8 +1204,7 @@ class FlightApp:
                 events = dict(poller.poll(50))
                 if frames in events:
                     self.guarded("on_frame_message", lambda: self.on_frame_message(frames.recv_multipart(copy=False)))
-                while up.poll(0):
-                    self.guarded("on_uplink", lambda: self.on_uplink(up.recv()))
+                self.drain_uplink(up)
                 self.guarded("apply_pending_models", self.apply_pending_models)
                 self.guarded("pump_downlink", lambda: self.pump_downlink(down))
                 self.guarded("housekeeping", self.housekeeping)

@@ -348,5 +348,48 @@ def test_a_command_runs_and_says_so_when_its_counter_cannot_be_saved(tmp_path, m
         assert app.auth.last_counter == 5
         app.on_uplink(packet)  # the same packet again: a replay, refused from memory
         assert app.counts["commands_replayed"] == 1
+        # a parameter: in effect at once, and the report says it holds until a restart (before: the
+        # value was in effect but the report said FAILED)
+        app.on_uplink(encode_command(key, 6, issued, "SET_PARAM", {"param": 4, "value": 48.0}))
+        last = [p for p in (decode_tm(r[0])[1] for r in app.store.db.execute(
+            "SELECT packet FROM products WHERE apid = 0x106 ORDER BY id")) if isinstance(p, CommandReport)][-1]
+        assert last.report == 7 and "chip_px not saved" in last.message, last
+        assert app.cfg.chip_px == 48 and app.counts["software_faults"] == 0
         app.watchdog.close()
         app.store.close()
+
+
+def test_an_uplink_flood_is_taken_a_bounded_number_of_packets_per_loop_turn(tmp_path, monkeypatch):
+    """1000 junk packets waiting on a real uplink socket: one main-loop turn takes UPLINK_PER_TURN
+    of them and leaves the rest for the next turns, so frames, the downlink and the systemd
+    watchdog still get their turn (before: the loop read until the socket was empty)."""
+    import zmq
+    from ops_util import flight_apps
+
+    from flight.app import UPLINK_PER_TURN
+
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    try:
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        push.connect(f"tcp://127.0.0.1:{port}")
+        with flight_apps(tmp_path, monkeypatch, [], 100.0) as (make, _):
+            app, _ = make()
+            for i in range(1000):
+                push.send(bytes([i % 251]) * 40)
+            deadline = time.monotonic() + 10
+            while not pull.poll(100) and time.monotonic() < deadline:
+                pass
+            time.sleep(0.3)  # all 1000 across loopback
+            assert app.drain_uplink(pull) == UPLINK_PER_TURN < 1000
+            taken = UPLINK_PER_TURN
+            while (n := app.drain_uplink(pull)):
+                assert n <= UPLINK_PER_TURN
+                taken += n
+            assert taken == 1000 and app.counts["uplink_rejected"] == 1000  # every one handled, in later turns
+            app.watchdog.close()
+            app.store.close()
+    finally:
+        push.close(0)
+        pull.close(0)
+        ctx.term()
