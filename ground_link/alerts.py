@@ -78,10 +78,11 @@ class Throttle:
         del shown[:-KEEP_SHOWN]
 
 
-def _num(v: float | None) -> float | None:
-    """None for what is not a finite number: the record is printed and published as JSON, where
-    NaN and Infinity are not values (a strict reader, a browser's JSON.parse, refuses the line)."""
-    return v if v is not None and math.isfinite(v) else None
+def finite_or_none(v):
+    """None for a float that is not finite, else the value as it is: what the ground writes (alert
+    lines, the feed, the archive, the console's and query's JSON) holds no NaN or Infinity, which
+    no strict JSON reader (a browser's JSON.parse) takes and which PostgreSQL, unlike SQLite, keeps."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _position(lat: float, lon: float) -> tuple[float | None, float | None]:
@@ -96,12 +97,12 @@ def alert_record(d: Detection, rule_index: int, rule: AlertRule, received_wall: 
                  received_s: float | None, throttled: bool) -> dict:
     """One alert as archived, printed as JSON and published (one flat dict); a value that is not
     a finite number (NaN, inf from a malformed product) is None, a position off the globe unknown."""
-    latency = None if received_s is None else _num(round(received_s - d.capture_time_s, 3))
+    latency = None if received_s is None else finite_or_none(round(received_s - d.capture_time_s, 3))
     lat, lon = _position(d.lat_deg, d.lon_deg)
     rec = {"severity": rule.severity, "class": rule.class_name, "frame_id": d.frame_id, "product_id": d.product_id,
            "confidence": round(d.confidence, 3), "lat_deg": lat, "lon_deg": lon,
-           "row_px": _num(d.row_px), "col_px": _num(d.col_px), "area_px": d.area_px,
-           "capture_time_s": _num(d.capture_time_s),
+           "row_px": finite_or_none(d.row_px), "col_px": finite_or_none(d.col_px), "area_px": d.area_px,
+           "capture_time_s": finite_or_none(d.capture_time_s),
            "received_s": None if received_s is None else round(received_s, 3), "latency_s": latency,
            "received_wall": round(received_wall, 3), "rule": rule_index, "throttled": throttled}
     rec["message"] = format_alert(rec)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 import sqlite3
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from flight.products import Event, Housekeeping, ImageChip
+from ground_link.alerts import finite_or_none
 
 # ROWID: an auto-numbered row id; INT: a 64-bit integer; REAL: a double; BLOB: bytes.
 SCHEMA = """
@@ -248,9 +248,7 @@ def _jsonable(product) -> dict:
         v = getattr(product, f.name)
         if isinstance(v, bytes):
             v = len(v)  # blobs live in their own table
-        elif isinstance(v, float) and not math.isfinite(v):
-            v = None
-        out[f.name] = v
+        out[f.name] = finite_or_none(v)
     return out
 
 
@@ -259,12 +257,6 @@ def _text(text: str) -> str:
     DataError that would stop the station on a flight message holding one), so they become U+FFFD
     (the packet itself, kept in the packets table, still has the original bytes)."""
     return text.replace("\x00", "\ufffd")
-
-
-def _finite(v):
-    """None for a non-finite float: SQLite stores NaN as NULL but PostgreSQL keeps NaN and
-    infinities, which no JSON reader (the console, exports) takes; both back ends now hold NULL."""
-    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 class Archive:
@@ -294,7 +286,7 @@ class Archive:
         frame_id = getattr(product, "frame_id", None)
         # NULL for a time that is not a finite number, on both back ends (PostgreSQL would keep NaN,
         # and every reader computing a latency from it would put NaN into its JSON)
-        time_s = _finite(getattr(product, "capture_time_s", getattr(product, "time_s", None)))
+        time_s = finite_or_none(getattr(product, "capture_time_s", getattr(product, "time_s", None)))
         pid = product.product_id
         db = self.db
         db.begin()
@@ -312,7 +304,7 @@ class Archive:
                 return False
             if isinstance(product, Housekeeping):
                 db.executemany("INSERT INTO telemetry (product_id, time_s, channel, value, satellite_id) VALUES (?, ?, ?, ?, ?)",
-                               [(pid, time_s, c, _finite(v), satellite_id) for c, v in product.channels().items()])
+                               [(pid, time_s, c, finite_or_none(v), satellite_id) for c, v in product.channels().items()])
             elif isinstance(product, Event):
                 db.execute("INSERT INTO events (product_id, time_s, event_id, severity, frame_id, message, satellite_id) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -344,7 +336,7 @@ class Archive:
         row.setdefault("satellite_id", 1)
         row.setdefault("station", self.station)
         self.db.execute(f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES ({', '.join('?' * len(ALERT_COLUMNS))})",
-                        [_finite(row.get(c)) for c in ALERT_COLUMNS])
+                        [finite_or_none(row.get(c)) for c in ALERT_COLUMNS])
 
     def alert_unless_repeat(self, record: dict, window_s: float, is_repeat) -> bool:
         """Archive an alert of a ground of several stations, throttled when `is_repeat(shown)` finds

@@ -40,7 +40,7 @@ from flight.dictionary import (
     Severity,
 )
 from flight.products import product_label
-from ground_link.alerts import class_name, in_region
+from ground_link.alerts import class_name, finite_or_none, in_region
 
 KINDS = {"detections": "Detection", "summaries": "FrameSummary", "events": "Event", "chips": "ImageChip",
          "housekeeping": "Housekeeping", "all": None}
@@ -262,7 +262,7 @@ def query(archive: str | Path, kind: str = "detections", since: float | None = N
                         cur = db.execute("SELECT channel, value FROM telemetry WHERE product_id = ? ORDER BY channel",
                                          (rec["product_id"],))
                     # NaN is NULL in SQLite, kept by PostgreSQL; inf by both: None, as JSON can hold
-                    rec["channels"] = {channel_name(c): v if v is not None and math.isfinite(v) else None
+                    rec["channels"] = {channel_name(c): finite_or_none(v)
                                        for c, v in cur}
     finally:
         db.close()

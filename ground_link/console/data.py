@@ -31,6 +31,7 @@ from typing import Any
 from flight.config import Scenario
 from flight.dictionary import EVENTS_BY_ID, TELEMETRY_BY_ID, DetectionClass, Mode, Severity
 from flight.products import product_label
+from ground_link.alerts import finite_or_none
 from ground_link.archive import reader
 from ground_link.export import CHIP_CLASS, RunContext, wall_text
 from ground_link.partners import DEMO_FILE, Partner, load_partners
@@ -52,10 +53,6 @@ def class_of(class_id: int | None) -> str | None:
         return DetectionClass(class_id).name.lower() if class_id is not None else None
     except ValueError:
         return None
-
-
-def _num(v) -> float | None:
-    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
 
 
 def chip_url(sat: int, pid: int) -> str:
@@ -197,11 +194,11 @@ class ArchiveView:
         return {"id": row["id"], "product_id": pid, "product": product_label(pid), "satellite_id": sat,
                 "station": row["station"], "key": f"{sat}:{pid}", "frame_key": f"{sat}:{row['frame_id']}",
                 "severity": row["severity"],
-                "class": row["class"], "confidence": row["confidence"], "lat": _num(row["lat_deg"]),
-                "lon": _num(row["lon_deg"]), "frame_id": row["frame_id"], "capture_time_s": _num(row["time_s"]),
+                "class": row["class"], "confidence": row["confidence"], "lat": finite_or_none(row["lat_deg"]),
+                "lon": finite_or_none(row["lon_deg"]), "frame_id": row["frame_id"], "capture_time_s": finite_or_none(row["time_s"]),
                 "capture_utc": self.ctx.utc(row["time_s"]), "received_wall": row["received_wall"],
                 "received_utc": (self.ctx.utc(row["received_s"]) if row["received_s"] is not None
-                                 else self.received_utc(row["received_wall"])), "latency_s": _num(row["latency_s"]),
+                                 else self.received_utc(row["received_wall"])), "latency_s": finite_or_none(row["latency_s"]),
                 "area_px": row["area_px"], "rule": row["rule"], "throttled": bool(row["throttled"]),
                 "message": row["message"]}
 
@@ -217,16 +214,16 @@ class ArchiveView:
         kind = row["kind"]
         if kind == "Detection":
             return base | {"kind": "detection", "frame_id": f["frame_id"], "class": class_of(f["class_id"]),
-                           "confidence": round(f["confidence_q"] / 255.0, 3), "lat": _num(f["lat_deg"]),
-                           "lon": _num(f["lon_deg"]), "row_px": f["row_px"], "col_px": f["col_px"],
+                           "confidence": round(f["confidence_q"] / 255.0, 3), "lat": finite_or_none(f["lat_deg"]),
+                           "lon": finite_or_none(f["lon_deg"]), "row_px": f["row_px"], "col_px": f["col_px"],
                            "area_px": f["area_px"], "capture_time_s": f["capture_time_s"],
                            "capture_utc": self.ctx.utc(f["capture_time_s"])}
         if kind == "FrameSummary":
             return base | {"kind": "frame", "frame_id": f["frame_id"], "cloud_fraction": f["cloud_fraction"],
                            "discarded": bool(f["discarded"]), "ships": f["ships"], "fires": f["fires"],
                            "tiles": f["tiles"], "cloudy_tiles": f["cloudy_tiles"],
-                           "processing_ms": f["processing_ms"], "lat": _num(f["center_lat_deg"]),
-                           "lon": _num(f["center_lon_deg"]), "capture_time_s": f["capture_time_s"],
+                           "processing_ms": f["processing_ms"], "lat": finite_or_none(f["center_lat_deg"]),
+                           "lon": finite_or_none(f["center_lon_deg"]), "capture_time_s": f["capture_time_s"],
                            "capture_utc": self.ctx.utc(f["capture_time_s"])}
         if kind == "ImageChip":
             label = CHIP_CLASS.get(f["class_id"], "chip")
@@ -407,11 +404,11 @@ class ArchiveView:
             name = ch.name if ch else f"channel_{cid}"
             # a value that is not a finite number (NaN: NULL in SQLite; inf) has no text or limit
             # check, and is no JSON: None, shown as such and in alarm (it used to fail the snapshot)
-            value = _num(r["value"])
+            value = finite_or_none(r["value"])
             out.append({"id": cid, "satellite_id": sat, "name": name, "description": ch.description if ch else "",
                         "unit": channel_unit(name), "value": value,
                         "text": "not a number" if value is None else channel_text(name, value),
-                        "state": "alarm" if value is None else channel_state(cid, value), "time_s": _num(r["time_s"]),
+                        "state": "alarm" if value is None else channel_state(cid, value), "time_s": finite_or_none(r["time_s"]),
                         "time_utc": self.ctx.utc(r["time_s"]),
                         "warn": list(ch.warn) if ch and ch.warn else None,
                         "alarm": list(ch.alarm) if ch and ch.alarm else None})
@@ -625,7 +622,7 @@ class ArchiveView:
             st, age = self._status(f"{name}/station")
             mine = [r for r in rows if r["station"] == name]
             lat = [(r["received_wall"] - t0) * rate - r["time_s"] for r in mine  # NaN (an old archive's): no latency
-                   if t0 is not None and _num(r["time_s"]) is not None and r["received_wall"] is not None]
+                   if t0 is not None and finite_or_none(r["time_s"]) is not None and r["received_wall"] is not None]
             out.append({"station": name, "running": age is not None and age < STATUS_FRESH_S,
                         "products_archived": len(mine),
                         "by_satellite": {str(s): sum(1 for r in mine if r["satellite_id"] == s) for s in sats},
@@ -678,8 +675,8 @@ class ArchiveView:
         kept = []
         if kind == "alerts":
             for r in rows:
-                rec = {"kind": "alert", "class": r.get("class"), "lat": _num(r.get("lat_deg")),
-                       "lon": _num(r.get("lon_deg")), "received_wall": r.get("received_wall")}
+                rec = {"kind": "alert", "class": r.get("class"), "lat": finite_or_none(r.get("lat_deg")),
+                       "lon": finite_or_none(r.get("lon_deg")), "received_wall": r.get("received_wall")}
                 if self.allows(p, rec, now):
                     kept.append(r)
             return kept
