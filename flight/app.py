@@ -363,10 +363,11 @@ class FlightApp:
     def utc_text(self, t_s: float | None) -> str:
         return "-" if t_s is None else self.clock.utc(t_s).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    def send_cutoff_wall(self, now_wall: float) -> float | None:
-        """Until when (wall time) a packet may leave the radio: None = no limit (no plan in force);
-        -inf = not at all (a planned gap). Near LOS the packet must also be acknowledged before it,
-        so the cutoff is LOS less a round trip and the clock margin."""
+    def send_cutoff(self, now: float) -> float | None:
+        """Until when (link time, `now`'s scale: time.monotonic()) a packet may leave the radio:
+        None = no limit (no plan in force); -inf = not at all (a planned gap). Near LOS the packet
+        must also be acknowledged before it, so the cutoff is LOS less a round trip and the clock
+        margin."""
         plan = self.contact_plan
         t = self.clock.now_s()
         if not plan.governs(t):
@@ -383,7 +384,8 @@ class FlightApp:
         # a pass shorter than a few round trips still carries products (their acks may come in a
         # later pass): never keep more than a quarter of it back
         rtt = min(rtt, (los - aos) / self.clock.rate / 4)
-        return self.clock.wall_time_of(los - self.cfg.contact_margin_s) - rtt
+        # the plan is in on-board (wall-based) time; the link runs on the monotonic clock
+        return self.clock.wall_time_of(los - self.cfg.contact_margin_s) - time.time() + now - rtt
 
     @property
     def cfg(self):
@@ -608,7 +610,7 @@ class FlightApp:
         its events, and DEGRADED when the store was quarantined or cannot write. Also writes ack
         counters left unwritten by the once-a-second limit."""
         self.persist_ack_counters()
-        self.store.maintain(time.time())
+        self.store.maintain(time.monotonic())
         for _ in range(3):  # emitting may itself find the disk failing: one more round says so
             events = self.store.take_events()
             if not events:
@@ -767,10 +769,11 @@ class FlightApp:
                 self.emit("BAD_UPLINK_PACKET", reason=str(exc)[:160])
             return
         self.persist_ack_counters()
-        self.last_uplink = time.time()
-        removed, rtts_s = self.store.ack_with_samples(ids, time.time())  # round trips of once-sent packets (Karn)
+        now = time.monotonic()
+        self.last_uplink = now
+        removed, rtts_s = self.store.ack_with_samples(ids, now)  # round trips of once-sent packets (Karn)
         self.link_timer.on_samples(rtts_s)
-        self.link_timer.on_acked(time.time())
+        self.link_timer.on_acked(now)
         self.counts["products_acked"] += removed
 
     def on_command(self, packet: bytes) -> None:
@@ -791,7 +794,7 @@ class FlightApp:
             self.emit("COMMAND_AUTH_FAILED", counter=sc.counter, kind=exc.code.name, reason=exc.reason[:140])
             self.report(sc.counter, sc.opcode, ReportKind.REJECTED, exc.code, exc.reason)
             return
-        self.last_uplink = time.time()
+        self.last_uplink = time.monotonic()
         try:
             cmd = self.auth.accept(sc)
         except CommandError as exc:
@@ -1064,18 +1067,13 @@ class FlightApp:
         """Hand due packets to the radio while its queue holds less than radio_queue_max_s of
         airtime (the rest waits in the store, most important first); each packet's timer runs
         from when the queue model says it has left the radio."""
-        now = time.time()
+        # Link time is monotonic, like the store's send state: on wall time, a clock stepped back
+        # (NTP, a GPS fix) held the radio model "full" and every packet's timer for the whole step.
+        now = time.monotonic()
         timer = self.link_timer
-        # The modelled transmitter never holds more than queue_max_s plus one packet (65542 bytes
-        # at most): beyond that the wall clock stepped back, and the model said "full" for the
-        # whole step, so nothing went down at all. Rebase it (and the probe pacing) on now.
-        if timer.tx_free_at - now > timer.queue_max_s + 65542 * 8 / timer.rate_bps:
-            timer.tx_free_at = now
-        if timer.next_probe_wall - now > timer.rto_max_s:
-            timer.next_probe_wall = now
         if not timer.has_room(now):
             return
-        cutoff = self.send_cutoff_wall(now)  # the contact plan: outside a window everything waits in the store
+        cutoff = self.send_cutoff(now)  # the contact plan: outside a window everything waits in the store
         if cutoff is not None and timer.leaves_at(0, now) >= cutoff:
             return
         sent, left_wall, timed_out = [], [], False
@@ -1110,7 +1108,7 @@ class FlightApp:
                       cpu_percent=self.proc.cpu_percent(), store_products=self.store.pending(),
                       store_bytes=self.store.bytes(), mode=int(self.modes.mode),
                       errors_in_window=self.modes.errors_in_window(t), models_disabled=len(self.pipeline.disabled),
-                      uplink_age_s=time.time() - self.last_uplink if self.last_uplink else -1.0,
+                      uplink_age_s=time.monotonic() - self.last_uplink if self.last_uplink else -1.0,
                       upload_chunks_received=sum(self.uploads.received(u) for u in self.uploads.open_ids()),
                       quicklooks_held=len(self.quicklooks.ring), rto_s=self.link_timer.rto_s,
                       store_state=self.store.state, store_ram_products=self.store.ram_products,

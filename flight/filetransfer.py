@@ -489,7 +489,7 @@ class FileReceiver:
 
     def on_packet(self, packet: bytes, now: float | None = None) -> None:
         """One uplink packet on Apid.FILE_DATA."""
-        now = time.time() if now is None else now
+        now = time.monotonic() if now is None else now  # rate limits only: immune to wall clock steps
         try:
             pdu = parse_pdu(unwrap(packet, Apid.FILE_DATA))
             if pdu.direction != Direction.TOWARDS_RECEIVER or pdu.dest_entity_id.value != FLIGHT_ENTITY.value:
@@ -694,7 +694,7 @@ class FileReceiver:
         except Exception as exc:  # noqa: BLE001 (a resume that fails starts the file again)
             self.log(f"file transaction {tid[0]}:{tid[1]}: resume failed ({type(exc).__name__}: {exc}); starting again")
             self.dest.reset()
-            self._start(tid, time.time())
+            self._start(tid, time.monotonic())
             return False
         finally:
             self._restoring = False
@@ -962,7 +962,7 @@ class FileService:
                 self.receiver.counts["protocol_errors"] += 1
                 self.app.svc.log(f"file transfer: {type(exc).__name__}: {exc}")
             if self.receiver.counts["pdus_in"] > before:
-                self.app.last_uplink = time.time()
+                self.app.last_uplink = time.monotonic()
             self._ensure_thread()
             self._write_status()
         self.flush_events()

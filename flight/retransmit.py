@@ -19,7 +19,8 @@ archived, 1,282 sends). Two things fix it:
   is the first to reach the ground after AOS, and its ack releases the backlog by fast
   retransmission). Loss while acks still arrive is not silence: re-sends go as before.
 
-All times are wall seconds (time.time()), like the store's.
+All times are link seconds (time.monotonic(), given by the caller), like the store's send state:
+a wall clock stepped back would otherwise hold every timer and the queue model for the step.
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ Storage faults (issue #12) never stop the flight:
   INSERT ... SELECT from RAM to disk in one transaction. A TEMP VIEW named `products` shows every
   waiting product (disk and RAM) to readers that query `store.db` directly.
 - Send state (sent_wall, left_wall, sends) lives in RAM: it was reset at every open anyway, and
-  a failing disk must not stop the downlink timers. `sends` is also written to the disk while it
+  a failing disk must not stop the downlink timers. Its times (`*_wall`, the names kept from when
+  they were wall seconds) are the caller's link clock, time.monotonic() in the flight, so a wall
+  clock stepped back does not hold every timer for the step. `sends` is also written to the disk while it
   works, so a retransmission after a restart is still counted as one. Measured here (5,000
   products of 2 KB): due + mark_sent + ack of a 64-packet window 1.6 ms, was 9.9 ms (one
   committed UPDATE per packet); due with the window full 0.01 ms, was 4 ms (a full scan).

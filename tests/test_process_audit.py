@@ -134,9 +134,10 @@ def test_housekeeping_and_scrub_resume_at_once_after_the_clock_stepped_back(tmp_
         assert app.next_hk_s <= t + 1.0 and app.next_scrub_s <= t + 60.0
 
 
-def test_the_downlink_goes_on_after_the_wall_clock_stepped_back(tmp_path, monkeypatch):
-    """The radio's queue model is in wall time: after a step back of 990 s it held 990 s of
-    "airtime" and nothing at all went down until the clock had caught up."""
+def test_the_downlink_and_its_timers_go_on_after_the_wall_clock_stepped_back(tmp_path, monkeypatch):
+    """The radio's queue model and every packet's retransmission timer ran on wall time: after a
+    step back of 990 s the model held 990 s of "airtime" (nothing went down) and an unacknowledged
+    packet was not sent again until the clock had caught up. Link time is now monotonic."""
     import zmq
 
     with flight_apps(tmp_path, monkeypatch, BASE + ["link.downlink_rate_bps=1000.0"], now_s=1000.0) as (make, _key):
@@ -149,12 +150,21 @@ def test_the_downlink_goes_on_after_the_wall_clock_stepped_back(tmp_path, monkey
             app.housekeeping(force=True)
             app.pump_downlink(down)
             sent = app.counts["packets_sent"]
-            assert sent >= 1 and not app.link_timer.has_room(time.time())  # ~2 s of airtime queued at 1 kbit/s
-            real = time.time
-            monkeypatch.setattr(time, "time", lambda: real() - 990.0)  # the wall clock steps back (NTP)
+            assert sent >= 1 and not app.link_timer.has_room(time.monotonic())  # ~2 s of airtime queued at 1 kbit/s
+            real_wall, real_mono, ahead = time.time, time.monotonic, [0.0]
+            monkeypatch.setattr(time, "time", lambda: real_wall() - 990.0 + ahead[0])  # the wall clock steps back (NTP)
+            monkeypatch.setattr(time, "monotonic", lambda: real_mono() + ahead[0])
+            # nothing is acknowledged: once the timeout has run out (the wall clock is still 870 s
+            # behind), the silent link is probed with one of those packets (before: nothing went
+            # again for 990 s)
+            ahead[0] = app.link_timer.rto_max_s + 60.0
+            app.pump_downlink(down)
+            assert app.counts["packets_retransmitted"] == 1 and app.counts["packets_sent"] == sent + 1
+            # and the queue model is not held by the step: a new packet goes once the probe has left
+            ahead[0] += 3.0
             app.housekeeping(force=True)
             app.pump_downlink(down)
-            assert app.counts["packets_sent"] == sent + 1  # before: 0 until the clock caught up
+            assert app.counts["packets_sent"] == sent + 2
         finally:
             radio.close(linger=0)
             down.close(linger=0)

@@ -186,11 +186,11 @@ def simulate(tmp_path: Path, monkeypatch, rate_bps: float, t: LinkTimer, product
     down = Direction("down", rate_bps, DELAY_S, 10**6, loss=RandomLoss(loss, rng))
     up_loss = RandomLoss(loss, rng)
     now = [T0]
-    monkeypatch.setattr(flight.app, "time", SimpleNamespace(time=lambda: now[0]))
+    monkeypatch.setattr(flight.app, "time", SimpleNamespace(time=lambda: now[0], monotonic=lambda: now[0]))
     sock: Any = SimpleNamespace(send=lambda packet, flags=0: down.offer(packet, now[0]))
     app: Any = SimpleNamespace(link_timer=t, store=store, cfg=SimpleNamespace(downlink_window=64),
                           counts=dict(packets_sent=0, packets_retransmitted=0),
-                          send_cutoff_wall=lambda _now: None)  # no contact plan: the gaps here are unplanned
+                          send_cutoff=lambda _now: None)  # no contact plan: the gaps here are unplanned
 
     def put(apid, size):
         return store.put(APID_PRIORITY[apid], apid, 0.0, lambda pid, seq: struct.pack(">Q", pid).ljust(size, b"\0"))[0]
