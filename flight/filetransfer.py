@@ -59,8 +59,11 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
+import cfdppy.handler.dest as _cfdp_dest
+import cfdppy.handler.source as _cfdp_source
 from cfdppy import (
     CfdpState,
     CfdpUserBase,
@@ -187,12 +190,45 @@ def timers_for(uplink_bps: float, downlink_bps: float, delay_s: float, queue_s: 
     return Timers(ack_s=max(3.0, 2.5 * rtt), nak_s=max(3.0, 2.5 * rtt), prompt_s=max(6.0, 4 * rtt))
 
 
+def _monotonic_ms() -> int:
+    return round(time.monotonic() * 1000)
+
+
+class MonotonicCountdown(Countdown):
+    """spacepackets' Countdown on time.monotonic(). Its own runs on time.time(), so a wall clock
+    stepped back (NTP, a GPS fix) held cfdp-py's NAK, ACK and check timers for the whole step: an
+    upload in progress stopped asking for its missing data. `time_out()` (start 0 = expired on the
+    wall clock) becomes "started one timeout ago"."""
+
+    def __init__(self, init_timeout):
+        super().__init__(init_timeout)
+        if init_timeout is not None:
+            self._start_time_ms = _monotonic_ms()
+
+    def start(self) -> None:
+        self._start_time_ms = _monotonic_ms()
+
+    def time_out(self) -> None:
+        self._start_time_ms = _monotonic_ms() - self._timeout_ms
+
+    def timed_out(self) -> bool:
+        return _monotonic_ms() - self._start_time_ms >= self._timeout_ms
+
+    def remaining_time(self) -> timedelta:
+        return timedelta(milliseconds=max(0, self._start_time_ms + self._timeout_ms - _monotonic_ms()))
+
+
+# cfdp-py makes its procedure and ACK timers with the Countdown its handler modules imported
+_cfdp_dest.Countdown = MonotonicCountdown  # type: ignore[misc]
+_cfdp_source.Countdown = MonotonicCountdown  # type: ignore[misc]
+
+
 class _CheckTimers(CheckTimerProvider):
     def __init__(self, seconds: float):
         self.seconds = seconds
 
     def provide_check_timer(self, local_entity_id, remote_entity_id, entity_type) -> Countdown:
-        return Countdown.from_seconds(self.seconds)
+        return MonotonicCountdown.from_seconds(self.seconds)
 
 
 class _FixedSeq:
@@ -1027,7 +1063,7 @@ class FileSender:
     SOURCE_PATH = Path("/ground/outgoing.bin")  # the name inside BytesFilestore
 
     def __init__(self, data: bytes, dest_name: str, seq: int, timers: Timers, segment_bytes: int = SEGMENT_BYTES,
-                 now: Callable[[], float] = time.time, resume: bool = False):
+                 now: Callable[[], float] = time.monotonic, resume: bool = False):
         self.size, self.timers, self.now = len(data), timers, now
         self.user = _User(BytesFilestore(self.SOURCE_PATH, data))
         self.faults = _Faults()

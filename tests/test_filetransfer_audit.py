@@ -319,3 +319,33 @@ def test_a_flipped_crc_flag_bit_is_refused_not_written_as_file_data(tmp_path):
     rx.on_packet(wrap(bytes(raw), Apid.FILE_DATA, 2))
     assert rx.counts["pdus_rejected"] == 1 and rx.dest.progress == 0
     assert (tmp_path / "one" / "incoming" / "a.bin").stat().st_size == 0
+
+
+def test_cfdp_timers_go_on_after_the_wall_clock_stepped_back(tmp_path, monkeypatch):
+    """cfdp-py's NAK and ACK timers are spacepackets Countdowns, which ran on time.time(): after
+    the wall clock stepped back (NTP, a GPS fix) the flight stopped asking for missing data for
+    the whole step (here 990 s). They now run on time.monotonic()."""
+    out: list[bytes] = []
+    rx = receiver(tmp_path / "files", out)
+    data = random.Random(30).randbytes(768)
+    rx.on_packet(up(MetadataPdu(conf(3), MetadataParams(
+        closure_requested=True, checksum_type=ChecksumType.CRC_32, file_size=len(data),
+        source_file_name="/g/x", dest_file_name="gap.bin"))))
+    rx.on_packet(file_data(3, 0, data[:256]))
+    rx.on_packet(file_data(3, 512, data[512:]))  # 256..512 lost
+    rx.on_packet(up(EofPdu(conf(3), file_checksum=struct.pack("!I", zlib.crc32(data)), file_size=len(data))))
+
+    def naks() -> int:
+        return sum(1 for p in out if getattr(parse_pdu(p), "directive_type", None) == DirectiveType.NAK_PDU)
+
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 990.0)
+    first = naks()
+    deadline = real() + 5.0
+    while naks() == first and real() < deadline:  # the NAK timer (0.3 s) asks again
+        time.sleep(0.05)
+        rx.tick()
+    assert naks() > first, rx.counts
+    rx.on_packet(file_data(3, 256, data[256:512]))
+    rx.tick()
+    assert received(rx, data)
