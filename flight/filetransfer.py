@@ -1278,6 +1278,9 @@ def _ground_state(path: Path, change: Callable[[dict], object]):
     return result
 
 
+SEQ_EPOCH_UNIX_S = 1_577_836_800  # 2020-01-01T00:00:00Z
+
+
 def transaction_for(path: Path, sha256_hex: str) -> tuple[int, bool]:
     """The CFDP transaction sequence number for sending the file with this SHA-256, and whether it
     resumes an unfinished one (a commander stopped mid-transfer). Kept in `path` (JSON) under a
@@ -1287,7 +1290,10 @@ def transaction_for(path: Path, sha256_hex: str) -> tuple[int, bool]:
         open_ = state.setdefault("open", {})
         if sha256_hex in open_:
             return int(open_[sha256_hex]), True
-        n = int(state.get("next_seq", 1))
+        # never below the seconds since SEQ_EPOCH: a new ground run (a fresh cfdp.json) numbers above
+        # every earlier run's transactions, so the flight does not take its PDUs for late ones of
+        # an unfinished older transaction (dropped until ops.file_inactivity_s); 32 bits until 2156
+        n = max(int(state.get("next_seq", 1)), int(time.time()) - SEQ_EPOCH_UNIX_S)
         state["next_seq"] = n + 1
         open_[sha256_hex] = n & 0xFFFFFFFF
         return n & 0xFFFFFFFF, False

@@ -349,3 +349,34 @@ def test_cfdp_timers_go_on_after_the_wall_clock_stepped_back(tmp_path, monkeypat
     rx.on_packet(file_data(3, 256, data[256:512]))
     rx.tick()
     assert received(rx, data)
+
+
+def test_a_new_ground_run_numbers_above_an_unfinished_transaction_of_an_older_run(tmp_path, monkeypatch):
+    """Transaction numbers were kept per run folder (RUN_DIR/cfdp.json, from 1): a new ground run
+    whose number was below a transaction the flight still held unfinished (here the old run's
+    second) had every PDU dropped as late until ops.file_inactivity_s (2 h). Numbers now start at
+    the seconds since 2020, above any earlier run's (unless that run made more transactions than
+    seconds have passed since)."""
+    from flight.filetransfer import transaction_for
+
+    old_run, new_run = tmp_path / "run1" / "cfdp.json", tmp_path / "run2" / "cfdp.json"
+    old_run.parent.mkdir()
+    new_run.parent.mkdir()
+    first = random.Random(31).randbytes(2000)
+    seq1, _ = transaction_for(old_run, "a" * 64)
+    tx, rx = transfer(tmp_path, first, Link(seed=32), seq=seq1)
+    assert tx.ok
+    second = random.Random(33).randbytes(20_000)
+    seq2, _ = transaction_for(old_run, "b" * 64)
+    cut = FileSender(second, "cut.mdlpkg", seq2, FAST, segment_bytes=256)
+    transfer(tmp_path, second, Link(seed=34), seq=seq2, sender=cut, receiver=rx, stop_at=0.5)
+    assert rx.busy  # the old run's second transfer is unfinished on board
+    third = random.Random(35).randbytes(3000)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 60.0)  # the new run starts a minute later
+    seq3, _ = transaction_for(new_run, "c" * 64)
+    monkeypatch.setattr(time, "time", real)
+    assert seq3 > seq2
+    tx3, rx = transfer(tmp_path, third, Link(seed=36), seq=seq3, receiver=rx, timeout_s=10,
+                       sender=FileSender(third, "new.mdlpkg", seq3, FAST, segment_bytes=256))
+    assert tx3.ok and received(rx, third), (tx3.describe(), rx.counts)
