@@ -60,6 +60,7 @@ import json
 import os
 import struct
 import tempfile
+import time
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -90,6 +91,7 @@ TABLES_SUFFIX = ".tables"
 _TABLES_MAGIC = b"OBPCTBL\n"
 _TABLES_ALIGN = 4096  # tables start on a page boundary
 _CHUNK = 1 << 20  # bytes per read or write while converting and checking table files
+REMAKE_RETRY_S = 10.0  # a table file that could not be remade is not tried again for this long (a 30 MB read)
 
 
 @dataclass(frozen=True)
@@ -522,6 +524,24 @@ class TableFile:
                 raise ValueError(f"{where or f'calibration tables {self.path!r}'}: truncated at byte {offset + done}")
             done += k
 
+    def check_step(self, offset: int, crc: int, max_bytes: int) -> tuple[int, int]:
+        """Continue a CRC-32 pass over the tables: read up to ``max_bytes`` from table byte
+        ``offset`` (start a pass with offset 0 and crc ``zlib.crc32(meta_json)``); returns the new
+        offset and CRC. At ``offset == tables_bytes`` the pass is over: compare
+        ``finish_check(crc)`` with ``crc32``."""
+        k = min(max_bytes, self.tables_bytes - offset)
+        buf = np.empty(k, np.uint8)
+        self._read_into(buf, self._data + offset)
+        return offset + k, zlib.crc32(cast("Buffer", buf), crc)
+
+    @property
+    def tables_bytes(self) -> int:
+        return 2 * self._n
+
+    def finish_check(self, crc: int) -> int:
+        """The products' CRC-32 from a pass over the tables: the bad pixels in use are added."""
+        return zlib.crc32(cast("Buffer", self.bad_pixels.astype("<u4").view(np.uint8)), crc)
+
     def read_rows(self, table: int, band: int, row0: int, out: np.ndarray) -> np.ndarray:
         """Rows ``row0 .. row0 + len(out)`` of one band of table 0 (dark_offset_dn) or 1 (flat_q)
         into ``out`` (uint8 (n, W), C-contiguous): one contiguous read."""
@@ -583,10 +603,16 @@ class Calibrator:
         self.strip_rows = int(strip_rows)
         self.tables = tables
         self.table_file: TableFile | None = None
+        # the products .npz a damaged table file is remade from ("stream" from a path only)
+        self._npz = None if isinstance(products, CalibrationProducts) else os.fspath(products)
+        self.remakes: list[str] = []  # why the table file was remade, for the caller to report (take_remakes)
+        self._next_remake = 0.0  # time.monotonic() before which a failed remake is not tried again
+        self._scrub: tuple[int, int] | None = None  # (offset, crc) of a table-file check in progress
         src: TableFile | CalibrationProducts
         if tables == "stream":
             self.products = None  # the tables stay on mass memory
             src = self.table_file = TableFile.for_products(products)
+            self._crc32 = src.crc32  # the products every remade table file must hold
         else:
             if not isinstance(products, CalibrationProducts):
                 products = CalibrationProducts.load(products)
@@ -613,6 +639,92 @@ class Calibrator:
         """Close the table file ("stream"); the calibrator is unusable afterwards."""
         if self.table_file is not None:
             self.table_file.close()
+
+    # -- a table file damaged on mass memory ---------------------------------------------------
+
+    def _tables(self) -> TableFile:
+        if self.table_file is None:  # a remake failed: try again, at most every REMAKE_RETRY_S
+            self._remake("the last remake failed")
+        assert self.table_file is not None
+        return self.table_file
+
+    def _read_table(self, table: int, band: int, row0: int, out: np.ndarray) -> np.ndarray:
+        """One strip of one table. A read that fails (the file truncated, removed or unreadable)
+        remakes the file from the products .npz and reads again: before, every later frame
+        failed at calibration until SAFE, with the good .npz beside it."""
+        try:
+            return self._tables().read_rows(table, band, row0, out)
+        except (ValueError, OSError) as exc:
+            if self._npz is None or self.table_file is None:
+                raise
+            self._remake(f"read failed ({type(exc).__name__}: {exc})")
+            return self._tables().read_rows(table, band, row0, out)
+
+    def _remake(self, reason: str) -> None:
+        """Remake the table file from the .npz (checked by its CRC-32, and it must hold the same
+        products); ValueError when that cannot be done now (the next try in REMAKE_RETRY_S)."""
+        if self._npz is None:
+            raise ValueError(f"calibration tables: {reason}; no products file to remake them from")
+        now = time.monotonic()
+        if now < self._next_remake:
+            raise ValueError(f"calibration tables unavailable: {reason}; next remake in "
+                             f"{self._next_remake - now:.0f} s")
+        self._next_remake = now + REMAKE_RETRY_S
+        old, self.table_file = self.table_file, None
+        want = old.crc32 if old is not None else self._crc32
+        if old is not None:
+            old.close()
+        self._scrub = None
+        path = Path(self._npz).with_suffix(TABLES_SUFFIX)
+        with contextlib.suppress(OSError):
+            path.unlink()  # for_products would reuse a file that still passes its checks
+        try:
+            new = TableFile.for_products(self._npz)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"calibration tables: {reason}; remaking them failed: {exc}") from exc
+        if new.crc32 != want:
+            new.close()
+            raise ValueError(f"calibration tables: {reason}; the products file now holds other products")
+        self.table_file = new
+        self.remakes.append(reason)
+
+    def take_remakes(self) -> list[str]:
+        out, self.remakes = self.remakes, []
+        return out
+
+    def scrub_begin(self) -> None:
+        """Start a CRC-32 pass over the table file ("stream"; nothing in "memory"), continued by
+        scrub_step: bit errors on mass memory would otherwise calibrate frames wrongly for good."""
+        if self.table_file is not None and self._scrub is None:
+            self._scrub = (0, zlib.crc32(self.table_file.meta_json.encode()))
+
+    @property
+    def scrubbing(self) -> bool:
+        return self._scrub is not None
+
+    def scrub_step(self, max_bytes: int = 1 << 20) -> str | None:
+        """Check up to max_bytes more of the table file. Returns None while the pass goes on,
+        "" when it ended clean, or what was wrong (then the file has been remade, or ValueError
+        when it cannot be)."""
+        if self._scrub is None or self.table_file is None:
+            return None
+        t = self.table_file
+        try:
+            offset, crc = t.check_step(*self._scrub, max_bytes)
+        except (ValueError, OSError) as exc:
+            problem = f"read failed ({type(exc).__name__}: {exc})"
+        else:
+            if offset < t.tables_bytes:
+                self._scrub = (offset, crc)
+                return None
+            self._scrub = None
+            if t.finish_check(crc) == t.crc32:
+                return ""
+            problem = "CRC-32 mismatch: the table file changed on mass memory"
+        self._scrub = None
+        self._next_remake = 0.0  # a scrub finding is acted on at once
+        self._remake(problem)
+        return problem
 
     @staticmethod
     def _plan_repairs(bad: np.ndarray, w: int):
@@ -661,13 +773,13 @@ class Calibrator:
                 gain = self._gain_buf[: s1 - s0]
                 # uint8 -> uint16 expansion: numpy's casting add is ~4x faster here than cv2.add
                 # with dtype=CV_16U (mixed-depth path): 2 vs 7-9 ms per 2048 x 2048 x 6 frame
-                if self.table_file is None:
+                if self.tables == "memory":
                     np.add(self._offset[b, g0:g1], base, out=dark)
                     np.add(self._flat[b, g0:g1], _FLAT_BIAS_U16, out=gain)
                 else:  # two contiguous positioned reads into one strip-sized buffer, in turn
                     table = self._table_u8[: s1 - s0]
-                    np.add(self.table_file.read_rows(0, b, g0, table), base, out=dark)
-                    np.add(self.table_file.read_rows(1, b, g0, table), _FLAT_BIAS_U16, out=gain)
+                    np.add(self._read_table(0, b, g0, table), base, out=dark)
+                    np.add(self._read_table(1, b, g0, table), _FLAT_BIAS_U16, out=gain)
                 cv2.subtract(raw[b, s0:s1], dark, dst=dark)
                 cv2.multiply(dark, gain, dst=dark, scale=scale, dtype=cv2.CV_16U)
             rows_b, bad_b, da, db = self._repairs[b]
