@@ -218,11 +218,23 @@ class CalibrateTap:
         return cal
 
 
+class RequiredModelFailed(Exception):
+    """The cloud screen failed at run time and nothing replaced it: the frame cannot be screened.
+    Already counted and reported (MODEL_RUN_FAILED) by FlightApp.model_failed; the frame handler
+    only rejects the frame (a second STAGE_ERROR fault used to charge one failure twice to the
+    error budget, so SAFE came after half the failures it is set for)."""
+
+    def __init__(self, name: str, exc: Exception):
+        super().__init__(f"model {name} failed: {exc!r}")
+        self.name, self.exc = name, exc
+
+
 class GuardedModel:
     """A model as the pipeline sees it: each call watched by the stage watchdog and open to the
     scenario's injected faults. A detector that fails or gets stuck is switched off and answers
     'nothing found' for that call, so the frame goes on; a failure of a new version on probation
-    rolls it back and the call is repeated with the previous one."""
+    rolls it back and the call is repeated with the previous one. An output that breaks the card
+    (inference.ModelOutputError: NaN, inf, far outside 0..1, another shape) is such a failure."""
 
     def __init__(self, app: FlightApp, name: str, model, probation: int = 0):
         self.app, self.name, self.model, self.probation = app, name, model, probation
@@ -239,25 +251,28 @@ class GuardedModel:
 
     def run(self, tiles: np.ndarray) -> np.ndarray:
         app = self.app
-        try:
-            with app.watchdog.stage(self.stage):
-                app.faults.model_call(self.name, self.model.card.version, app.frame_id())
-                return self.model.run(tiles)
-        except StageStuck as exc:
-            if self.name == REQUIRED_MODEL:
-                raise
-            app.stage_stuck(exc, model=self.name)
-            return self._empty(len(tiles))
-        except Exception as exc:  # onnxruntime and numpy raise their own types
-            replacement = app.model_failed(self, exc)
-            if replacement is not None:
-                self.model, self.probation = replacement, 0
-                app.report_prescreen()  # the version it rolled back to may validate another cut
+        while True:  # at most twice: a replacement has no probation, so its own failure ends here
+            try:
                 with app.watchdog.stage(self.stage):
+                    app.faults.model_call(self.name, self.model.card.version, app.frame_id())
                     return self.model.run(tiles)
-            if self.name == REQUIRED_MODEL:
-                raise
-            return self._empty(len(tiles))
+            except StageStuck as exc:
+                if self.name == REQUIRED_MODEL:
+                    raise
+                app.stage_stuck(exc, model=self.name)
+                return self._empty(len(tiles))
+            except Exception as exc:  # onnxruntime and numpy raise their own types
+                replacement = app.model_failed(self, exc)
+                if replacement is not None:
+                    self.model, self.probation = replacement, 0
+                    app.report_prescreen()  # the version it rolled back to may validate another cut
+                    # repeated through the same guard: the version rolled back to may fail too (an
+                    # older upload just as bad); its exception escaped the guard and cost a
+                    # detector's frame as a STAGE_ERROR
+                    continue
+                if self.name == REQUIRED_MODEL:
+                    raise RequiredModelFailed(self.name, exc) from exc
+                return self._empty(len(tiles))
 
 
 class FlightApp:
@@ -703,6 +718,8 @@ class FlightApp:
             fid = self.frame_id()
             self.stage_stuck(exc)
             self.reject(fid, f"stage {exc.stage} aborted by the watchdog")
+        except RequiredModelFailed as exc:  # counted and reported by model_failed: the frame only
+            self.reject(self.frame_id(), str(exc))
         except Exception as exc:  # a stage failed on accepted data: count it against the error budget, go on
             self.counts["errors"] += 1
             fid = self.frame_id()

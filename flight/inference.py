@@ -73,6 +73,19 @@ class ModelError(Exception):
         super().__init__(" ".join(p for p in parts if p) + f" {reason}")
 
 
+class ModelOutputError(ValueError):
+    """A model's output broke its card's contract at run time: another shape than the card's, NaN or
+    infinity, or values far outside the card's 0..1. The model, not the frame, is at fault; the
+    flight's guard (flight.app.GuardedModel) treats it as a failed call of that model."""
+
+
+# How far outside 0..1 a fraction or probability may stray and still be clipped (INT8 rounding, a
+# regression head's overshoot). Beyond it the model does not compute what its card says: clipping
+# made +inf, 1e38 or a logit of 1.7 a confident detection in every cell and a fully cloudy tile,
+# -inf a clear one, and NaN went through the clip into the cloud fraction, all without a word.
+OUTPUT_SLACK = 0.25
+
+
 def _bad(card_path, name, key, value, why) -> ModelError:
     return ModelError(why, model=name, path=card_path, key=key, value=value)
 
@@ -328,7 +341,21 @@ class TileModel:
             stop = min(start + bs, n)
             x = quantize_tiles(tiles[start:stop], card.quant_scale, card.quant_zero_point, card.input_scale)
             (y,) = self.session.run(out_name, {feeds_name: x})
-            out[start:stop] = y.reshape(out[start:stop].shape)
+            # the declared output shape is only checked at load: at run time a graph can return
+            # more or fewer rows than tiles, or another rank; a reshape let (N, 1) or a transposed
+            # (1, N) through, and its error named no model
+            want = out[start:stop].shape
+            if not isinstance(y, np.ndarray) or y.shape != want or y.dtype != np.float32:
+                got = (getattr(y, "dtype", type(y).__name__), getattr(y, "shape", None))
+                raise ModelOutputError(f"{card.name} {card.version}: output {got[0]} {got[1]} for {stop - start} tiles, "
+                                       f"card says float32 {want}")
+            out[start:stop] = y
+        lo, hi = float(out.min()), float(out.max())  # a NaN makes both NaN (n > 0 here)
+        if not (lo >= -OUTPUT_SLACK and hi <= 1.0 + OUTPUT_SLACK):
+            nan, inf = int(np.isnan(out).sum()), int(np.isinf(out).sum())
+            far = int(((out < -OUTPUT_SLACK) | (out > 1.0 + OUTPUT_SLACK)).sum()) - inf
+            raise ModelOutputError(f"{card.name} {card.version}: output of {out.size} values has {nan} NaN, {inf} inf, "
+                                   f"{far} outside [{-OUTPUT_SLACK:g}, {1 + OUTPUT_SLACK:g}]")
         np.clip(out, 0.0, 1.0, out=out)
         return out
 

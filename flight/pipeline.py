@@ -255,7 +255,10 @@ class FramePipeline(Generic[M]):
                 lat, lon = pixel_to_latlon(meta.footprint, meta.height, meta.width, row, col)
             detections.append(FoundObject(cls, score, row, col, lat, lon, area))
         self.stage_ms["localize"] += (time.perf_counter() - t0) * 1e3
-        discarded = frac >= self.cfg.cloud_discard_fraction
+        # compared as float32, as the tiles' own thresholds are and as the summary packs it: the
+        # float32 mean widened to float64 made a frame exactly at the discard level (0.7f =
+        # 0.699999988) kept, while its summary said 0.7
+        discarded = bool(np.float32(frac) >= np.float32(self.cfg.cloud_discard_fraction))
         cloudy_at = self.models["cloud_screen"].card.threshold
         result = FrameResult(
             meta=meta,
