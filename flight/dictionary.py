@@ -134,8 +134,8 @@ EVENTS: dict[str, EventDef] = {
         # appended (issue #16): a detector prescreen the loaded model's card does not validate
         EventDef(43, "PRESCREEN_LIMITED", Severity.MEDIUM, "{model} {version}: prescreen {band} cut {requested:g} -> {applied:g}: {reason}"),
         EventDef(44, "RECENT_FRAMES_FAULT", Severity.MEDIUM, "{reason}: frames go on; chips of recent frames come from quicklooks"),
-        # appended: the calibration table file failed a read or a scrub and was remade from the products file
-        EventDef(45, "CALIBRATION_TABLES_REMADE", Severity.MEDIUM, "calibration table file remade from the products file: {reason}"),
+        # appended: the calibration table file failed a read or a scrub; remade from the products file, or not
+        EventDef(45, "CALIBRATION_TABLES_FAULT", Severity.MEDIUM, "calibration table file: {reason}"),
     )
 }
 EVENTS_BY_ID = {e.id: e for e in EVENTS.values()}

@@ -21,6 +21,7 @@ nohup or any other supervisor the parent is irrelevant and the process keeps run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -134,6 +135,8 @@ class Service:
         if not hasattr(logging.getLogger("onboard"), "onboard_format"):
             configure_logging()
         self._last_status = 0.0
+        self.status_errors = 0  # status writes that failed (a full or failing disk)
+        self._status_failing = False
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
@@ -162,8 +165,23 @@ class Service:
             status = status()
         path = self.run_dir / f"{self.name}.status.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(status))
+            os.replace(tmp, path)
+        except OSError as exc:
+            # A full or failing disk: the status file is for monitoring. Raised, it was a software
+            # fault on every write (4 a second), and the flight went to SAFE within a second of
+            # its disk filling up. Counted, said once per episode; the process goes on.
+            self.status_errors += 1
+            if not self._status_failing:
+                self._status_failing = True
+                self.log(f"status file {path} not written: {exc} (said once until a write works again)")
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return
+        if self._status_failing:
+            self._status_failing = False
+            self.log(f"status file {path} written again ({self.status_errors} failed writes so far)")
 
 
 def common_args(description: str) -> argparse.ArgumentParser:

@@ -199,18 +199,35 @@ def test_safe_entered_mid_frame_stops_processing_that_frame(tmp_path, monkeypatc
 
 
 def test_a_step_failing_on_every_turn_is_counted_exactly_but_reported_at_a_bounded_rate(tmp_path, monkeypatch):
-    """The status file cannot be replaced (a folder in its place: a real OSError on every write).
-    Each turn is a software fault; before, each also made a SOFTWARE_FAULT event packet (20 a
-    second at the loop's rate), filling the store and the downlink with the same message."""
+    """A step that raises on every turn (here a real FileNotFoundError). Each turn is a software
+    fault; before, each also made a SOFTWARE_FAULT event packet (20 a second at the loop's rate),
+    filling the store and the downlink with the same message."""
     with flight_apps(tmp_path, monkeypatch, BASE + ["ops.error_budget=100000", "ops.event_burst=10"],
                      now_s=100.0) as (make, _key):
         app, _ = make()
-        (tmp_path / "flight.status.json").mkdir()
         for _ in range(300):
-            app.guarded("status", lambda: app.status(force=True))
+            app.guarded("check_memory", lambda: (tmp_path / "missing" / "file").read_text())
         assert app.counts["software_faults"] == 300
         faults = sum(e == EV["SOFTWARE_FAULT"] for e in event_ids(app))
         assert faults == 10 and app.counts["events_suppressed"] >= 290
+
+
+def test_a_status_file_that_cannot_be_written_is_no_fault(tmp_path, monkeypatch):
+    """The run folder's disk full or failing (here: a folder where the status file goes, a real
+    OSError on every write). The status file is for monitoring; before, each failed write was a
+    software fault (4 a second) and the flight went to SAFE within a second of its disk filling.
+    Now each is counted and said once per episode; frames go on; it is written again once it can."""
+    with flight_apps(tmp_path, monkeypatch, BASE + ["ops.error_budget=3"], now_s=100.0) as (make, _key):
+        app, _ = make()
+        app.svc.run_dir = tmp_path
+        (tmp_path / "flight.status.json").mkdir()
+        for _ in range(10):
+            app.guarded("status", lambda: app.status(force=True))
+        assert app.counts["software_faults"] == 0 and app.modes.mode == Mode.NOMINAL
+        assert app.svc.status_errors == 10
+        (tmp_path / "flight.status.json").rmdir()
+        app.guarded("status", lambda: app.status(force=True))
+        assert json.loads((tmp_path / "flight.status.json").read_text())["frames_processed"] == 0
 
 
 # --- SIGTERM in the middle of a frame, a real flight process ------------------------------------------
@@ -403,3 +420,4 @@ def test_an_uplink_flood_is_taken_a_bounded_number_of_packets_per_loop_turn(tmp_
         push.close(0)
         pull.close(0)
         ctx.term()
+
