@@ -193,6 +193,7 @@ class OpsState:
 
 
 UPLINK_PER_TURN = 200  # uplink packets handled per main-loop turn, at most (FlightApp.drain_uplink)
+CALIBRATION_SCRUB_BYTES = 1 << 20  # of the calibration table file checked per main-loop turn (~0.4 ms from cache)
 
 
 class _Unpackable(Exception):
@@ -213,6 +214,8 @@ class CalibrateTap:
     def calibrate_strip(self, raw: np.ndarray, row0: int, out: np.ndarray | None = None) -> np.ndarray:
         with self.app.watchdog.stage("calibrate"):
             cal = self.calibrator.calibrate_strip(raw, row0, out)
+        for reason in self.calibrator.take_remakes():  # a damaged table file, remade from the products file
+            self.app.calibration_tables_fault(f"{reason}; remade from the products file")
         self.app.quicklooks.add_strip(cal, row0)
         self.app.recent.add_strip(cal, row0)
         return cal
@@ -333,7 +336,8 @@ class FlightApp:
             cfg = dataclasses.replace(cfg, **{name: value})
         # the arena needs the strip arrays reused (else fresh pages every strip); without it reuse
         # only holds them between frames (2-4 MiB more at the peak): docs/benchmarks.md
-        self.pipeline = FramePipeline(cfg, CalibrateTap(Calibrator(calibration, tables=cfg.calibration_tables), self),
+        self.calibrator = Calibrator(calibration, tables=cfg.calibration_tables)
+        self.pipeline = FramePipeline(cfg, CalibrateTap(self.calibrator, self),
                                       self.load_models(), reuse_buffers=arena)
         self.pipeline.disabled |= {m for m in self.ops_state.disabled if m != REQUIRED_MODEL}
         self.pending_models: dict[str, GuardedModel] = {}  # activated, swapped in between frames
@@ -545,15 +549,35 @@ class FlightApp:
         self.save_state("disabled models")
         self.emit("MODEL_DISABLED", model=name, reason=reason)
 
+    def calibration_tables_fault(self, reason: str) -> None:
+        """The calibration table file failed a read or a scrub (remade, or not: the reason says).
+        A storage fault like a corrupted model file: counted, reported; frames go on if remade."""
+        self.counts["errors"] += 1
+        self.emit("CALIBRATION_TABLES_FAULT", reason=reason[:160])
+
+    def scrub_calibration(self) -> None:
+        """One step (CALIBRATION_SCRUB_BYTES) of the table file's scrub pass, started with the
+        models' scrub: the main loop is never held for the whole file (50 MB at 2048 px)."""
+        try:
+            problem = self.calibrator.scrub_step(CALIBRATION_SCRUB_BYTES)
+        except ValueError as exc:  # found damaged and not remade: the next frames fail and say so
+            self.calibration_tables_fault(str(exc))
+            return
+        if problem:
+            self.calibration_tables_fault(f"scrub: {problem}; remade from the products file")
+
     def scrub_models(self) -> None:
         """Re-hash the active model files: a file corrupted on disk is rolled back before the next
-        start would find it (the running session was loaded from good bytes)."""
+        start would find it (the running session was loaded from good bytes). The calibration
+        table file is checked too, a step per call."""
+        self.scrub_calibration()
         t = self.clock.now_s()
         if self.next_scrub_s > t + self.sc.ops.model_scrub_period_s:  # the clock stepped back (as housekeeping)
             self.next_scrub_s = t
         if not self.sc.ops.model_scrub_period_s or t < self.next_scrub_s:
             return
         self.next_scrub_s = t + self.sc.ops.model_scrub_period_s
+        self.calibrator.scrub_begin()
         for name in list(self.pipeline.models):
             problem = self.model_store.scrub(name)
             if problem is None:
@@ -1164,7 +1188,7 @@ class FlightApp:
 
     def status(self, force: bool = False) -> None:
         self.svc.write_status(lambda: dict(
-            self.counts, eos=self.eos, store_products=self.store.pending(),
+            self.counts, eos=self.eos, store_products=self.store.pending(), status_write_errors=self.svc.status_errors,
             peak_rss_mib=self.proc.memory_info().rss / 2**20 if force else None, cores=self.cores,
             last_latency_ms=self.last_latency_ms, mode=self.modes.mode.name, last_counter=self.auth.last_counter,
             disabled=sorted(self.pipeline.disabled),

@@ -421,3 +421,39 @@ def test_an_uplink_flood_is_taken_a_bounded_number_of_packets_per_loop_turn(tmp_
         pull.close(0)
         ctx.term()
 
+
+
+# --- the calibration table file damaged while the flight runs -------------------------------------
+
+
+def test_a_calibration_table_file_damaged_while_running_costs_no_frame(tmp_path, monkeypatch):
+    """The table file truncated under a running flight (a flash fault): before, every later frame
+    was a stage error (SAFE after the error budget) with the good products .npz beside it. Now the
+    next frame is processed as usual, and CALIBRATION_TABLES_FAULT says the file was remade. A bit
+    flip is found by the scrub, a step per main-loop turn, and the file remade the same way."""
+    from test_modes import feed_frame
+
+    with flight_apps(tmp_path, monkeypatch, BASE + ["ops.error_budget=3"], now_s=100.0) as (make, _key):
+        app, sc = make()
+        feed_frame(app, sc, 0)
+        tables = tmp_path / "cal.tables"
+        with open(tables, "r+b") as f:
+            f.truncate(5000)
+        for fid in (1, 2, 3, 4):
+            feed_frame(app, sc, fid)
+        assert app.counts["frames_processed"] == 5 and app.counts["frames_rejected"] == 0
+        assert event_ids(app).count(EV["CALIBRATION_TABLES_FAULT"]) == 1
+        assert app.modes.mode == Mode.NOMINAL
+        # a bit flip in the flat table: found by the next scrub pass
+        with open(tables, "r+b") as f:
+            f.seek(-1000 - 4 * app.calibrator.table_file.bad_pixels.size, 2)  # before the bad-pixel list
+            byte = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([byte[0] ^ 0x40]))
+        app.next_scrub_s = 0.0
+        for _ in range(20):  # 256 x 256 x 6 x 2 bytes: one step of 1 MiB
+            app.scrub_models()
+        assert event_ids(app).count(EV["CALIBRATION_TABLES_FAULT"]) == 2
+        assert not app.calibrator.scrubbing
+        feed_frame(app, sc, 5)
+        assert app.counts["frames_processed"] == 6
