@@ -82,6 +82,8 @@ def hash_password(password: str, salt: bytes | None = None) -> str:
     """`scrypt$N$r$p$salt$key` (urlsafe base64, no padding)."""
     if not password:
         raise PartnersError("empty password")
+    if "\x00" in password:  # see verify_password
+        raise PartnersError("a password cannot hold a NUL character")
     salt = salt if salt is not None else secrets.token_bytes(16)
     key = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(key)}"
@@ -91,6 +93,10 @@ MAXMEM = 2**26  # what one check may take (scrypt's memory is about 128 * r * n 
 
 
 def verify_password(password: str, stored: str) -> bool:
+    if "\x00" in password:
+        # scrypt keys HMAC-SHA256 with the password, and HMAC pads a key with zero bytes: "secret",
+        # "secret\0" and "secret\0\0" were all the same password. No password holds a NUL.
+        return False
     try:
         algo, n, r, p, salt, key = stored.split("$")
         if algo != "scrypt":
@@ -292,6 +298,10 @@ class Sessions:
                     self._failures.setdefault(name, []).append(now)
                 return None
             self._failures.pop(name, None)
+            # expired sessions were dropped only when their token came back: every login never
+            # used again (a script logging in per request) stayed in memory for good
+            for t in [t for t, (_, exp) in self._tokens.items() if now > exp]:
+                del self._tokens[t]
             token = secrets.token_urlsafe(32)
             self._tokens[token] = (name, now + self.ttl_s)
             return token

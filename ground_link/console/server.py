@@ -19,6 +19,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import (
@@ -47,6 +48,8 @@ COOKIE = "console_session"
 POLL_S = 0.25  # the feed looks at the archive this often
 LINK_EVERY_S = 1.0  # link state on the feed
 KEEPALIVE_S = 5.0
+LOGIN_BODY_MAX = 16 * 1024  # a login is {name, password}: well under 1 KiB
+FEEDS_PER_PARTNER = 16  # open live feeds per login name (a browser tab holds one)
 EXPORT_TYPES = {"geojson": "application/geo+json", "kml": "application/vnd.google-earth.kml+xml",
                 "csv": "text/csv; charset=utf-8", "cap": "application/atom+xml"}
 SECURITY_HEADERS = {
@@ -61,6 +64,25 @@ SECURITY_HEADERS = {
 
 class NotAllowed(Exception):
     pass
+
+
+class IdConvertor(Convertor[int]):
+    """A product, alert or satellite id in a URL: digits, as Starlette's `int`, but any number of
+    them. `int` refused more than 4300 digits with a ValueError, answered 400 with Python's advice
+    to call sys.set_int_max_str_digits; an id past 64 bits is one no archive holds, answered 404
+    like any missing id (the reads treat 2**64 so)."""
+
+    regex = "[0-9]+"
+
+    def convert(self, value: str) -> int:
+        digits = value.lstrip("0") or "0"
+        return int(digits) if len(digits) <= 20 else 2**64
+
+    def to_string(self, value: int) -> str:
+        return str(int(value))
+
+
+register_url_convertor("id", IdConvertor())
 
 
 class SecurityHeaders:
@@ -100,7 +122,10 @@ def _parse_time(text: str | None, ctx: RunContext) -> float | None:
         if not math.isfinite(value):  # nan would keep everything, inf nothing: say so instead
             raise ValueError(f"{text[:40]!r}: a time must be a finite number of seconds or UTC ISO 8601")
         return value
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:  # its own message quotes the whole text (3000 characters in, 3000 back): a short one
+        raise ValueError(f"{text[:40]!r}: a time must be a finite number of seconds or UTC ISO 8601") from None
     if dt.tzinfo is None:
         raise ValueError(f"{text[:40]!r}: give a timezone (Z for UTC)")
     return (dt - ctx.epoch).total_seconds()
@@ -169,10 +194,20 @@ def create_app(ctx: RunContext, partners: dict[str, Partner], stopping: list[boo
         return FileResponse(STATIC / "login.html")
 
     async def login(request: Request):
+        # read at most LOGIN_BODY_MAX bytes: request.json() read any body whole into memory (and
+        # waited for all of a Content-Length of 10**20) before looking at it
+        declared = request.headers.get("content-length", "").strip()
+        if declared.isascii() and declared.isdigit() and (len(declared) > 12 or int(declared) > LOGIN_BODY_MAX):
+            return _json({"error": f"a login is at most {LOGIN_BODY_MAX} bytes"}, 413)
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > LOGIN_BODY_MAX:
+                return _json({"error": f"a login is at most {LOGIN_BODY_MAX} bytes"}, 413)
         try:
-            body = await request.json()
+            body = json.loads(raw)
             name, password = str(body["name"]), str(body["password"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: [[[[... (was a 500)
             return _json({"error": "send JSON {name, password}"}, 400)
         token = await run_in_threadpool(sessions.login, name, password)
         if token is None:
@@ -239,7 +274,8 @@ def create_app(ctx: RunContext, partners: dict[str, Partner], stopping: list[boo
         p = who(request)
         fmt = request.path_params["fmt"]
         if fmt not in EXPORT_TYPES:
-            return _json({"error": f"format {fmt!r}: one of {sorted(EXPORT_TYPES)}"}, 404)
+            # fmt[:40]: the URL takes any length, and the whole of it used to come back in the message
+            return _json({"error": f"format {fmt[:40]!r}: one of {sorted(EXPORT_TYPES)}"}, 404)
         try:
             keep = alert_filter(request.query_params, ctx)
         except ValueError as exc:
@@ -295,8 +331,29 @@ def create_app(ctx: RunContext, partners: dict[str, Partner], stopping: list[boo
                     last_sent = time.monotonic()
                 await asyncio.sleep(POLL_S)
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        # each open feed polls the archive 4 times a second: one login could open thousands and
+        # hold every worker thread; counted from here (no await before the response runs) until
+        # the response ends, however it ends
+        if feeds.get(p.name, 0) >= FEEDS_PER_PARTNER:
+            return _json({"error": f"at most {FEEDS_PER_PARTNER} open live feeds per login: close one"}, 429)
+        feeds[p.name] = feeds.get(p.name, 0) + 1
+        return Feed(p.name, events(), media_type="text/event-stream",
+                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    feeds: dict[str, int] = {}
+
+    class Feed(StreamingResponse):
+        def __init__(self, name: str, *args, **kw):
+            super().__init__(*args, **kw)
+            self.name = name
+
+        async def __call__(self, scope, receive, send):
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                feeds[self.name] -= 1
+                if not feeds[self.name]:
+                    del feeds[self.name]
 
     routes = [
         Route("/", page),
@@ -306,17 +363,17 @@ def create_app(ctx: RunContext, partners: dict[str, Partner], stopping: list[boo
         Route("/api/me", me),
         Route("/api/snapshot", snapshot),
         Route("/api/alerts", alerts),
-        Route("/api/alerts/{alert_id:int}", alert),
+        Route("/api/alerts/{alert_id:id}", alert),
         Route("/api/detections", product_list(("Detection",), ("detection",))),
         Route("/api/frames", product_list(("FrameSummary",), ("frame",))),
         Route("/api/chips", product_list(("ImageChip",), ("chip", "quicklook"))),
         Route("/api/events", product_list(("Event",), ("event",))),
         Route("/api/housekeeping", housekeeping),
         Route("/api/link", link),
-        Route("/api/chips/{product_id:int}.png", chip),
-        Route("/api/chips/{satellite_id:int}/{product_id:int}.png", chip),
+        Route("/api/chips/{product_id:id}.png", chip),
+        Route("/api/chips/{satellite_id:id}/{product_id:id}.png", chip),
         Route("/api/export/alerts.{fmt:str}", export),
-        Route("/api/cap/{alert_id:int}.xml", cap_one),
+        Route("/api/cap/{alert_id:id}.xml", cap_one),
         Route("/api/stream", stream),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
@@ -325,11 +382,11 @@ def create_app(ctx: RunContext, partners: dict[str, Partner], stopping: list[boo
         return _json({"error": "log in first"}, 401)
 
     async def bad_request(request: Request, exc: Exception):
-        return _json({"error": str(exc)}, 400)
+        return _json({"error": str(exc)[:200]}, 400)  # a short reason, whatever raised it
 
     app = Starlette(routes=routes, exception_handlers={NotAllowed: not_allowed, ValueError: bad_request},
                     middleware=[Middleware(SecurityHeaders)])
-    app.state.view, app.state.sessions = view, sessions
+    app.state.view, app.state.sessions, app.state.feeds = view, sessions, feeds
     return app
 
 
