@@ -390,7 +390,8 @@ def test_many_distinct_bad_credentials_leave_nothing_behind(console):
         req(port, "GET", "/api/me", headers={"Cookie": f"console_session=forged-{i:06d}-{'z' * (i % 300)}"})
         req(port, "GET", "/api/me", headers={"Authorization": f"Bearer forged-{i}"})
     for i in range(10):
-        status, _, _ = req(port, "POST", "/api/login", json.dumps({"name": f"nobody{i}", "password": "x"}).encode())
+        status, _, _ = req(port, "POST", "/api/login", json.dumps({"name": f"nobody{i}", "password": "x"}).encode(),
+                           {"Content-Type": "application/json"})
         assert status == 401
     assert sessions._tokens == tokens_before and sessions._failures == failures_before
     still_serving(console)
@@ -718,4 +719,22 @@ def test_open_feeds_per_login_are_bounded(console):
     while feeds.get("north") and time.time() < deadline:
         time.sleep(0.1)
     assert "north" not in feeds  # every closed feed gave its place back
+    still_serving(console)
+
+
+def test_a_login_that_is_not_sent_as_json_is_refused(console):
+    """Login CSRF: another site's HTML form can post a JSON-looking body as text/plain (or a form
+    encoding) without a CORS preflight and log the operator's browser in to an account of the
+    attacker's choosing. Before, any Content-Type was read as JSON and logged in; now only
+    application/json is (the console's own page sends it), else 415, and no session is made."""
+    port, sessions = console["port"], console["sessions"]
+    body = json.dumps({"name": "south", "password": PASSWORDS["south"]}).encode()
+    before = dict(sessions._tokens)
+    for ctype in (None, "text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded",
+                  "multipart/form-data; boundary=x", "application/jsonx"):
+        status, headers, reply = req(port, "POST", "/api/login", body, {"Content-Type": ctype} if ctype else {})
+        assert status == 415 and "set-cookie" not in headers, (ctype, status)
+    assert sessions._tokens == before
+    status, _, _ = req(port, "POST", "/api/login", body, {"Content-Type": "Application/JSON; charset=utf-8"})
+    assert status == 200
     still_serving(console)

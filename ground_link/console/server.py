@@ -194,6 +194,11 @@ def create_app(ctx: RunContext, partners: dict[str, Partner], stopping: list[boo
         return FileResponse(STATIC / "login.html")
 
     async def login(request: Request):
+        # JSON only: a cross-site HTML form can post text/plain (a body that parses as JSON) but
+        # never application/json without a CORS preflight, so another site cannot log a browser
+        # in to an account of its choosing (login CSRF). The console's own page sends JSON.
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            return _json({"error": "send JSON {name, password} as application/json"}, 415)
         # read at most LOGIN_BODY_MAX bytes: request.json() read any body whole into memory (and
         # waited for all of a Content-Length of 10**20) before looking at it
         declared = request.headers.get("content-length", "").strip()
