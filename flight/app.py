@@ -260,6 +260,11 @@ class GuardedModel:
                     app.faults.model_call(self.name, self.model.card.version, app.frame_id())
                     return self.model.run(tiles)
             except StageStuck as exc:
+                replacement = app.model_stuck(self, exc)
+                if replacement is not None:  # a new version too slow for this board: the previous one, again
+                    self.model, self.probation = replacement, 0
+                    app.report_prescreen()
+                    continue
                 if self.name == REQUIRED_MODEL:
                     raise
                 app.stage_stuck(exc, model=self.name)
@@ -531,6 +536,24 @@ class FlightApp:
         if name != REQUIRED_MODEL:
             self.disable_model(name, f"failed at run time: {exc!r}"[:100])
         return None
+
+    def model_stuck(self, guard: GuardedModel, exc: StageStuck):
+        """A model call ran past the watchdog limit. A new version on probation is rolled back, as
+        for a failure, and the caller repeats the call with the previous version: before, a slow
+        upload was a disabled detector (until ENABLE_MODEL) or, for the cloud screen, a lost frame
+        each time until SAFE, with the good version beside it. Returns the replacement, or None
+        (the caller then treats it as stuck)."""
+        a = self.model_store.active.get(guard.name)
+        if not (guard.probation > 0 and a is not None and a.history):
+            return None
+        model = self.roll_back(guard.name, f"{guard.model.card.version} too slow on probation "
+                                           f"({exc.elapsed_s:.2f} s, limit {exc.limit_s:g} s)")
+        if model is not None:  # else stage_stuck counts and reports it, as for any stuck call
+            self.counts["watchdog_trips"] += 1
+            self.counts["errors"] += 1
+            self.emit("STAGE_WATCHDOG", frame_id=self.frame_id(), stage=f"{exc.stage} ({guard.name})",
+                      elapsed_s=exc.elapsed_s, limit_s=exc.limit_s)
+        return model
 
     def stage_stuck(self, exc: StageStuck, model: str | None = None) -> None:
         self.counts["watchdog_trips"] += 1

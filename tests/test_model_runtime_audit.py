@@ -568,3 +568,24 @@ def test_a_slow_detector_is_aborted_by_the_watchdog_disabled_and_the_frame_kept(
     assert app.counts["frames_processed"] == 1 and app.counts["watchdog_trips"] == 1 and app.counts["errors"] == 1
     assert "fire_detect" in app.pipeline.disabled and named(app, "STAGE_WATCHDOG")
     check_products(app)
+
+
+@pytest.mark.parametrize("name", ["fire_detect", "cloud_screen"])
+def test_a_new_version_too_slow_on_probation_is_rolled_back_and_the_frame_keeps_its_results(tmp_path, flight, name):
+    """An upload that verifies but takes about 0.6 s a call on real tiles against a 0.2 s watchdog
+    limit (too slow for this board). Before: on probation as after it, a detector was disabled
+    until ENABLE_MODEL and a cloud screen cost its frame (each frame, until SAFE), with the good
+    version beside it. Now a version on probation is rolled back like one that fails, the call is
+    repeated with the previous version, and the frame keeps that version's results."""
+    make, key = flight
+    app, sc = start(make, ["ops.watchdog_limit_s=0.2", CASCADE])
+    upload(app, key, name, hostile_bundle(name, "9.1.0", mutate="slow", spin=_spin_for(0.6)))
+    feed_frame(app, sc, 0)
+    assert app.counts["frames_processed"] == 1 and app.counts["frames_rejected"] == 0
+    assert app.pipeline.models[name].model.card.version == FACTORY[name] and name not in app.pipeline.disabled
+    assert app.counts["watchdog_trips"] == 1 and app.counts["models_rolled_back"] == 1
+    assert named(app, "STAGE_WATCHDOG") and any("too slow on probation" in m for m in named(app, "MODEL_ROLLED_BACK"))
+    assert app.modes.mode == Mode.DEGRADED  # one fault, as for a failed new version
+    feed_frame(app, sc, 1)
+    assert app.counts["frames_processed"] == 2 and app.counts["watchdog_trips"] == 1
+    check_products(app)
