@@ -353,6 +353,7 @@ class FlightApp:
         self.last_latency_ms = 0.0
         self.last_stage_ms: dict[str, float] = {}
         self.last_uplink: float | None = None
+        self.frame_heard = time.monotonic()  # the last camera message (check_frame_stall)
         self.eos = False
         self.next_hk_s = clock.now_s()
         self.next_scrub_s = clock.now_s() + ops.model_scrub_period_s
@@ -773,6 +774,8 @@ class FlightApp:
             self.emit("STAGE_ERROR", frame_id=fid, stage="pipeline", reason=repr(exc)[:150])
             self.modes.fault(self.clock.now_s(), "stage error")
             self.reject(fid, f"stage error: {exc!r}")
+        finally:  # when the message was done with: a slow strip is not a stalled camera
+            self.frame_heard = time.monotonic()
 
     def finish_frame(self) -> None:
         p = self.pipeline
@@ -800,6 +803,19 @@ class FlightApp:
         elif errors == self.recent_errors_seen and self.recent.meta is None and self.recent.ring:
             self.recent_fault_reported = False  # the last frame was kept: the next fault is news
         self.recent_errors_seen = errors
+
+    def check_frame_stall(self) -> None:
+        """A frame in progress with no camera message for ops.frame_stall_s (the camera stopped or
+        its link broke mid-frame) is dropped and reported: before, it stayed open for good, with
+        no result, no report, and model swaps waiting for the frame to end never applied."""
+        if self.pipeline.meta is None:
+            return
+        quiet = time.monotonic() - self.frame_heard
+        if quiet > self.sc.ops.frame_stall_s:
+            got = self.pipeline.ingest.next_row
+            self.reject(self.pipeline.meta.frame_id, f"no strip for {quiet:.0f} s after {got} of "
+                                                     f"{self.pipeline.meta.height} rows: the camera stopped mid-frame")
+            self.apply_pending_models()
 
     def reject(self, frame_id: int | None, reason: str, hostile: bool = False) -> None:
         """Drop the frame in progress. `hostile`: the input itself was bad (counted as rejected
@@ -1271,6 +1287,7 @@ class FlightApp:
                 self.guarded("pump_downlink", lambda: self.pump_downlink(down))
                 self.guarded("housekeeping", self.housekeeping)
                 self.guarded("check_memory", self.check_memory)
+                self.guarded("check_frame_stall", self.check_frame_stall)
                 self.guarded("scrub_models", self.scrub_models)
                 self.guarded("store_maintenance", self.store_maintenance)
                 self.guarded("status", self.status)

@@ -348,6 +348,9 @@ class OpsSection:
     error_budget: int = field(default=3, metadata=rng(0, 100000))  # more errors than this in the window: SAFE
     error_window_s: float = field(default=600.0, metadata=rng(1.0, 1e7))  # scenario seconds
     watchdog_limit_s: float = field(default=5.0, metadata=rng(0.01, 3600.0))  # wall seconds one stage call may take
+    # wall seconds without a strip before a frame in progress is dropped: a camera that stopped
+    # mid-frame held it open for good (no result, pending model swaps never applied, no report)
+    frame_stall_s: float = field(default=10.0, metadata=rng(0.1, 86400.0))
     memory_degraded_fraction: float = field(default=0.85, metadata=rng(0.1, 1.0))  # of obc.memory_mib: DEGRADED
     memory_safe_fraction: float = field(default=0.95, metadata=rng(0.1, 1.0))  # of obc.memory_mib: SAFE
     quicklook_frames: int = field(default=4, metadata=rng(0, 64))  # recent frames kept as quicklooks

@@ -457,3 +457,39 @@ def test_a_calibration_table_file_damaged_while_running_costs_no_frame(tmp_path,
         assert not app.calibrator.scrubbing
         feed_frame(app, sc, 5)
         assert app.counts["frames_processed"] == 6
+
+
+# --- the camera stops in the middle of a frame ------------------------------------------------------
+
+
+def test_a_frame_whose_camera_stopped_mid_frame_is_dropped_and_reported(tmp_path, monkeypatch):
+    """Half a frame's strips, then nothing (the camera or its link died). Before, the frame stayed
+    open for good: no result, no report, a model swap waiting for the frame's end never applied,
+    and the launcher waited for a frame that could not finish. After ops.frame_stall_s without a
+    camera message it is rejected with the reason; the next frame is processed as usual."""
+    import json as _json
+
+    from test_modes import feed_frame
+
+    from payload_sim.camera import frame_meta, make_orbit, make_sensor, render
+
+    with flight_apps(tmp_path, monkeypatch, BASE + ["sensor.strip_rows=64", "ops.frame_stall_s=5.0"],
+                     now_s=100.0) as (make, _key):
+        app, sc = make()
+        _, raw = render(sc, make_sensor(sc), 0)
+        meta = frame_meta(sc, make_orbit(sc, app.clock), 0)
+        app.on_frame_message([b"frame", meta.to_json()])
+        for r in (0, 64):
+            app.on_frame_message([b"strip", _json.dumps({"frame_id": 0, "row0": r, "rows": 64}).encode(),
+                                  raw[:, r:r + 64].tobytes()])
+        real = time.monotonic
+        app.guarded("check_frame_stall", app.check_frame_stall)
+        assert app.pipeline.meta is not None  # not yet: 5 s have not passed
+        monkeypatch.setattr(time, "monotonic", lambda: real() + 6.0)
+        app.guarded("check_frame_stall", app.check_frame_stall)
+        assert app.pipeline.meta is None and app.counts["frames_rejected"] == 1
+        assert app.counts["input_rejected"] == 0 and app.counts["errors"] == 0 and app.counts["software_faults"] == 0
+        assert EV["FRAME_REJECTED"] in event_ids(app)
+        monkeypatch.setattr(time, "monotonic", real)
+        feed_frame(app, sc, 1)
+        assert app.counts["frames_processed"] == 1
