@@ -805,7 +805,7 @@ class Calibrator:
             raise ValueError(f"Calibrator: strip must be uint16 ({nb}, rows, {w}), got {got}")
         if not (0 <= row0 and row0 + raw.shape[1] <= h):
             raise ValueError(f"Calibrator: strip rows {row0}..{row0 + raw.shape[1]} outside the frame's 0..{h}")
-        if not raw.flags.c_contiguous:
+        if raw.strides[1:] != (w * raw.itemsize, raw.itemsize):  # rows of each band contiguous is enough
             raw = np.ascontiguousarray(raw)
         if out is None:
             out = np.empty(raw.shape, np.uint16)

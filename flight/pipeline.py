@@ -32,6 +32,7 @@ MODEL_CLASS = {"ship_detect": DetectionClass.SHIP, "fire_detect": DetectionClass
 # tiles of a tile row handled together (2048 px at 64 px tiles): wider frames go in blocks, so the
 # interleaved rows and the tiles do not grow with frame width (issue #16: memory flat 1024-4096 px)
 BLOCK_TILES = 32
+CALIBRATED_BLOCK_BYTES = 3 << 20  # calibrated rows held at once: a 128-row strip of a 2048-px frame
 
 
 @dataclass(frozen=True)
@@ -230,15 +231,21 @@ class FramePipeline(Generic[M]):
     def strip(self, frame_id: int, row0: int, rows: int, data: bytes | memoryview) -> None:
         t0 = time.perf_counter()
         raw = self.ingest.strip(frame_id, row0, rows, data)
-        t1 = time.perf_counter()
-        out = None if self.scratch is None else self.scratch.get("calibrated", raw.shape, np.uint16)
-        cal = self.calibrator.calibrate_strip(raw, row0, out)
-        t2 = time.perf_counter()
-        self.stage_ms["ingest"] += (t1 - t0) * 1e3
-        self.stage_ms["calibrate"] += (t2 - t1) * 1e3
+        self.stage_ms["ingest"] += (time.perf_counter() - t0) * 1e3
         tp = self.cfg.tile_px
-        for r in range(0, rows, tp):
-            self._tile_row(cal[:, r : r + tp], row0 + r)
+        bands, _, width = raw.shape
+        # calibrated in blocks of at most CALIBRATED_BLOCK_BYTES (whole tile rows): a wide frame's
+        # strip is not calibrated whole, so memory stays flat with width (issue #16); at 2048 px
+        # and below a 128-row strip is one block, as before
+        block = max(tp, CALIBRATED_BLOCK_BYTES // (bands * width * 2) // tp * tp)
+        for b0 in range(0, rows, block):
+            part = raw[:, b0 : b0 + block]  # each band's rows still contiguous: no copy
+            t1 = time.perf_counter()
+            out = None if self.scratch is None else self.scratch.get("calibrated", part.shape, np.uint16)
+            cal = self.calibrator.calibrate_strip(part, row0 + b0, out)
+            self.stage_ms["calibrate"] += (time.perf_counter() - t1) * 1e3
+            for r in range(0, part.shape[1], tp):
+                self._tile_row(cal[:, r : r + tp], row0 + b0 + r)
 
     def finish(self) -> FrameResult:
         meta = self.meta

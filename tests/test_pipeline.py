@@ -214,6 +214,26 @@ def test_strip_height_does_not_change_the_result(world, pipeline):
     assert [(d.row_px, d.col_px) for d in a.detections] == [(d.row_px, d.col_px) for d in b.detections]
 
 
+@pytest.mark.parametrize("block_rows", [64, 128])
+def test_a_strip_calibrated_in_blocks_gives_the_same_frame(world, pipeline, monkeypatch, block_rows):
+    """A wide frame's strip is calibrated in blocks of CALIBRATED_BLOCK_BYTES (whole tile rows,
+    views of the strip: no copy) so memory stays flat with width. The block size, forced here to
+    one or two tile rows of a 256-row strip, does not change the frame: same tile fractions, same
+    detections, same chips, bit for bit."""
+    import flight.pipeline as fp
+
+    sensor, _ = world
+    scene = synthetic_scene(12, 0, H, W)
+    raw = sensor.expose(scene.reflectance, np.random.default_rng(6))
+    whole = run_frame(pipeline, raw, 1, 256)
+    monkeypatch.setattr(fp, "CALIBRATED_BLOCK_BYTES", block_rows * 6 * W * 2)
+    blocks = run_frame(pipeline, raw, 2, 256)
+    assert np.array_equal(whole.tile_cloud, blocks.tile_cloud)
+    assert [(d.class_id, d.score, d.row_px, d.col_px) for d in whole.detections] == \
+        [(d.class_id, d.score, d.row_px, d.col_px) for d in blocks.detections]
+    assert [c.png for c in whole.chips] == [c.png for c in blocks.chips]
+
+
 # -- the frame path of issue #16 against the computation it replaced ---------------------------------
 
 
