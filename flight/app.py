@@ -326,7 +326,7 @@ class FlightApp:
             self.emit("MODE_RESTORED", mode=self.modes.mode.name, errors=len(self.modes.errors))
         arena = scenario.flight.onnx_memory_arena  # not a commandable parameter: one value for both uses below
         self.model_store = ModelStore(self.state_dir / "models", scenario.obc.threads, scenario.flight.batch_tiles,
-                                      arena=arena)
+                                      arena=arena, log=self.svc.log)
         if self.model_store.corrupt_index:
             self.emit("MODEL_CORRUPTED", model="*", version="-", reason=self.model_store.corrupt_index)
         for name, previous, adopted in self.model_store.factory_updates:  # this release's packaged models
@@ -335,7 +335,7 @@ class FlightApp:
             else:
                 self.emit("MODEL_ACTIVATED", model=name, version=adopted.version, sha8=adopted.sha256[:8],
                           previous=f"{previous} (previous release)")
-        self.uploads = Uploads(self.state_dir / "models" / "uploads", ops.upload_max_bytes)
+        self.uploads = Uploads(self.state_dir / "models" / "uploads", ops.upload_max_bytes, log=self.svc.log)
         cfg = scenario.flight
         for name, value in self.ops_state.params.items():  # parameters set by command survive a restart
             cfg = dataclasses.replace(cfg, **{name: value})

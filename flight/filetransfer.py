@@ -484,6 +484,8 @@ class FileReceiver:
         self._refused_logged = 0.0
         self.open_dir = self.root / "open"  # per open transaction: its Metadata PDU and the ranges on disk
         self.open_dir.mkdir(exist_ok=True)
+        self._have_tid: tuple[int, int] | None = None  # the transaction whose .have record _have_ranges mirrors
+        self._have_ranges: set[tuple[int, int]] = set()  # (offset, length) already in that record
         self.vfs.on_write = self._on_write
 
     # -- state -------------------------------------------------------------------------------------
@@ -626,6 +628,7 @@ class FileReceiver:
                 tmp.write_bytes(bytes(metadata.pack()))
                 os.replace(tmp, path)
                 self._open_path(tid, "have").unlink(missing_ok=True)
+                self._have_tid = None
         except OSError as exc:
             self.log(f"file transaction {tid[0]}:{tid[1]}: not resumable after a restart ({exc})")
 
@@ -633,13 +636,19 @@ class FileReceiver:
         tid = self.active
         if tid is None or self._restoring or self.vfs.local(self.names.get(tid, "file")) != path:
             return
+        if self._have_tid != tid:
+            self._have_tid, self._have_ranges = tid, set()
+        if (offset, length) in self._have_ranges:  # a repeated segment: 12 more bytes for each, for the transfer's life
+            return
         try:
             with open(self._open_path(tid, "have"), "ab") as f:
                 f.write(struct.pack(">QI", offset, length))
+            self._have_ranges.add((offset, length))
         except OSError:
             pass  # those bytes are asked for again after a restart
 
     def _forget_open(self, tid: tuple[int, int]) -> None:
+        self._have_tid = None
         for ext in ("meta", "have"):
             self._open_path(tid, ext).unlink(missing_ok=True)
 

@@ -6,6 +6,12 @@ Layout of the flight's writable model folder (STATE/models):
     active.json                          per model: the active version's folder and older ones (history)
     uploads/<id>/                        an upload in progress: meta.json, data.bin, have.bin
 
+Bounded on mass memory: per model the active version, its history (at most 4) and the newest
+`keep_other` (2) other versions (rolled back, or dropped from the history; for analysis) are
+kept, older ones deleted with a log line at each activation or rollback (the factory copy is
+re-installed from the package when a rollback needs it). At most `Uploads.MAX_OPEN` uploads are
+open. Staging folders a crash or a failed write left behind are deleted at start.
+
 The packaged models (the `models` package) are the factory copies, never written: the first start
 seeds the folder from them, and they are the last resort of a rollback.
 
@@ -32,6 +38,7 @@ import re
 import shutil
 import struct
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict, cast
@@ -196,12 +203,24 @@ class Active:
 
 class ModelStore:
     def __init__(self, root: Path, threads: int = 1, batch: int = 64, factory_dir: Path | None = None,
-                 arena: bool = False):
+                 arena: bool = False, log: Callable[[str], None] | None = None, keep_other: int = 2):
         self.root = Path(root)
         self.threads, self.batch, self.arena = threads, batch, arena
         self.factory_dir = factory_dir or model_path("cloud_screen").parent
+        self.log = log or (lambda _m: None)
+        self.keep_other = keep_other  # per model: versions neither active nor in its history, newest first
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "versions").mkdir(exist_ok=True)
+        for left in sorted(self.root.glob("versions/*/*.old")):  # a repair cut between its two renames
+            final = left.with_name(left.name.removesuffix(".old"))
+            if not final.exists():
+                left.rename(final)  # the version as it was: load() verifies it
+            else:
+                shutil.rmtree(left, ignore_errors=True)
+                self.log(f"models: {left.relative_to(self.root)} left by an interrupted install: deleted")
+        for left in sorted(self.root.glob("versions/*/*.staging")):  # an install cut by a crash: never verified
+            shutil.rmtree(left, ignore_errors=True)
+            self.log(f"models: {left.relative_to(self.root)} left by an interrupted install: deleted")
         self.active: dict[str, Active] = {}
         self.corrupt_index: str | None = None  # why active.json had to be rebuilt, for an event
         # (model, previous version, the new Active or why the new release's model was refused), for events
@@ -279,15 +298,15 @@ class ModelStore:
         final = self.root / rel
         staging = final.with_name(final.name + ".staging")
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for fname, data in ((f"{name}.card.json", card), (c.file, onnx), ("golden.npz", golden)):
-            with open(staging / fname, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
         try:
+            staging.mkdir(parents=True)
+            for fname, data in ((f"{name}.card.json", card), (c.file, onnx), ("golden.npz", golden)):
+                with open(staging / fname, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
             model = self._verify(staging, name, kind)
-        except ModelUpdateError:
+        except BaseException:  # refused, or a write failed (disk full): one staging folder per bundle stayed
             shutil.rmtree(staging, ignore_errors=True)
             raise
         if final.exists():  # the same version again (a repair): swap the folders
@@ -320,7 +339,28 @@ class ModelStore:
         new = Active(name, rel, card.version, card.sha256, history, factory)
         self.active[name] = new
         self._save()
+        self._prune(name)
         return new
+
+    def _prune(self, name: str) -> None:
+        """Delete the version folders of `name` that are neither active nor in any history, but
+        the newest `keep_other`: every upload (or rollback) left one more folder for good."""
+        keep = {self.root / a.folder for a in self.active.values()}
+        keep |= {self.root / h for a in self.active.values() for h in a.history}
+        try:
+            others = [p for p in (self.root / "versions" / name).iterdir()
+                      if p.is_dir() and p not in keep and not p.name.endswith((".staging", ".old"))]
+            others.sort(key=lambda p: (p.stat().st_mtime, p.name))
+        except OSError as exc:
+            self.log(f"models: versions of {name} not pruned ({exc})")
+            return
+        drop = others[: max(0, len(others) - self.keep_other)]
+        for p in drop:
+            shutil.rmtree(p, ignore_errors=True)
+        if drop:
+            self.log(f"models: {len(drop)} older version folder(s) of {name} deleted "
+                     f"({', '.join(p.name for p in drop)[:200]}); active, its history and the newest "
+                     f"{self.keep_other} others kept")
 
     def load(self, name: str) -> TileModel:
         """The active version, verified (hash and golden vectors)."""
@@ -345,6 +385,7 @@ class ModelStore:
             new = Active(name, rel, model.card.version, model.card.sha256, tuple(history))
             self.active[name] = new
             self._save()
+            self._prune(name)
             return new, model, skipped
         try:
             fac, model = self._install_factory(name)
@@ -352,6 +393,7 @@ class ModelStore:
             raise ModelUpdateError(f"no version to roll back to ({'; '.join(skipped + [str(exc)])})", name) from None
         self.active[name] = Active(name, fac.folder, fac.version, fac.sha256, tuple(history), factory=True)
         self._save()
+        self._prune(name)
         return self.active[name], model, skipped
 
     def scrub(self, name: str) -> str | None:
@@ -408,10 +450,13 @@ class Uploads:
 
     MAX_OPEN = 4
 
-    def __init__(self, root: Path, max_bytes: int):
+    def __init__(self, root: Path, max_bytes: int, log: Callable[[str], None] | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
+        for left in sorted(self.root.glob("*.new")):  # a begin cut by a crash: not an upload, never counted
+            shutil.rmtree(left, ignore_errors=True)
+            (log or (lambda _m: None))(f"uploads: {left.name} left by an interrupted UPLOAD_BEGIN: deleted")
 
     def _dir(self, upload_id: int) -> Path:
         return self.root / f"{upload_id:08x}"
@@ -446,13 +491,17 @@ class Uploads:
             raise ModelUpdateError(f"{self.MAX_OPEN} uploads already open (abort one)", model, uid)
         staging = d.with_name(d.name + ".new")
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        with open(staging / "data.bin", "wb") as f:
-            f.truncate(size_bytes)
-        with open(staging / "have.bin", "wb") as f:
-            f.write(bytes(want.chunks))
-        (staging / "meta.json").write_text(json.dumps(want.__dict__))
-        staging.rename(d)
+        try:
+            staging.mkdir()
+            with open(staging / "data.bin", "wb") as f:
+                f.truncate(size_bytes)
+            with open(staging / "have.bin", "wb") as f:
+                f.write(bytes(want.chunks))
+            (staging / "meta.json").write_text(json.dumps(want.__dict__))
+            staging.rename(d)
+        except BaseException:  # a full disk: each failed begin left a folder (up to size_bytes) not counted as open
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         _fsync_dir(self.root)
         return want, 0
 

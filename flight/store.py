@@ -16,7 +16,8 @@ Storage faults (issue #12) never stop the flight:
   most 63 bits: a SQLite INTEGER.
 - A corrupt store (not a database, malformed, quick_check not "ok", our tables missing) is
   renamed to `<name>.corrupt-<UTC time>` (kept for analysis) and a fresh one opened
-  (STORE_QUARANTINED).
+  (STORE_QUARANTINED). The newest `quarantine_keep` (3) such copies are kept, older ones deleted
+  with a log line: a store corrupted at every restart must not fill the mass memory.
 - When the disk cannot write (full, read-only, I/O error, cannot open), new products go to a RAM
   buffer: an in-memory SQLite database with the same schema and eviction rules, bounded by
   `ram_max_bytes` (STORE_DEGRADED, once per episode). Ids of products held only in RAM come from
@@ -126,8 +127,9 @@ def _disk_fault(exc: BaseException) -> bool:
 class ProductStore:
     def __init__(self, path: str | Path, max_bytes: int, epoch_path: str | Path | None = None,
                  ram_max_bytes: int = 4 * 1024 * 1024, log: Callable[[str], None] | None = None,
-                 retry_s: float = 2.0):
+                 retry_s: float = 2.0, quarantine_keep: int = 3):
         self.path = Path(path)
+        self.quarantine_keep = max(1, quarantine_keep)  # quarantined copies kept (`*.corrupt-*`), newest first
         self.max_bytes = max_bytes
         self.ram_max_bytes = ram_max_bytes
         self.epoch_path = Path(epoch_path) if epoch_path else self.path.with_name("store_epoch")
@@ -644,7 +646,31 @@ class ProductStore:
             src = Path(f"{self.path}{sfx}")
             if src.exists():
                 src.rename(self.path.with_name(name + sfx))
+        self._prune_quarantined(name)
         return name
+
+    def _prune_quarantined(self, keep_name: str) -> None:
+        """Keep the newest `quarantine_keep` quarantined copies (the one just made always): a store
+        corrupted at every restart, or again at every reopen (each `retry_s`), left one more copy
+        of up to the store's size each time, until the mass memory was full."""
+        prefix = f"{self.path.name}.corrupt-"
+
+        def order(base: str) -> tuple[str, int]:  # <stamp> or <stamp>-<k>: k counts up within a second
+            stamp, _, k = base[len(prefix):].partition("-")
+            return stamp, int(k) if k.isdigit() else 0
+
+        bases = {p.name.removesuffix("-wal").removesuffix("-shm") for p in self.path.parent.glob(prefix + "*")}
+        older = sorted((b for b in bases if b != keep_name), key=order)
+        drop = older[: max(0, len(older) - (self.quarantine_keep - 1))]
+        for base in drop:
+            for sfx in ("", "-wal", "-shm"):
+                try:
+                    self.path.with_name(base + sfx).unlink(missing_ok=True)
+                except OSError as exc:
+                    self.log(f"store: quarantined copy {base + sfx} not deleted ({exc})")
+        if drop:
+            self.log(f"store: {len(drop)} older quarantined cop{'y' if len(drop) == 1 else 'ies'} deleted "
+                     f"({', '.join(drop)[:200]}): the newest {self.quarantine_keep} are kept")
 
     def _queue_quarantine(self) -> None:
         if self._quarantined:
