@@ -56,6 +56,7 @@ plan stay in RAM (4 + 32 bytes per bad pixel).
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import struct
@@ -333,6 +334,11 @@ def _check_meta(where: str, meta_json: str) -> dict:
 def _atomic_write(path: Path):
     """A temporary file next to ``path``, renamed onto it only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    # a crash mid-write left its temporary file (a table file's size, tens of MB) for good, one per
+    # crash: the only writer of these files clears them first
+    for stale in path.parent.glob(glob.escape(path.name) + "*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -549,3 +549,17 @@ def test_a_scrub_pass_finds_a_bit_flip_in_the_table_file_and_remakes_it(setup, t
     np.testing.assert_array_equal(cal(raw), want)
     assert cal.scrub_step() is None  # no pass in progress
     cal.close()
+
+
+def test_a_crash_while_writing_the_table_file_leaves_no_file_behind_for_good(setup, tmp_path):
+    """A crash while the table file is written or remade left its temporary file (the table's size)
+    next to it, one per crash, never deleted (noticed by the disk-bounds audit). The next write
+    clears them."""
+    _, products = setup
+    npz = tmp_path / "cal.npz"
+    products.save(npz)
+    for k in range(3):  # three crashes, as mkstemp names them
+        (tmp_path / f"cal.tables{k}abcd.tmp").write_bytes(b"x" * 1000)
+    (tmp_path / "other.tables1.tmp").write_bytes(b"y")  # not ours: kept
+    Calibrator(npz, tables="stream").close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cal.npz", "cal.tables", "other.tables1.tmp"]
