@@ -7,7 +7,8 @@ Every measurement runs in a fresh, pinned child process (benchmarks/child.py); f
 generated before any timing (benchmarks/frames.py). Results go to benchmarks/results/
 (latest.json, latest.md, PNG plots); a smoke run writes to runs/bench-smoke/ unless --out is given.
 Exit status: 0 all budgets met (always 0 for --smoke), 1 a budget exceeded (each named on stderr
-with the stage that holds it back), 2 the harness could not measure.
+with the stage that holds it back), 2 the harness could not measure (also when a budget's measurement
+is missing or not finite, --smoke included).
 """
 
 from __future__ import annotations
@@ -260,6 +261,11 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
     res["started"], res["duration_s"] = started, time.perf_counter() - t_begin
     write(res, runs, out)
     failed = [k for k, ok in res["within_budget"].items() if not ok]
+    # a budget with no finite measurement is the harness failing to measure (exit 2), even for
+    # --smoke, which exists to check that the harness works: it used to raise TypeError (None) or,
+    # in a smoke run, exit 0
+    if any(report.budget_value(res, k) is None for k in res["budgets"]):
+        return res, 2
     return res, (1 if failed and not p.smoke else 0)
 
 
@@ -441,10 +447,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark: cannot measure: {exc}", file=sys.stderr)
         return 2
     lat = res["latency_ms"]
-    print(f"benchmark {profile.name}: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms, "
-          f"peak RSS {res['peak_rss_mib']:.1f} MiB, {res['cadence_fps']:.2f} frames/s -> {out / 'latest.md'}")
+    f = report._f  # "n/a" for a value not measured (a None here used to be a traceback)
+    print(f"benchmark {profile.name}: p50 {f(lat.get('p50'))} ms, p99 {f(lat.get('p99'))} ms, max {f(lat.get('max'))} ms, "
+          f"peak RSS {f(res.get('peak_rss_mib'))} MiB, {f(res.get('cadence_fps'), '.2f')} frames/s -> {out / 'latest.md'}")
     for name, ok in res["within_budget"].items():
-        if not ok:
+        if report.budget_value(res, name) is None:
+            print(f"benchmark: cannot measure: budget {name}: {res['held_back'][name]}", file=sys.stderr)
+        elif not ok:
             print(f"BUDGET EXCEEDED{' (smoke: not enforced)' if profile.smoke else ''}: {name} = "
                   f"{report._get(res, report.BUDGET_KEYS[name][0]):.1f}, limit {res['budgets'][name]:g}; "
                   f"held back by {res['held_back'][name]}", file=sys.stderr)

@@ -184,12 +184,35 @@ def _get(d: dict, dotted: str):
     return d
 
 
+def budget_value(result: dict, name: str) -> float | None:
+    """A budget's measurement as a finite number; None when it is missing, None, NaN, infinite or
+    not a number (then it was not measured, and is never within its budget)."""
+    try:
+        value = _get(result, BUDGET_KEYS[name][0])
+    except (KeyError, TypeError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def check_budgets(result: dict, budgets: dict, main: dict) -> tuple[dict, dict]:
-    """within_budget per budget, and for each miss the stage (or memory phase) that holds it back."""
+    """within_budget per budget, and for each miss the stage (or memory phase) that holds it back.
+    A budget whose measurement is missing or not finite is not within it ("not measured"): a None
+    used to raise TypeError out of the harness (a traceback instead of exit 2), and an infinite
+    cadence (no wall time) would have passed."""
     within, held = {}, {}
     for name, limit in budgets.items():
         key, upper = BUDGET_KEYS[name]
-        value = _get(result, key)
+        value = budget_value(result, name)
+        if value is None:
+            within[name] = False
+            try:
+                raw = _get(result, key)
+            except (KeyError, TypeError):
+                raw = "missing"
+            held[name] = f"not measured ({key} = {raw})"
+            continue
         ok = value <= limit if upper else value >= limit
         within[name] = bool(ok)
         if not ok:
@@ -274,7 +297,7 @@ def markdown(res: dict) -> str:
     ]
     for name, limit in res["budgets"].items():
         key, upper = BUDGET_KEYS[name]
-        lines.append(f"| {name} | {_f(_get(res, key))} | {'<=' if upper else '>='} {limit:g} | "
+        lines.append(f"| {name} | {_f(budget_value(res, name))} | {'<=' if upper else '>='} {limit:g} | "
                      f"{'yes' if res['within_budget'][name] else '**NO**'} | {res['held_back'].get(name, '')} |")
     lines += ["", "## Per stage (ms per frame, reference frame, INT8, onnxruntime)", "",
               "| stage | p50 | p99 | share of p50 sum |", "|---|---|---|---|"]
@@ -282,8 +305,8 @@ def markdown(res: dict) -> str:
     for s in STAGES:
         lines.append(f"| {s} | {res['stage_ms'][s]:.2f} | {res['stage_ms_p99'][s]:.2f} | {100 * res['stage_ms'][s] / total:.0f} % |")
     lat = res["latency_ms"]
-    lines += ["", f"End to end: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms; "
-              f"sustained {res['cadence_fps']:.2f} frames/s; peak RSS {res['peak_rss_mib']:.1f} MiB.",
+    lines += ["", f"End to end: p50 {_f(lat['p50'])} ms, p99 {_f(lat['p99'])} ms, max {_f(lat['max'])} ms; "
+              f"sustained {_f(res['cadence_fps'], '.2f')} frames/s; peak RSS {_f(res['peak_rss_mib'])} MiB.",
               "`receive` is the copy of each strip into the flight process's buffer (the camera hand-off); it is "
               "part of the end-to-end time.", ""]
     lines += ["## Comparisons (ratios of runs in this same harness run; > 1 means the first named is faster)", "",

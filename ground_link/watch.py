@@ -46,7 +46,9 @@ def direction_line(chan: dict, d: str) -> str:
             f"corrupted {g('corrupted'):5d}  outside contact {g('dropped_outside_contact'):5d}")
 
 
-def screen(path: Path, rows: int = 10) -> str:
+def screen(path: Path, rows: int = 10, problems: list[str] | None = None) -> str:
+    """One screen. `problems` (when given) gets what could not be read, for --once's exit status."""
+    problems = [] if problems is None else problems
     run_dir, archive = locate(path)
     chan, st = read_status(run_dir, "channel"), read_status(run_dir, "station")
     lines = [f"ground watch  {path}  {time.strftime('%H:%M:%S')}", link_line(chan)]
@@ -62,8 +64,10 @@ def screen(path: Path, rows: int = 10) -> str:
         alerts = query(archive, "alerts", limit=rows) if archive.exists() else None
     except sqlite3.Error as exc:  # the station may be creating it right now
         alerts, lines[-1] = None, lines[-1] + f" unreadable ({exc})"
+        problems.append(f"{archive}: unreadable ({exc})")
     if alerts is None:
-        lines.append("  (no archive yet)")
+        if not problems:  # an archive that exists but cannot be read is not "no archive yet"
+            lines.append("  (no archive yet)")
     elif not alerts:
         lines.append("  (none)")
     else:
@@ -71,7 +75,7 @@ def screen(path: Path, rows: int = 10) -> str:
     return "\n".join(lines)
 
 
-def constellation_screen(run_dir: Path, db: str | None, rows: int = 10) -> str:
+def constellation_screen(run_dir: Path, db: str | None, rows: int = 10, problems: list[str] | None = None) -> str:
     """A constellation's run folder (issue #18, payload_sim.constellation): each satellite's links
     (stations in view, next AOS), each station's counts, and the latest alerts of the shared
     archive with which satellite and which station."""
@@ -83,6 +87,8 @@ def constellation_screen(run_dir: Path, db: str | None, rows: int = 10) -> str:
                 or not all(isinstance(n, str) for n in info["stations"]):
             raise ValueError("not an object with satellites and stations (names) lists")
     except (OSError, ValueError) as exc:
+        if problems is not None:
+            problems.append(f"{run_dir / 'constellation.json'}: unreadable ({exc})")
         return f"ground watch  {run_dir}  {time.strftime('%H:%M:%S')}\n  constellation.json unreadable ({exc})"
     db = db or info.get("archive") or ""  # none named: reads fail below, said as unreadable
     lines = [f"ground watch  {run_dir}  {time.strftime('%H:%M:%S')}  ({len(info['satellites'])} satellites x "
@@ -107,10 +113,17 @@ def constellation_screen(run_dir: Path, db: str | None, rows: int = 10) -> str:
         if name in per:
             lines.append("  " + per[name])
     lines.append("latest alerts (shared archive):")
+    from ground_link.archive import is_postgres
+
     try:
-        alerts = query(db, "alerts", limit=rows)
+        if db and not is_postgres(db) and not Path(db).exists():  # a shared SQLite file its stations have not made yet
+            alerts, lines[-1] = None, lines[-1] + " (no archive yet)"
+        else:
+            alerts = query(db, "alerts", limit=rows)
     except Exception as exc:  # noqa: BLE001 (not created yet, or the server gone after the run)
         alerts, lines[-1] = None, lines[-1] + f" unreadable ({exc})"
+        if problems is not None:
+            problems.append(f"shared archive {db or '(none named)'}: unreadable ({exc})")
     if alerts is not None:
         lines += ["  " + format_row(a) for a in reversed(alerts)] or ["  (none)"]
     return "\n".join(lines)
@@ -163,13 +176,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     draw = screen
     if args.path.is_dir() and (args.path / "constellation.json").exists():  # issue #18
-        def draw(path: Path, rows: int = 10) -> str:
-            return constellation_screen(path, args.db, rows)
+        def draw(path: Path, rows: int = 10, problems: list[str] | None = None) -> str:
+            return constellation_screen(path, args.db, rows, problems)
     if not args.path.exists():
         print(f"watch: {args.path} does not exist", file=sys.stderr)
         return 2
     if args.once:
-        print(draw(args.path, args.rows))
+        # a screen that says the archive is unreadable is no success: --once exited 0 with
+        # "unreadable (file is not a database)" on it, so a script could not tell. Not yet created
+        # (a run starting) stays 0.
+        problems: list[str] = []
+        print(draw(args.path, args.rows, problems))
+        if problems:
+            print(f"watch: {problems[0]}", file=sys.stderr)
+            return 1
         return 0
     clear = CLEAR if sys.stdout.isatty() else "\n"
     try:

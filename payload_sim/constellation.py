@@ -402,8 +402,18 @@ class Launch:
             write_launch_record(d, scenario_path, so, self.clock_start, route)
             self.argv[f"radio{sat.id}"] = [sys.executable, "-m", "payload_sim.constellation", "radio", *base, "--run-dir",
                                            str(d), *sets, "--satellite", str(sat.id), "--pairs", json.dumps(pairs)]
+            # each flight its own calibration products file (a hard link): flight.calibrate writes its
+            # table file beside it and, since f6313bf, deletes every temporary file of that name
+            # first as left by a crash, so two flights starting on one shared file deleted each
+            # other's table being written (FileNotFoundError: a flight died at start; seen in 2 of about 8 runs here)
+            own = d / calibration.name
+            own.unlink(missing_ok=True)
+            try:
+                os.link(calibration, own)
+            except OSError:  # no hard links there: a copy
+                shutil.copyfile(calibration, own)
             self.argv[f"flight{sat.id}"] = [sys.executable, "-m", "flight", *base, "--run-dir", str(d), *sets,
-                                            "--calibration", str(calibration)]
+                                            "--calibration", str(own)]
             self.argv[f"camera{sat.id}"] = [sys.executable, "-m", "payload_sim.camera", *base, "--run-dir", str(d), *sets]
         # an alert feed (network.feed) per station: one address cannot be bound twice; each alert is
         # published by the one station that raised it, so a subscriber to every feed gets it once
@@ -463,10 +473,46 @@ def _read_archive(target: str) -> dict:
         alert_dups = db.execute("SELECT count(*) FROM (SELECT satellite_id, product_id FROM alerts GROUP BY satellite_id, "
                                 "product_id HAVING count(*) > 1) AS d").fetchone()[0]
         packets = db.execute("SELECT station, count(*) FROM packets GROUP BY station").fetchall()
+        # what the detections are scored on (payload_sim.hil.detection_scores), per satellite
+        science = db.execute("SELECT satellite_id, kind, fields FROM products "
+                             "WHERE kind IN ('FrameSummary', 'Detection')").fetchall()
     finally:
         db.close()
     return {"products": rows, "alerts": alerts, "distinct": distinct, "alert_dups": alert_dups,
-            "packets": dict(packets), "dialect": db.dialect}
+            "packets": dict(packets), "dialect": db.dialect, "science": science}
+
+
+def _detection_scores(launch: Launch, science: list) -> tuple[dict, dict[int, dict]]:
+    """The alerts against each satellite's scene truth (its camera's truth.jsonl), as the
+    single-satellite launcher scores them (payload_sim.hil.detection_scores): for the whole
+    constellation, and per satellite. Frames are keyed (satellite, frame id): each satellite counts
+    its frames from 0. Before, the summary had no detection_recall at all, so the launcher's
+    `detection_recall >= 0.6` check passed as "not measured" and a constellation whose detectors
+    were off (every product delivered, no ship or fire reported) said ok."""
+    from payload_sim.hil import detection_scores
+
+    truth: dict = {}
+    summaries: list[dict] = []
+    detections: list[dict] = []
+    per_sat: dict[int, dict] = {}
+    for sat in launch.sats:
+        t: dict = {}
+        path = launch.sat_dir(sat.id) / "truth.jsonl"
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                    t[(sat.id, rec["frame_id"])] = rec
+                except (ValueError, KeyError, TypeError):  # a line being written when the camera was stopped
+                    continue
+        s = [dict(f, frame_id=(sat.id, f["frame_id"])) for sid, kind, f in science
+             if sid == sat.id and kind == "FrameSummary"]
+        d = [dict(f, frame_id=(sat.id, f["frame_id"])) for sid, kind, f in science if sid == sat.id and kind == "Detection"]
+        per_sat[sat.id] = detection_scores(t, s, d)
+        truth |= t
+        summaries += s
+        detections += d
+    return detection_scores(truth, summaries, detections), per_sat
 
 
 def summarize(launch: Launch, wall_s: float, station_before: dict[str, dict], sat_done: dict[int, float]) -> dict:
@@ -478,7 +524,17 @@ def summarize(launch: Launch, wall_s: float, station_before: dict[str, dict], sa
         arch = _read_archive(launch.archive)
     except Exception as exc:  # noqa: BLE001 (an unreadable archive still gives a summary, and fails it)
         print(f"constellation: archive unreadable: {exc}", file=sys.stderr)
-        arch = {"products": [], "alerts": [], "distinct": 0, "alert_dups": 0, "packets": {}, "dialect": None}
+        arch = {"products": [], "alerts": [], "distinct": 0, "alert_dups": 0, "packets": {}, "dialect": None,
+                "science": [], "unreadable": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+    science = []
+    for sid, kind, fields in arch["science"]:
+        try:
+            f = json.loads(fields)
+        except (TypeError, ValueError):  # counted as not delivered: its frame is not scored
+            continue
+        if isinstance(f, dict) and "frame_id" in f:
+            science.append((sid, kind, f))
+    scores, sat_scores = _detection_scores(launch, science)
     per_sat: dict[str, dict] = {}
     totals = dict.fromkeys(SAT_COUNTS, 0)
     pending_total = 0
@@ -493,7 +549,8 @@ def summarize(launch: Launch, wall_s: float, station_before: dict[str, dict], sa
                 "by_station": {n: sum(1 for r in mine if r[2] == n) for n in launch.stations},
                 "downlinked_bytes": radio.get("down_bytes_out", 0),
                 "retransmit_fraction": round(fl.get("packets_retransmitted", 0) / max(fl.get("packets_sent", 0), 1), 4),
-                "done_at_s": sat_done.get(sat.id)}
+                "done_at_s": sat_done.get(sat.id),
+                **{k: sat_scores[sat.id][k] for k in ("objects_true", "objects_found", "detection_recall", "false_alarms")}}
         per_sat[str(sat.id)] = row
         for k in SAT_COUNTS:
             totals[k] += row[k]
@@ -524,8 +581,12 @@ def summarize(launch: Launch, wall_s: float, station_before: dict[str, dict], sa
         "frames_captured": totals["frames_captured"], "frames_processed": totals["frames_processed"],
         "frames_rejected": totals["frames_rejected"], "products_created": totals["products_created"],
         "products_delivered": delivered, "products_pending": pending_total, "products_lost": totals["products_lost"],
+        # why the shared archive could not be read (None: it was): the run then fails saying so, not
+        # only through the products it seems to have lost
+        "archive_unreadable": arch.get("unreadable"),
         "products_distinct": arch["distinct"], "exactly_once": arch["distinct"] == delivered and arch["alert_dups"] == 0,
         "alerts": len(arch["alerts"]), "alerts_repeated": arch["alert_dups"],
+        **scores,
         "duplicates_at_ground": sum(s["duplicates"] for s in per_station.values()),
         "acks_shared": sum(s["acks_shared"] for s in per_station.values()),
         "packets_sent": totals["packets_sent"], "packets_retransmitted": totals["packets_retransmitted"],
@@ -699,6 +760,9 @@ def run(args, scenario, expect: dict) -> int:
     finally:
         launch.close()
     summary["station_killed"] = kill_name if killed else None
+    if summary["archive_unreadable"] and code == 0:  # nothing in it can be counted or scored: not ok
+        code, failure = 1, f"the shared archive could not be read: {summary['archive_unreadable']}"
+        print(f"constellation: FAILED: {failure}", file=sys.stderr, flush=True)
     code = write_summary(summary, expect, code, failure, run_dir, "constellation")
     if console is not None:  # after keep_archive: constellation.json names the copy the console now reads
         console.finish(stay=args.console_stay and code != 130)
