@@ -56,6 +56,7 @@ plan stay in RAM (4 + 32 bytes per bad pixel).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -334,12 +335,16 @@ def _check_meta(where: str, meta_json: str) -> dict:
 def _atomic_write(path: Path):
     """A temporary file next to ``path``, renamed onto it only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a crash mid-write left its temporary file (a table file's size, tens of MB) for good, one per
-    # crash: the only writer of these files clears them first
+    # A crash mid-write left its temporary file (a table file's size, tens of MB) for good, one per
+    # crash. Each writer holds a lock on its own; one nobody holds is abandoned and deleted. (Several
+    # flights of a constellation may write the same file at once: deleting every *.tmp killed a
+    # flight whose table was being written.)
     for stale in path.parent.glob(glob.escape(path.name) + "*.tmp"):
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError), open(stale, "rb") as g:
+            fcntl.flock(g.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError (an OSError): in use
             stale.unlink()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed or the process dies
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

@@ -563,3 +563,20 @@ def test_a_crash_while_writing_the_table_file_leaves_no_file_behind_for_good(set
     (tmp_path / "other.tables1.tmp").write_bytes(b"y")  # not ours: kept
     Calibrator(npz, tables="stream").close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cal.npz", "cal.tables", "other.tables1.tmp"]
+
+
+def test_a_temporary_file_another_writer_holds_is_not_deleted(setup, tmp_path):
+    """The flights of a constellation share one products file and may make its table file at
+    the same moment: clearing every temporary file deleted one another flight was writing (it
+    then died at start). Only a temporary file nobody holds locked is abandoned."""
+    import fcntl
+
+    _, products = setup
+    npz = tmp_path / "cal.npz"
+    products.save(npz)
+    busy = tmp_path / "cal.tables1busy.tmp"
+    with open(busy, "wb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # another writer, mid-write
+        (tmp_path / "cal.tables2dead.tmp").write_bytes(b"x")  # a crashed one's
+        Calibrator(npz, tables="stream").close()
+        assert busy.exists() and not (tmp_path / "cal.tables2dead.tmp").exists()
