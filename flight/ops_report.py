@@ -340,9 +340,18 @@ def main(argv: list[str] | None = None) -> int:
     frames = frame_campaign(a.bundles, a.seed)
     ground = ground_packet_campaign(a.n, a.seed)
     faults = fault_figures()
+    # every figure the tables print as a failure fails the run too: a valid command refused after a
+    # campaign ("NO" in the table) and a stage error on random frame messages (the software's own
+    # fault, not rejected input) used to leave the exit status 0; --json said 0 whatever it held
+    ok = (all(r["executed"] == 0 for k, r in cmds.items() if not k.startswith("random"))
+          and all(r["valid_command_after"] for r in cmds.values())
+          and bundles["accepted"] == bundles["accepted_harmless"] and bundles["active_version_unchanged_and_verifies"]
+          and frames["kept_everything_before"] and frames["good_frame_after"] and frames["errors"] == 0
+          and ground["kept_everything_before"] and ground["good_packet_after"])
     if a.json:
-        print(json.dumps({"commands": cmds, "bundles": bundles, "frames": frames, "ground": ground, "faults": faults}, indent=1))
-        return 0
+        print(json.dumps({"commands": cmds, "bundles": bundles, "frames": frames, "ground": ground, "faults": faults,
+                          "ok": ok}, indent=1))
+        return 0 if ok else 1
     print("| command campaign | tried | refused | executed | valid command after | refusals |")
     print("|---|---|---|---|---|---|")
     for name, r in cmds.items():
@@ -367,14 +376,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{f.get('wall_s', '-')} | {f.get('at')} |")
     if not faults:
         print("| (none recorded: run `pytest tests/test_faults_e2e.py`) | | | | | | |")
-    # every figure the tables print as a failure fails the run too: a valid command refused after a
-    # campaign ("NO" in the table) and a stage error on random frame messages (the software's own
-    # fault, not rejected input) used to leave the exit status 0
-    ok = (all(r["executed"] == 0 for k, r in cmds.items() if not k.startswith("random"))
-          and all(r["valid_command_after"] for r in cmds.values())
-          and bundles["accepted"] == bundles["accepted_harmless"] and bundles["active_version_unchanged_and_verifies"]
-          and frames["kept_everything_before"] and frames["good_frame_after"] and frames["errors"] == 0
-          and ground["kept_everything_before"] and ground["good_packet_after"])
     return 0 if ok else 1
 
 

@@ -278,6 +278,8 @@ def test_the_ops_report_fails_when_a_campaign_went_wrong(monkeypatch, capsys):
         monkeypatch.setattr(rep, "frame_campaign", lambda n, seed: fr)
         code = rep.main(["--n", "1", "--bundles", "1"])
         capsys.readouterr()
+        as_json = rep.main(["--n", "1", "--bundles", "1", "--json"])  # --json said 0 whatever it held
+        assert json.loads(capsys.readouterr().out)["ok"] == (code == 0) and as_json == code
         return code
 
     assert run(good_cmd, frames) == 0
