@@ -20,6 +20,8 @@ SYSROOT=$CACHE/sysroot
 SITE=$CACHE/site
 PY=${PY:-$ROOT/.venv/bin/python}
 QEMU_CPUS=${QEMU_CPUS:-"cortex-a72 max"}
+# a blank list would run no emulated CPU and still print OK
+if [ -z "${QEMU_CPUS// /}" ]; then echo "verify-aarch64: QEMU_CPUS names no CPU model" >&2; exit 2; fi
 CONSTRAINTS=${CONSTRAINTS:-$ROOT/constraints/aarch64-verify.txt}
 t0=$(date +%s)
 SUDO=""; if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

@@ -240,3 +240,15 @@ def test_verify_fails_fp32_golden_outputs_of_another_shape(tmp_path):
     arrays["fp32"] = TileModel(card, precision="fp32").run(tiles)  # the same, whole: verifies
     np.savez(d / "golden" / "cloud_screen.npz", **arrays)
     assert verify(d, log=lines.append) == 0, lines
+
+
+def test_verify_aarch64_refuses_a_blank_cpu_list_instead_of_saying_ok():
+    """QEMU_CPUS=" " ran no emulated CPU and still printed OK (noticed by this audit). It now
+    stops at once, before building or running anything, with exit 2."""
+    import subprocess
+
+    from payload_sim.testing import REPO
+
+    r = subprocess.run(["bash", "scripts/verify_aarch64.sh"], cwd=REPO, capture_output=True, text=True, timeout=30,
+                       env={"PATH": "/usr/bin:/bin", "QEMU_CPUS": " ", "PY": "/nonexistent"})
+    assert r.returncode == 2 and "names no CPU model" in r.stderr and "OK" not in r.stdout
