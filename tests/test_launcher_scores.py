@@ -87,3 +87,23 @@ def test_a_run_whose_detectors_are_off_is_not_ok(tmp_path):
     assert not summary["ok"] and "detection_recall = 0.0" in summary["failure"]
     assert summary["objects_true"] >= RECALL_MIN_OBJECTS and summary["objects_found"] == 0
     assert summary["products_lost"] == 0 and summary["software_faults"] == 0
+
+
+def test_a_constellation_expects_each_satellite_to_act_on_the_scenario_faults():
+    """Every satellite's camera corrupts the frames `faults.corrupt_frames` names and every flight
+    raises in the `faults.raise_in` steps, and the constellation's summary adds them up. The
+    expectations counted them once, so such a constellation failed though each satellite did just
+    what it was told (noticed by the ok-flags audit)."""
+    from flight.config import load_scenario
+    from payload_sim.testing import REPO
+
+    sc = load_scenario(REPO / "payload_sim" / "scenarios" / "constellation.toml", [])
+    n = len(sc.constellation.satellites)
+    assert n >= 2
+    sc.extra["faults"] = {"corrupt_frames": [2, 5], "raise_in": ["status", "housekeeping", "status"]}
+    e = default_expectations(sc)
+    assert e["frames_rejected"] == ("==", 2.0 * n) and e["software_faults"] == ("==", 2.0 * n)
+    single = load_scenario(DEMO, [])
+    single.extra["faults"] = sc.extra["faults"]
+    e = default_expectations(single)
+    assert e["frames_rejected"] == ("==", 2.0) and e["software_faults"] == ("==", 2.0)
