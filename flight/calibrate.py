@@ -682,7 +682,6 @@ class Calibrator:
                              f"{self._next_remake - now:.0f} s")
         self._next_remake = now + REMAKE_RETRY_S
         old, self.table_file = self.table_file, None
-        want = old.crc32 if old is not None else self._crc32
         if old is not None:
             old.close()
         self._scrub = None
@@ -693,7 +692,7 @@ class Calibrator:
             new = TableFile.for_products(self._npz)
         except (ValueError, OSError) as exc:
             raise ValueError(f"calibration tables: {reason}; remaking them failed: {exc}") from exc
-        if new.crc32 != want:
+        if new.crc32 != self._crc32:
             new.close()
             raise ValueError(f"calibration tables: {reason}; the products file now holds other products")
         self.table_file = new
@@ -732,7 +731,6 @@ class Calibrator:
             if t.finish_check(crc) == t.crc32:
                 return ""
             problem = "CRC-32 mismatch: the table file changed on mass memory"
-        self._scrub = None
         self._next_remake = 0.0  # a scrub finding is acted on at once
         self._remake(problem)
         return problem

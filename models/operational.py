@@ -35,11 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
+from payload_sim.hil import MATCH_PX, SCORED, counts_as_visible
+
 RESULTS = Path(__file__).resolve().parent / "results" / "operational.json"
 DEMO = Path(__file__).resolve().parent.parent / "payload_sim" / "scenarios" / "demo.toml"
-MATCH_PX = 8.0
-CLASS = {"ship": 1, "fire": 2}
-MIN_SIZE = {"ship": ("length_px", 3.0), "fire": ("pixels", 2.0)}
 TILE_KM2 = 64 * 64 * 10.0 * 10.0 / 1e6  # one 64 x 64 tile at 10 m
 
 
@@ -62,11 +61,10 @@ def score_frame(scene, result, searched: set, tile_px: int, clear_max: float, co
     """Add one processed frame's matches to `counts` (per class: visible, found, missed where the
     detector never looked and why, detections, false alarms). `searched`: (model, tile row, tile
     col) of every tile a detector ran on."""
-    for kind, class_id in CLASS.items():
-        attr, least = MIN_SIZE[kind]
+    for kind, class_id in SCORED.items():
         dets = [d for d in result.detections if d.class_id == class_id]
         for o in scene.objects:
-            if o.kind != kind or o.occluded or getattr(o, attr) < least:
+            if o.kind != kind or not counts_as_visible(vars(o)):  # the launcher's rule (payload_sim.hil)
                 continue
             counts[f"{kind}_visible"] += 1
             tile = (int(o.row) // tile_px, int(o.col) // tile_px)
@@ -127,7 +125,7 @@ def run_scenes(scenes, n: int, label: str, overrides: list[str]) -> dict:
         print(f"\r{label}: {i + 1}/{n} scenes, {time.monotonic() - t0:.0f} s", end="", flush=True)
     print()
     out: dict = {"frames": counts["frames"], "frames_discarded_cloudy": counts["frames_discarded_cloudy"]}
-    for kind in CLASS:
+    for kind in SCORED:
         tiles = models[f"{kind}_detect"].tiles
         vis, found, det, fa = (counts[f"{kind}_{k}"] for k in ("visible", "found", "detections", "false_alarms"))
         out[kind] = {

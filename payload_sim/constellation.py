@@ -402,10 +402,10 @@ class Launch:
             write_launch_record(d, scenario_path, so, self.clock_start, route)
             self.argv[f"radio{sat.id}"] = [sys.executable, "-m", "payload_sim.constellation", "radio", *base, "--run-dir",
                                            str(d), *sets, "--satellite", str(sat.id), "--pairs", json.dumps(pairs)]
-            # each flight its own calibration products file (a hard link): flight.calibrate writes its
-            # table file beside it and, since f6313bf, deletes every temporary file of that name
-            # first as left by a crash, so two flights starting on one shared file deleted each
-            # other's table being written (FileNotFoundError: a flight died at start; seen in 2 of about 8 runs here)
+            # each flight its own calibration products file (a hard link): flight.calibrate makes,
+            # remakes and cleans its table file beside it, so each flight's stays its own (a cleanup
+            # that once took another flight's table mid-write killed that flight at start; the
+            # writers now lock their temporary files, and this keeps the satellites apart anyway)
             own = d / calibration.name
             own.unlink(missing_ok=True)
             try:

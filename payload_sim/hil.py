@@ -91,6 +91,15 @@ DETECTION_RECALL_MIN = 0.6  # the default expectation (see default_expectations)
 MEASURED_IF_ENOUGH = {"detection_recall", "ship_recall", "fire_recall"}  # None: too few objects
 
 
+def counts_as_visible(o: dict) -> bool:
+    """A true object the detectors must find, as their own tests count it: a ship or a fire not
+    hidden under thick cloud, a ship at least 3 px long, a fire of at least 2 hot pixels."""
+    kind = o.get("kind")
+    if kind not in SCORED or o.get("occluded"):
+        return False
+    return o.get("length_px", 0) >= 3 if kind == "ship" else o.get("pixels", 0) >= 2
+
+
 def detection_scores(truth: dict[int, dict], summaries: list[dict], detections: list[dict]) -> dict:
     """Alerts the operator got against the scene truth, over the frames whose summary reached the
     ground and were not discarded as cloudy (their detectors ran). An object counts when the models'
@@ -104,19 +113,16 @@ def detection_scores(truth: dict[int, dict], summaries: list[dict], detections: 
     found = {k: 0 for k in SCORED}
     total = {k: 0 for k in SCORED}
     false_alarms = scored_detections = 0
+    def near(d, o) -> bool:
+        return math.hypot(d["row_px"] - o["row"], d["col_px"] - o["col"]) <= MATCH_PX
+
     for fid in frames:
         objects, dets = truth[fid].get("objects", []), by_frame.get(fid, [])
-
-        def near(d, o) -> bool:
-            return math.hypot(d["row_px"] - o["row"], d["col_px"] - o["col"]) <= MATCH_PX
-
         for o in objects:
-            kind = o.get("kind")
-            if kind not in SCORED or o.get("occluded") or (
-                    o.get("length_px", 0) < 3 if kind == "ship" else o.get("pixels", 0) < 2):
+            if not counts_as_visible(o):
                 continue
-            total[kind] += 1
-            found[kind] += any(d["class_id"] == SCORED[kind] and near(d, o) for d in dets)
+            total[o["kind"]] += 1
+            found[o["kind"]] += any(d["class_id"] == SCORED[o["kind"]] and near(d, o) for d in dets)
         scored_detections += len(dets)
         false_alarms += sum(not any(near(d, o) for o in objects) for d in dets)
 
