@@ -376,6 +376,13 @@ def markdown(res: dict) -> str:
         lines.append(f"| {key.replace('_', ' ')} | {m['rss']:.0f} | {m['anon']:.0f} | {m['file']:.0f} | {m['hwm']:.0f} |")
     lines += ["", f"{res['memory_story']}. Resident memory changed by {res['rss_growth_mib']:+.1f} MiB from the first to "
               "the last timed frame (a leak would show here).", ""]
+    pc = res.get("library_page_cache")
+    if pc:  # file-backed pages mapped depend on how the libraries came into the page cache (benchmarks/pagecache.py)
+        kept = f"; still mapped by the harness, so left as they were: {', '.join(pc['mapped_by_harness'])}" if pc["mapped_by_harness"] else ""
+        errs = f"; {pc['errors']} could not be dropped ({pc['first_error']})" if pc["errors"] else ""
+        lines += [f"Before the children ran, {pc['files']} shared libraries ({pc['bytes'] / 2**20:.0f} MiB) were written back "
+                  "and dropped from the page cache, so each child maps them from disk as a board does after boot, not as "
+                  f"an install left them (a fresh install added about 35 MiB of file-backed pages){kept}{errs}.", ""]
     lines += [res["arena"]["detail"], "",
               "## DLR ukis-csmask", ""]
     u = res["ukis_csmask"]

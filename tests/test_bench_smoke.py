@@ -33,6 +33,10 @@ def test_smoke_run_reports_every_key(tmp_path):
     assert set(res["within_budget"]) == set(res["budgets"])
     assert all({"pixels", "latency_ms_p50", "peak_rss_mib"} <= set(s) for s in res["scaling"]) and res["scaling"]
     assert res["peak_rss_mib"] > 10 and res["reduction_ratio"] > 1
+    # the libraries' page cache was put in one state before the children mapped them (pagecache.py)
+    pc = res["library_page_cache"]
+    assert pc["files"] > 10 and pc["bytes"] > 2**20 and pc["errors"] == 0
+    assert "dropped from the page cache" in (tmp_path / "latest.md").read_text()
     # the latency worst case is one of the cycled frames, reported on its own
     worst = [f for f in res["per_frame"] if f["worst_case"]]
     assert len(worst) == 1 and worst[0] == res["worst_case_frame"] and worst[0]["n"] >= 1
