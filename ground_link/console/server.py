@@ -137,6 +137,10 @@ def alert_filter(params, ctx: RunContext):
     from ground_link.alerts import in_region
     from ground_link.query import region_of
 
+    for key in ("class", "severity", "since", "until", "region"):
+        if len(params.getlist(key)) > 1:  # which one counts would be a guess: the last did, silently
+            raise ValueError(f"{key} given {len(params.getlist(key))} times: give it once"
+                             + (f" (several as a comma list: {key}=a,b)" if key in ("class", "severity") else ""))
     classes = set(filter(None, params.get("class", "").split(",")))
     severities = set(filter(None, params.get("severity", "").split(",")))
     since, until = _parse_time(params.get("since"), ctx), _parse_time(params.get("until"), ctx)
@@ -159,6 +163,14 @@ def alert_filter(params, ctx: RunContext):
         return True
 
     return keep
+
+
+def over_tls(request: Request) -> bool:
+    """The browser reached us over https: directly, or through the TLS proxy that docs/console.md
+    asks for off loopback (it says so in X-Forwarded-Proto). Then the session cookie is Secure, so
+    the browser never sends it over plain http. Trusting the header can only make the cookie stricter."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
 
 
 def export_row(rec: dict) -> dict:
@@ -219,13 +231,13 @@ def create_app(ctx: RunContext, partners: dict[str, Partner], stopping: list[boo
             return _json({"error": "unknown name or wrong password"}, 401)
         p = sessions.partner(token)
         resp = _json({"token": token, "me": p.public() if p else None})
-        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/", secure=over_tls(request))
         return resp
 
     async def logout(request: Request):
         sessions.logout(token_of(request))
         resp = _json({"ok": True})
-        resp.delete_cookie(COOKIE, path="/")
+        resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=over_tls(request))
         return resp
 
     async def me(request: Request):
