@@ -157,6 +157,19 @@ class OpsState:
         self.disabled: list = listing("disabled")
         if not all(isinstance(m, str) for m in self.disabled):
             raise ValueError("disabled: not a list of model names")
+        # detectors switched off by a fault, with their automatic retries (FlightApp.disable_model):
+        # {model: {"retries": automatic re-enables used since the last ENABLE_MODEL, "retry_at_s":
+        # scenario time of the next one, or null}}. A file without it (an earlier version's) has
+        # none: its disabled models stay off until ENABLE_MODEL, as they did; an earlier version
+        # ignores it.
+        self.model_recovery: dict[str, dict] = {}
+        for name, r in mapping("model_recovery").items():
+            if not isinstance(r, dict) or set(r) != {"retries", "retry_at_s"}:
+                raise ValueError(f"model_recovery.{str(name)[:32]} is not {{retries, retry_at_s}}")
+            at = r["retry_at_s"]
+            self.model_recovery[name] = {
+                "retries": integer(r["retries"], 0, 2**31 - 1, f"model_recovery.{name}.retries"),
+                "retry_at_s": None if at is None else number(at, -1e12, 1e12, f"model_recovery.{name}.retry_at_s")}
         self.thresholds: dict = {str(k): number(v, 0.001, 0.999, f"thresholds.{k}") for k, v in mapping("thresholds").items()}
         self.priorities: dict = {}
         for k, v in mapping("priorities").items():
@@ -181,7 +194,8 @@ class OpsState:
             json.dump({"last_counter": self.last_counter, "params": self.params, "disabled": sorted(self.disabled),
                        "thresholds": self.thresholds, "priorities": {str(k): v for k, v in self.priorities.items()},
                        "mode": int(self.mode), "error_times": self.error_times[-1000:],
-                       "ack_counters": {str(k): v for k, v in self.ack_counters.items()}}, f)
+                       "ack_counters": {str(k): v for k, v in self.ack_counters.items()},
+                       "model_recovery": self.model_recovery}, f)
             f.flush()
             os.fsync(f.fileno())
         if self.path.exists():
@@ -296,7 +310,7 @@ class FlightApp:
                            commands_forged=0, commands_replayed=0, commands_out_of_window=0, commands_failed=0,
                            watchdog_trips=0, models_rolled_back=0, input_rejected=0, software_faults=0,
                            events_suppressed=0, strips_dropped=0, products_lost=0, products_created=0,
-                           acks_rejected=0)
+                           acks_rejected=0, models_auto_enabled=0)
         # the epoch file lives with the flight state, outside the store: it survives the store's loss
         self.store = ProductStore(resolve(ops.store_dir, run_dir) / "flight_store.sqlite", scenario.flight.store_max_bytes,
                                   epoch_path=self.state_dir / "store_epoch", ram_max_bytes=ops.store_ram_max_bytes,
@@ -345,6 +359,13 @@ class FlightApp:
         self.pipeline = FramePipeline(cfg, CalibrateTap(self.calibrator, self),
                                       self.load_models(), reuse_buffers=arena)
         self.pipeline.disabled |= {m for m in self.ops_state.disabled if m != REQUIRED_MODEL}
+        cascade = {s.model for s in scenario.flight.cascade[1:]}
+        for name in list(self.ops_state.model_recovery):  # retries only for detectors of this cascade
+            r = self.ops_state.model_recovery[name]
+            if name not in cascade:
+                del self.ops_state.model_recovery[name]
+            elif name not in self.pipeline.disabled:
+                r["retry_at_s"] = None  # on already: nothing to retry
         self.pending_models: dict[str, GuardedModel] = {}  # activated, swapped in between frames
         self.prescreen_reported: dict[str, tuple | None] = {}  # per model: (version, cut, reason) last reported
         self.report_prescreen()
@@ -535,7 +556,7 @@ class FlightApp:
         else:
             self.modes.fault(self.clock.now_s(), f"model {name} failed")
         if name != REQUIRED_MODEL:
-            self.disable_model(name, f"failed at run time: {exc!r}"[:100])
+            self.disable_model(name, f"failed at run time: {exc!r}"[:100], retry=True)
         return None
 
     def model_stuck(self, guard: GuardedModel, exc: StageStuck):
@@ -563,15 +584,81 @@ class FlightApp:
                   elapsed_s=exc.elapsed_s, limit_s=exc.limit_s)
         self.modes.fault(self.clock.now_s(), f"stage {exc.stage} stuck")
         if model is not None and model != REQUIRED_MODEL:
-            self.disable_model(model, "stuck past the watchdog limit")
+            self.disable_model(model, "stuck past the watchdog limit", retry=True)
 
-    def disable_model(self, name: str, reason: str) -> None:
+    def disable_model(self, name: str, reason: str, retry: bool = False) -> None:
+        """Switch a detector off. `retry`: switched off by a fault (a run-time failure or a
+        watchdog trip), so it is switched on again automatically after ops.model_retry_s, at most
+        ops.model_retries times until ENABLE_MODEL (retry_models); the event says when, or that
+        its retries are used up. Switched off by command (retry False): until ENABLE_MODEL."""
         if name in self.pipeline.disabled:
             return
         self.pipeline.disabled.add(name)
         self.ops_state.disabled = sorted(self.pipeline.disabled)
+        if retry:
+            reason = f"{reason[:96]}; {self.schedule_retry(name)}"
         self.save_state("disabled models")
         self.emit("MODEL_DISABLED", model=name, reason=reason)
+
+    def schedule_retry(self, name: str) -> str:
+        """The next automatic re-enable of a detector a fault switched off (ops_state.model_recovery,
+        saved with the disabled list): due ops.model_retry_s from now, unless its retries since the
+        last ENABLE_MODEL are used up. Returns what the MODEL_DISABLED event says about it."""
+        ops = self.sc.ops
+        if ops.model_retries == 0:  # automatic retries off: as before, nothing recorded
+            return "off until ENABLE_MODEL (ops.model_retries = 0)"
+        r = self.ops_state.model_recovery.setdefault(name, {"retries": 0, "retry_at_s": None})
+        if r["retries"] >= ops.model_retries:
+            r["retry_at_s"] = None
+            return f"its {r['retries']} automatic retries used: off until ENABLE_MODEL"
+        r["retry_at_s"] = at = self.clock.now_s() + ops.model_retry_s
+        return f"automatic retry {r['retries'] + 1} of {ops.model_retries} in {ops.model_retry_s:g} s at {self.utc_text(at)}"
+
+    def retry_models(self) -> None:
+        """Switch on again each detector a fault switched off whose cool-down is over (between
+        frames only, like a model swap). Mission time, as the other on-board timers; a retry time
+        more than one cool-down ahead (the clock stepped back, or restarted from another start) is
+        brought back to one cool-down from now. The count is not reset by frames that go well: only
+        ENABLE_MODEL resets it, so a detector that keeps failing is retried ops.model_retries times
+        in all, then stays off until the ground has looked."""
+        recovery = self.ops_state.model_recovery
+        if self.pipeline.meta is not None or not any(r["retry_at_s"] is not None for r in recovery.values()):
+            return
+        t, cool = self.clock.now_s(), self.sc.ops.model_retry_s
+        for name, r in list(recovery.items()):
+            at = r["retry_at_s"]
+            if at is None:
+                continue
+            if name not in self.pipeline.disabled:  # on again by other means
+                r["retry_at_s"] = None
+                continue
+            if at > t + cool:
+                r["retry_at_s"] = t + cool
+                continue
+            if t < at:
+                continue
+            r["retries"] += 1
+            r["retry_at_s"] = None
+            try:
+                self.enable_model(name)
+            except ModelUpdateError as exc:  # could not be loaded: a failed retry, as a failed call
+                self.counts["errors"] += 1
+                self.emit("MODEL_REFUSED", model=name, reason=f"automatic retry: {exc.reason}"[:160])
+                self.ops_state.disabled = sorted(self.pipeline.disabled)
+                self.emit("MODEL_DISABLED", model=name, reason=f"not loadable; {self.schedule_retry(name)}")
+                self.save_state("model retries")
+                continue
+            self.counts["models_auto_enabled"] += 1
+            self.save_state("enabled models")
+            self.emit("MODEL_ENABLED", model=f"{name} (automatic retry {r['retries']} of {self.sc.ops.model_retries}, "
+                                            f"{cool:g} s after its fault)")
+
+    def enable_model(self, name: str) -> None:
+        """Switch a cascade model on, loading it if it was not (ModelUpdateError when it cannot be)."""
+        if name not in self.pipeline.models:
+            self.swap_model(name, self.model_store.load(name))
+        self.pipeline.disabled.discard(name)
+        self.ops_state.disabled = sorted(self.pipeline.disabled)
 
     def calibration_tables_fault(self, reason: str) -> None:
         """The calibration table file failed a read or a scrub (remade, or not: the reason says).
@@ -733,6 +820,7 @@ class FlightApp:
                     self.reject(p.meta.frame_id, "next frame began before the last strip")
                 self.counts["frames_captured"] += 1
                 self.apply_pending_models()
+                self.retry_models()  # a detector whose cool-down is over takes part in this frame
                 if len(parts) != 2:
                     raise FrameRejected(None, f"frame message has {len(parts)} parts, expected 2")
                 if self.modes.mode == Mode.SAFE:
@@ -947,23 +1035,30 @@ class FlightApp:
 
     def cmd_enable_model(self, cmd: Command) -> str:
         name = self._cascade_model(cmd.args["model"])
-        if name not in self.pipeline.models:
-            try:
-                self.swap_model(name, self.model_store.load(name))
-            except ModelUpdateError as exc:
-                raise CommandFailed(f"cannot load {name}: {exc.reason}") from None
-        self.pipeline.disabled.discard(name)
-        self.ops_state.disabled = sorted(self.pipeline.disabled)
+        try:
+            self.enable_model(name)
+        except ModelUpdateError as exc:
+            raise CommandFailed(f"cannot load {name}: {exc.reason}") from None
+        r = self.ops_state.model_recovery.pop(name, None)  # the ground has looked: automatic retries anew
         unsaved = self.save_state("enabled models")
         self.emit("MODEL_ENABLED", model=name)
-        return f"{name} enabled{unsaved}"
+        return f"{name} enabled" + (f" (automatic retries reset, {r['retries']} used)" if r else "") + unsaved
 
     def cmd_disable_model(self, cmd: Command) -> str:
         name = self._cascade_model(cmd.args["model"])
         if name == REQUIRED_MODEL:
             raise CommandFailed(f"{REQUIRED_MODEL} is required (use SET_MODE SAFE to stop processing)")
-        self.disable_model(name, "commanded")
-        return f"{name} disabled"
+        # off until ENABLE_MODEL, also when a fault had switched it off first: no automatic retry
+        r = self.ops_state.model_recovery.pop(name, None)
+        cancelled = r is not None and r["retry_at_s"] is not None and name in self.pipeline.disabled
+        if name in self.pipeline.disabled:
+            unsaved = self.save_state("disabled models") if r is not None else ""
+            if cancelled:
+                self.emit("MODEL_DISABLED", model=name, reason="commanded (its automatic retry cancelled)")
+        else:
+            self.disable_model(name, "commanded")
+            unsaved = ""
+        return f"{name} disabled" + (" (automatic retry cancelled)" if cancelled else "") + unsaved
 
     def cmd_set_mode(self, cmd: Command) -> str:
         self.modes.command(Mode(cmd.args["mode"]))
@@ -1230,7 +1325,7 @@ class FlightApp:
             self.counts, eos=self.eos, store_products=self.store.pending(), status_write_errors=self.svc.status_errors,
             peak_rss_mib=self.proc.memory_info().rss / 2**20 if force else None, cores=self.cores,
             last_latency_ms=self.last_latency_ms, mode=self.modes.mode.name, last_counter=self.auth.last_counter,
-            disabled=sorted(self.pipeline.disabled),
+            disabled=sorted(self.pipeline.disabled), model_recovery=self.ops_state.model_recovery,
             models={n: self.model_store.active[n].version for n in self.pipeline.models if n in self.model_store.active},
             uploads={f"{u:08x}": self.uploads.received(u) for u in self.uploads.open_ids()},
             quicklooks=list(self.quicklooks.ring), contact_plan_windows=len(self.contact_plan.windows)), force=force)
@@ -1284,6 +1379,7 @@ class FlightApp:
                     self.guarded("on_frame_message", lambda: self.on_frame_message(frames.recv_multipart(copy=False)))
                 self.drain_uplink(up)
                 self.guarded("apply_pending_models", self.apply_pending_models)
+                self.guarded("retry_models", self.retry_models)
                 self.guarded("pump_downlink", lambda: self.pump_downlink(down))
                 self.guarded("housekeeping", self.housekeeping)
                 self.guarded("check_memory", self.check_memory)

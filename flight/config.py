@@ -359,6 +359,11 @@ class OpsSection:
     recent_frames_full_res: int = field(default=4, metadata=rng(0, 64))  # frames kept at full resolution on mass memory, for chips
     model_scrub_period_s: float = field(default=60.0, metadata=rng(0.0, 1e7))  # re-hash model files; 0 = off
     model_probation_frames: int = field(default=10, metadata=rng(0, 100000))  # run-time failure: roll back
+    # a detector switched off by a run-time fault or a watchdog trip (not by DISABLE_MODEL) is switched
+    # on again after model_retry_s scenario seconds (the on-board clock), at most model_retries times
+    # until ENABLE_MODEL resets the count; 0 retries: off until ENABLE_MODEL (the behaviour before)
+    model_retry_s: float = field(default=300.0, metadata=rng(1.0, 1e7))
+    model_retries: int = field(default=3, metadata=rng(0, 100))
     upload_max_bytes: int = field(default=16 * 1024 * 1024, metadata=rng(1024, 2**31 - 1))
     # input-driven events (rejected frames, bad uplink packets, refused commands and acks): at most
     # this many of one type per window; the rest are counted in telemetry (events_suppressed)
