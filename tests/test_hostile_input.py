@@ -25,7 +25,7 @@ from payload_sim.hostile import HEADER_FIELDS, STRIP_FIELDS, hostile_messages, n
 
 EV = {name: e.id for name, e in EVENTS.items()}
 BASE = ["flight.housekeeping_period_s=1000.0", "ops.model_scrub_period_s=0.0"]
-MAIN_LOOP_STEPS = ("on_frame_message", "on_uplink", "apply_pending_models", "pump_downlink", "housekeeping",
+MAIN_LOOP_STEPS = ("on_frame_message", "on_uplink", "apply_pending_models", "retry_models", "pump_downlink", "housekeeping",
                    "check_memory", "check_frame_stall", "scrub_models", "store_maintenance", "status")
 HOSTILE_EXAMPLES = 2500  # per property test below; with the seeded campaign: >= 10,000 messages per run
 
