@@ -19,6 +19,14 @@ and the operator tools. CFDP replies (Apid.FILE_REPLY) that reach the ground are
 station's: they go to the ground's file-transfer entity (ground_link.commander) on a socket of
 their own, a PUB bound on a free port and named in the status file as `file_out`, as a ground
 station's front end routes file-delivery packets apart from telemetry.
+
+Two clocks: the queues (serialisation, propagation delay, when the transmitter comes free) run on
+link time, time.monotonic(), as the flight's link timers do: on the wall clock, a clock stepped
+back (NTP, a GPS fix) by 990 s held every packet behind the transmitter's `free_at` for 990 s,
+and one stepped forward let the whole queue out at once. The contact plan stays in scenario
+time, which every process derives from the wall clock (flight.clock.ScenarioClock: the shared
+`clock_start` in RUN/launch.json), so the flight, the commander and the channel agree on AOS and
+LOS; link times are turned into it with the clocks' offset at that moment (`wall_of_monotonic`).
 """
 
 from __future__ import annotations
@@ -70,6 +78,13 @@ def apid_of(packet: bytes) -> int | None:
     return ((packet[0] & 0x07) << 8 | packet[1]) if len(packet) >= 2 else None
 
 
+def wall_of_monotonic(t: float) -> float:
+    """The wall-clock time (time.time() scale) of link time `t` (time.monotonic() scale), by the
+    two clocks' offset now: intervals are measured on the monotonic clock, and only what must
+    agree with other processes (scenario time, the contact plan) is read through this."""
+    return time.time() + (t - time.monotonic())
+
+
 def ack_ids_in(packet: bytes) -> int:
     """How many product ids an acknowledgement acknowledges (0 for any other packet): counted for
     the acks the link loses, so a test can tell retransmissions the link caused from a storm."""
@@ -102,7 +117,10 @@ class Direction:
     Packets wait in one FIFO per priority class (`classes`: APID -> class, 0 most urgent; other
     APIDs in `default_class`). Whenever the transmitter is free, the oldest packet of the most
     urgent class that has arrived by then goes on the air; the packet on the air is never
-    pre-empted. Without classes it is one FIFO, as before."""
+    pre-empted. Without classes it is one FIFO, as before.
+
+    Every `now` and every time kept here is the caller's link time (time.monotonic() in the
+    channel process); `scenario_s` turns a link time into scenario seconds for the contact plan."""
 
     name: str
     rate_bps: float
@@ -111,12 +129,12 @@ class Direction:
     loss: LossModel = field(default_factory=NoLoss)  # .lost() -> bool, called once per packet on air
     bit_errors: BitErrors | None = None
     contacts: ContactPlan = field(default_factory=lambda: ContactPlan(None))
-    scenario_s: Callable[[float], float] = lambda wall: wall  # wall time -> scenario seconds
+    scenario_s: Callable[[float], float] = lambda t: t  # link time -> scenario seconds
     classes: dict[int, int] = field(default_factory=dict)  # APID -> priority class (0 first)
     default_class: int = 0
-    free_at: float = 0.0  # wall time the transmitter finishes its current packet
-    queue: list = field(default_factory=list)  # on the air or propagating: heap of (deliver_at, seq, packet, sent_end_wall)
-    waiting: dict[int, deque] = field(default_factory=dict)  # class -> FIFO of (arrived_wall, seq, packet)
+    free_at: float = 0.0  # link time the transmitter finishes its current packet
+    queue: list = field(default_factory=list)  # on the air or propagating: heap of (deliver_at, seq, packet, sent_end)
+    waiting: dict[int, deque] = field(default_factory=dict)  # class -> FIFO of (arrived, seq, packet)
     seq: int = 0
     packets_in: int = 0
     packets_out: int = 0
@@ -199,7 +217,7 @@ class Direction:
         return max(0.0, self.free_at - now) + waiting * 8 / self.rate_bps
 
     def next_event(self) -> float | None:
-        """The wall time something next happens here (a delivery, or the transmitter coming free
+        """The link time something next happens here (a delivery, or the transmitter coming free
         for a waiting packet); None when idle."""
         times = [self.queue[0][0]] if self.queue else []
         if any(self.waiting.values()):
@@ -251,7 +269,8 @@ def make_link(cfg: LinkSection, contacts: ContactPlan | None = None,
 
 
 def link_status(down: Direction, up: Direction, contacts: ContactPlan, t_s: float, now: float | None = None) -> dict:
-    now = time.time() if now is None else now
+    """`now`: link time, the directions' own clock (default time.monotonic(), the channel's)."""
+    now = time.monotonic() if now is None else now
     backlog = {f"{d.name}_backlog_s": round(d.backlog_s(now), 3) for d in (down, up)}
     return down.stats() | up.stats() | backlog | contacts.state(t_s)
 
@@ -289,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     def scenario_s(wall: float) -> float:
         return (wall - clock.wall_start) * clock.rate
 
-    down, up = make_link(scenario.link, contacts, scenario_s)
+    def scenario_at(t: float) -> float:  # link time (monotonic) -> scenario seconds (wall-based, shared)
+        return scenario_s(wall_of_monotonic(t))
+
+    down, up = make_link(scenario.link, contacts, scenario_at)
 
     def status(t_s: float) -> dict:
         return link_status(down, up, contacts, t_s) | {"file_out": file_out}
@@ -321,10 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     was_up = None
     try:
         while svc.running:
-            now = time.time()
+            now = time.monotonic()  # link time: the queues' clock (the module docstring)
             wait_s = min([t - now for t in (d.next_event() for d, _ in routes) if t is not None] + [0.05])
             events = dict(poller.poll(max(0, int(wait_s * 1e3))))
-            now = time.time()
+            now = time.monotonic()
             while socks["space_in"] in events and socks["space_in"].poll(0):
                 down.offer(socks["space_in"].recv(), now)
             while socks["ground_in"] in events and socks["ground_in"].poll(0):
@@ -344,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     d.packets_out += 1
                     d.bytes_out += len(packet)
-            t_s = scenario_s(now)
+            t_s = scenario_at(now)
             state = contacts.state(t_s)
             if state["link_up"] != was_up:
                 first, was_up = was_up is None, state["link_up"]
@@ -353,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                         down_word + (f", next AOS {state['next_station']} at {state['next_aos_s']:.1f} s"
                                      if state["next_aos_s"] is not None else ", no more contacts")))
             svc.write_status(functools.partial(status, t_s))
-        svc.write_status(status(scenario_s(time.time())), force=True)
+        svc.write_status(status(scenario_s(time.time())), force=True)  # a timestamp: scenario time now
     finally:
         for s in socks.values():
             s.close(linger=0)

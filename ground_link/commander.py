@@ -37,6 +37,7 @@ import sqlite3
 import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -73,6 +74,7 @@ from flight.model_update import (
 )
 from flight.products import product_label
 from flight.security import SecureContext, load_mission_key
+from ground_link.channel import wall_of_monotonic
 from ground_link.linkmodel import ContactPlan, make_contacts
 
 FINAL = {ReportKind.REJECTED, ReportKind.COMPLETED, ReportKind.FAILED}
@@ -96,15 +98,22 @@ class UplinkPacer:
       status, which includes the station's acks, less the status file's age);
     - only while the contact plan (the channel's own, `make_contacts`) says the link is up, and
       only what will be off the air before LOS; over a gap bulk data is held, not thrown away.
+
+    Every `now` (and every time it returns) is link time: the Commander gives time.monotonic(),
+    so a wall clock stepped back (NTP, a GPS fix) does not hold bulk data behind `busy_until` for
+    the whole step, nor a step forward let a burst out. `wall_of` turns a link time into the wall
+    clock, which scenario time (the contact plan, the channel status's `scenario_s`) is shared in
+    between processes (flight.clock.ScenarioClock); without it `now` is the wall time itself.
     """
 
     def __init__(self, rate_bps: float, contacts: ContactPlan, clock: ScenarioClock, queue_s: float = 1.5,
-                 status_path: Path | None = None):
+                 status_path: Path | None = None, wall_of: Callable[[float], float] | None = None):
         self.rate_bps, self.contacts, self.clock, self.queue_s = rate_bps, contacts, clock, queue_s
         self.status_path = status_path
-        self.busy_until = 0.0  # wall time our own packets are off the air, by our count
-        self._status: tuple[float, float] = (0.0, 0.0)  # (read at, channel backlog as of its write)
-        self._status_read = 0.0
+        self.wall_of: Callable[[float], float] = wall_of or (lambda t: t)
+        self.busy_until = 0.0  # link time our own packets are off the air, by our count
+        self._status: tuple[float, float] = (0.0, 0.0)  # (link time the channel wrote it, its backlog then)
+        self._status_read = float("-inf")  # link time of the last read
 
     def airtime(self, nbytes: int) -> float:
         return nbytes * 8 / self.rate_bps
@@ -116,8 +125,11 @@ class UplinkPacer:
             self._status_read = now
             try:
                 st = json.loads(self.status_path.read_text())
-                written = self.clock.wall_time_of(float(st["scenario_s"]))
-                self._status = (written, float(st.get("up_backlog_s", 0.0)))
+                # the channel stamps its status in (wall-based) scenario time: its age is taken once,
+                # here, and the backlog then drains on link time. A stamp ahead of our wall clock (it
+                # stepped back since the write) counts as just written.
+                age = max(0.0, self.wall_of(now) - self.clock.wall_time_of(float(st["scenario_s"])))
+                self._status = (now - age, float(st.get("up_backlog_s", 0.0)))
             except (OSError, ValueError, KeyError, TypeError):
                 pass
         written, backlog = self._status
@@ -127,14 +139,15 @@ class UplinkPacer:
         return max(self.busy_until - now, self._channel_backlog(now), 0.0)
 
     def link(self, now: float) -> tuple[bool, float | None, float | None]:
-        """(link up, wall time of LOS or None, wall time of the next AOS or None)."""
-        t_s = (now - self.clock.wall_start) * self.clock.rate
+        """(link up, link time of LOS or None, link time of the next AOS or None)."""
+        wall = self.wall_of(now)  # the contact plan is in scenario time, which runs on the wall clock
+        t_s = (wall - self.clock.wall_start) * self.clock.rate
         w = self.contacts.window_at(t_s)
         if w is not None:
-            los = None if w.los_s == float("inf") else self.clock.wall_time_of(w.los_s)
+            los = None if w.los_s == float("inf") else now + (self.clock.wall_time_of(w.los_s) - wall)
             return True, los, None
         nxt = self.contacts.next_aos(t_s)
-        return False, None, None if nxt is None else self.clock.wall_time_of(nxt.aos_s)
+        return False, None, None if nxt is None else now + (self.clock.wall_time_of(nxt.aos_s) - wall)
 
     def ready(self, nbytes: int, now: float) -> bool:
         """May a bulk packet of `nbytes` go to the link now?"""
@@ -177,8 +190,10 @@ class Commander:
         are read from the shared archive, this satellite's only."""
         self.sc, self.clock, self.run_dir = scenario, clock, Path(run_dir)
         self.route = route
+        # the pacer runs on time.monotonic() (its `now` below), like the flight's link timers
         self.pacer = UplinkPacer(scenario.link.uplink_rate_bps, make_contacts(scenario), clock,
-                                 scenario.link.uplink_bulk_queue_s, self.run_dir / "channel.status.json")
+                                 scenario.link.uplink_bulk_queue_s, self.run_dir / "channel.status.json",
+                                 wall_of=wall_of_monotonic)
         self._file_sock: zmq.Socket | None = None
         self._senders: list[FileSender] = []  # file transfers still answering the flight
         self._space_seq = 0  # sequence count of our file-transfer space packets
@@ -255,7 +270,7 @@ class Commander:
             self.sock = self.uplinks[self.station_in_view()]
         self._writable(timeout_s)
         self.sock.send(packet)
-        self.pacer.sent(len(packet), time.time())
+        self.pacer.sent(len(packet), time.monotonic())
 
     def send(self, name: str, ack_flags: int = DEFAULT_ACKS, **args) -> int:
         """Sign and send one command now; returns its counter. The counter and the issue time are
@@ -272,10 +287,10 @@ class Commander:
         """Until the link is up (and, with `bulk_bytes`, until the pacer takes that much bulk);
         CommanderError at `deadline` (time.monotonic())."""
         while True:
-            now = time.time()
+            now = time.monotonic()
             if self.pacer.ready(bulk_bytes, now) if bulk_bytes else self.pacer.link(now)[0]:
                 return
-            if time.monotonic() >= deadline:
+            if now >= deadline:
                 raise CommanderError(f"uplink not available in time ({self.pacer.describe(now)})")
             time.sleep(0.02)
 
@@ -319,7 +334,7 @@ class Commander:
             self.service_files()
             time.sleep(0.1)
             now_m = time.monotonic()
-            if self.pacer.link(time.time())[0]:  # only link-up time counts towards a re-send
+            if self.pacer.link(now_m)[0]:  # only link-up time counts towards a re-send
                 up_s += now_m - last
             last = now_m
 
@@ -431,7 +446,7 @@ class Commander:
     def _check_live(self, doing: str) -> None:
         """CommanderError when the run has ended (the link channel stopped writing its status):
         sending on would only fill a socket nobody reads."""
-        try:
+        try:  # wall clock on purpose: a file's mtime is wall time
             age = time.time() - (self.run_dir / "channel.status.json").stat().st_mtime
         except OSError:
             return
@@ -459,9 +474,9 @@ class Commander:
         seq, resume = transaction_for(state, sha)
         sender = FileSender(data, name, seq, timers, segment_bytes, resume=resume)
         self._senders = [sender]
-        t0 = time.time()
-        deadline = time.monotonic() + timeout_s
-        next_log = time.monotonic()
+        t0 = time.monotonic()  # the transfer's time and the pacer's `now`: link time, immune to wall clock steps
+        deadline = t0 + timeout_s
+        next_log = t0
         was_up: bool | None = None
         log(f"file {name}: {len(data)} bytes to send as CFDP transaction {seq}"
             f"{' (resumed: the flight asks for what it lacks)' if resume else ''}, {segment_bytes}-byte segments, "
@@ -474,16 +489,16 @@ class Commander:
                 self._check_live(f"file {name}: {sender.progress}/{len(data)} bytes sent")
             while sock.poll(0):
                 sender.on_packet(sock.recv())
-            now = time.time()
+            now = time.monotonic()
             up = self.pacer.link(now)[0]
             if up != was_up:  # say so at once: holding over a gap, resuming at AOS
                 if was_up is not None:
                     next_log = time.monotonic()
                 was_up = up
             while up:  # over a gap the transaction is frozen: nothing sent, no timer run
-                sender.pump(want_data=self.pacer.ready(segment_bytes + 40, time.time()))
+                sender.pump(want_data=self.pacer.ready(segment_bytes + 40, time.monotonic()))
                 sent = 0
-                while (size := sender.next_size()) and self.pacer.ready(size, time.time()):
+                while (size := sender.next_size()) and self.pacer.ready(size, time.monotonic()):
                     nxt = sender.next_packet()
                     if nxt is not None:
                         self._send_file_pdu(nxt[0])
@@ -494,10 +509,10 @@ class Commander:
                 next_log = time.monotonic() + progress_every_s
                 c = sender.counts
                 log(f"file {name}: {sender.progress}/{len(data)} bytes sent ({100 * sender.progress / max(1, len(data)):.0f} %), "
-                    f"{c['resent_bytes']} re-sent after {c['naks_in']} NAKs, {sender.step}, {time.time() - t0:.0f} s; "
+                    f"{c['resent_bytes']} re-sent after {c['naks_in']} NAKs, {sender.step}, {time.monotonic() - t0:.0f} s; "
                     f"{self.pacer.describe(now)}")
             sock.poll(5 if up else 50)
-        took = time.time() - t0
+        took = time.monotonic() - t0
         sender.took_s = took
         transaction_over(state, sha)
         if not sender.ok:
@@ -693,7 +708,7 @@ def check_run_dir(run_dir: Path | None, cmd: str, live: bool) -> None:
                              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(summary.stat().st_mtime))} "
                              "(summary.json); start a new one to command it")
     status = run_dir / "channel.status.json"
-    age = time.time() - status.stat().st_mtime if status.is_file() else None
+    age = time.time() - status.stat().st_mtime if status.is_file() else None  # wall clock: mtimes are wall time
     if age is None or age > LIVE_STATUS_S:
         said = "never wrote its status" if age is None else f"last wrote its status {age:.0f} s ago"
         raise CommanderError(f"no live run in {run_dir}: the link channel {said} (is the launcher running?)")

@@ -153,6 +153,7 @@ class Partner:
             return True
         if received_wall is None:
             return False
+        # wall clock on purpose: received_wall is the archive's wall-clock timestamp
         return received_wall <= (time.time() if now is None else now) - self.delay_s
 
     def sees_position(self, lat: float | None, lon: float | None) -> bool:

@@ -131,7 +131,7 @@ class Station:
     def on_packet(self, raw: bytes, satellite_id: int | None = None) -> None:
         """A packet as it came down the link of `satellite_id` (None: the default satellite)."""
         sid = self.default_sat if satellite_id is None else satellite_id
-        now = time.time()
+        now = time.time()  # a timestamp (received_wall in the archive, the alert's time): wall clock
         sat = self._sat(sid)
         self.counts["packets_received"] += 1
         sat["packets_received"] += 1
@@ -252,6 +252,8 @@ class Station:
         window = self.sc.station.shared_ack_s
         if window <= 0:
             return
+        # `heard` is an interval (monotonic); the window is compared with the archive's received_wall,
+        # which every station writes from its wall clock, so it stays on the wall clock
         mono, wall = time.monotonic(), time.time()
         for sid, heard in self.heard.items():
             if mono - heard > HEARD_S or sid not in self.signers:
