@@ -241,7 +241,7 @@ def radio_main(argv: list[str]) -> int:
 
     from flight.security import SecureContext
     from flight.service import Service, common_args, setup
-    from ground_link.channel import ack_ids_in, link_status, make_link
+    from ground_link.channel import ack_ids_in, link_status, make_link, wall_of_monotonic
 
     p = common_args("A satellite's radio: one emulated link per ground station")
     p.add_argument("--satellite", type=int, required=True)
@@ -253,6 +253,9 @@ def radio_main(argv: list[str]) -> int:
 
     def scenario_s(wall: float) -> float:
         return (wall - clock.wall_start) * clock.rate
+
+    def scenario_at(t: float) -> float:  # link time (monotonic: the queues' clock) -> scenario seconds (wall-based, shared)
+        return scenario_s(wall_of_monotonic(t))
 
     plans = pair_contacts(scenario, [pr["station"] for pr in pairs])
     ctx = SecureContext(scenario.security, "channel", args.run_dir)
@@ -269,7 +272,7 @@ def radio_main(argv: list[str]) -> int:
     links = []
     for k, pr in enumerate(pairs):
         cfg = dataclasses.replace(scenario.link, seed=(scenario.link.seed + 7919 * args.satellite + 104729 * k) % 2**31)
-        down, up = make_link(cfg, plans[pr["station"]], scenario_s)
+        down, up = make_link(cfg, plans[pr["station"]], scenario_at)
         links.append((pr["station"], down, up, bound(zmq.PUSH, pr["ground_out"]), bound(zmq.PULL, pr["ground_in"])))
     poller = zmq.Poller()
     poller.register(space_in, zmq.POLLIN)
@@ -281,7 +284,7 @@ def radio_main(argv: list[str]) -> int:
                 ", ".join(f"{x.aos_s:.0f}-{x.los_s:.0f} s" for x in w[:6])))
 
     def status() -> dict:
-        t_s, now = scenario_s(time.time()), time.time()
+        t_s, now = scenario_s(time.time()), time.monotonic()
         per = {name: link_status(down, up, plans[name], t_s, now) for name, down, up, _, _ in links}
         total = {k: sum(v[k] for v in per.values()) for k in ("down_packets_out", "down_bytes_out", "down_lost",
                                                                 "up_packets_out", "up_lost", "down_dropped_no_listener")}
@@ -292,10 +295,10 @@ def radio_main(argv: list[str]) -> int:
 
     try:
         while svc.running:
-            now = time.time()
+            now = time.monotonic()  # link time, as in ground_link/channel.py: a wall clock stepped back held every link
             nxt = [t for _, d, u, _, _ in links for t in (d.next_event(), u.next_event()) if t is not None]
             events = dict(poller.poll(max(0, int(min([t - now for t in nxt] + [0.05]) * 1e3))))
-            now = time.time()
+            now = time.monotonic()
             while space_in in events and space_in.poll(0):
                 packet = space_in.recv()
                 for _, down, _, _, _ in links:  # a broadcast: every station in view hears it

@@ -208,19 +208,27 @@ STEPPED_CHANNEL = textwrap.dedent("""
     real, flag = time.time, os.environ["WALL_STEP_FLAG"]
     # the process's wall clock: stepped back by the number in the flag file once it exists
     time.time = lambda: real() - (float(open(flag).read() or 0) if os.path.exists(flag) else 0.0)
+    if sys.argv[1] == "radio":  # a constellation satellite's radio (payload_sim/constellation.py)
+        from payload_sim.constellation import radio_main
+        sys.exit(radio_main(sys.argv[2:]))
     from ground_link.channel import main
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[2:]))
 """)
 
 
-def test_the_channel_forwards_at_once_after_its_wall_clock_stepped_back(tmp_path):
+@pytest.mark.parametrize("program", ["channel", "radio"])
+def test_the_channel_forwards_at_once_after_its_wall_clock_stepped_back(tmp_path, program):
     """The channel's transmitter queue ran on the wall clock: after a step back of 990 s a
     packet waited behind `free_at`, the wall time the previous packet had left the transmitter,
-    for 990 s. The real channel process, its wall clock stepped while it runs."""
+    for 990 s. So did a constellation satellite's radio, one such link per station. The real
+    process, its wall clock stepped while it runs."""
     ports = {k: free_port() for k in ("space_in", "space_out", "ground_out", "ground_in")}
     flag = tmp_path / "wall_step"
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-c", STEPPED_CHANNEL, "--run-dir", str(run_dir), "--clock-start", str(time.time() - 5000.0)]
+    cmd = [sys.executable, "-c", STEPPED_CHANNEL, program, "--run-dir", str(run_dir), "--clock-start", str(time.time() - 5000.0)]
+    if program == "radio":  # the station side of its one link
+        cmd += ["--satellite", "1", "--pairs", json.dumps([{"station": "alpha", "ground_out": f"tcp://127.0.0.1:{ports['ground_out']}",
+                                                            "ground_in": f"tcp://127.0.0.1:{ports['ground_in']}"}])]
     for s in [f'network.{k}="tcp://127.0.0.1:{p}"' for k, p in ports.items()] + [
             "security.curve=false", 'link.contacts="always"', "link.uplink_rate_bps=64000.0", "link.delay_ms=5.0", "scenario.clock_rate=1.0"]:
         cmd += ["--set", s]
@@ -263,7 +271,8 @@ def test_the_channel_forwards_at_once_after_its_wall_clock_stepped_back(tmp_path
             time.sleep(0.05)
         # the contact state (scenario time) follows the process's wall clock, as the flight's does
         assert status["link_up"] and status["scenario_s"] < 5000.0 - STEP_S + 60.0, status
-        assert status["up_dropped_outside_contact"] == 0 and status["up_backlog_s"] < 1.0, status
+        link = status["stations"]["alpha"] if program == "radio" else status
+        assert link["up_dropped_outside_contact"] == 0 and link["up_backlog_s"] < 1.0, status
         proc.terminate()
         assert proc.wait(timeout=10) == 0
     finally:
