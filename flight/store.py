@@ -39,6 +39,33 @@ Storage faults (issue #12) never stop the flight:
   in RAM) and deleted when the disk writes again; a reprioritization is applied to the disk then.
 - A failing ROLLBACK never hides the first error (after SQLITE_FULL the transaction may already
   be gone).
+
+Space on the mass memory is returned after a pass (the files kept their high-water size before:
+a store filled during a long gap and then drained stayed at its worst case for good, -wal included):
+
+- A new store is made with auto_vacuum=INCREMENTAL (it must be set before the first table), and
+  every attach sets journal_size_limit (WAL_LIMIT_BYTES): a WAL blown up by one large transaction
+  (clear(), a flush of the RAM buffer, a VACUUM) is cut back when SQLite next restarts it.
+- `maintain()`, while the store is on disk, runs a reclaim tick at most every RECLAIM_INTERVAL_S:
+  once RECLAIM_START_BYTES of pages are free, or any are free and the store is quiet (no row
+  changed for RECLAIM_QUIET_S: after a pass), it returns them RECLAIM_STEP_BYTES per tick
+  (`incremental_vacuum`, one committed transaction) until a tick finds none free, each step
+  followed by a checkpoint, so the database file shrinks: PASSIVE while the store is busy (the WAL
+  keeps its blocks for the next writes, at most WAL_LIMIT_BYTES), TRUNCATE when it is quiet or the
+  WAL is above WAL_LIMIT_BYTES. With nothing to reclaim, a quiet store's WAL is checkpointed
+  (TRUNCATE) to 0 bytes too: a store at rest is its live pages and no WAL. A tick's work is bounded
+  by the step plus the WAL since the last checkpoint (at most SQLite's 1000-page autocheckpoint
+  plus the last transaction: what a put's own autocheckpoint may already pay). Every step is an
+  ordinary SQLite transaction or checkpoint: a kill anywhere in it loses nothing committed.
+- A store made before this (auto_vacuum=NONE) keeps working as it did; it is converted
+  (auto_vacuum=INCREMENTAL and one VACUUM: one atomic transaction that rewrites the file through the
+  WAL) at open or at a reclaim tick, once its live pages fit in LEGACY_VACUUM_MAX_BYTES, so the
+  rewrite stays short and needs little space (a VACUUM needs the live pages again in the WAL and,
+  temp_store=MEMORY, in RAM). A conversion that fails (a full disk) is logged and
+  not tried again until the flight restarts; until converted, such a store keeps its high-water size.
+- Returned space is no longer reserved: another file on a shared mass memory may take it, and the
+  store then meets a full disk before its byte budget (RAM buffer, STORE_DEGRADED, as for any full
+  disk).
 """
 
 from __future__ import annotations
@@ -87,6 +114,15 @@ N_BITS = 32
 N_MAX = (1 << N_BITS) - 1
 EPOCH_MAX = (1 << 31) - 1  # ids stay below 2**63
 ON_DISK, DISK_FAILING, RAM_ONLY = 0, 1, 2
+
+# Returning space to the file system (module docstring). Sizes in bytes, divided by the store's page size.
+AUTO_VACUUM_NONE, AUTO_VACUUM_INCREMENTAL = 0, 2  # PRAGMA auto_vacuum values
+WAL_LIMIT_BYTES = 4 * 1024 * 1024  # journal_size_limit: ~SQLite's 1000-page autocheckpoint, so its cycle is never cut
+RECLAIM_INTERVAL_S = 0.5  # at most one reclaim tick per interval (caller's link clock)
+RECLAIM_START_BYTES = 1024 * 1024  # free pages worth reclaiming while the store is busy; then down to none
+RECLAIM_QUIET_S = 10.0  # no row changed for this long: any free page is reclaimed, the WAL truncated
+RECLAIM_STEP_BYTES = 1024 * 1024  # pages returned per tick (256 of 4 KiB; ~1-2 ms measured, see docs/operations.md)
+LEGACY_VACUUM_MAX_BYTES = 1024 * 1024  # an old store is converted (one VACUUM) when its live pages fit in this
 
 
 @dataclass(frozen=True)
@@ -144,6 +180,12 @@ class ProductStore:
         self._events: list[tuple[str, dict]] = []
         self._episode = False  # STORE_DEGRADED said for this episode
         self._next_try_wall = 0.0
+        self._next_reclaim_wall = 0.0  # the next reclaim tick (maintain)
+        self._reclaiming = False  # returning free pages, until none are left
+        self._changes_seen = -1  # db.total_changes at the last reclaim tick that saw it change
+        self._changed_wall = 0.0  # ... and when (quiet: RECLAIM_QUIET_S after it)
+        self._reclaim_failing = False  # a reclaim failure was logged (once per episode)
+        self._legacy_failed = False  # converting an old store failed: not tried again by this process
         self._closed = False
         self.db = sqlite3.connect(":memory:", isolation_level=None)
         self.db.execute("PRAGMA temp_store=MEMORY")
@@ -396,8 +438,10 @@ class ProductStore:
     def maintain(self, now_wall: float) -> bool:
         """Rate-limited (every `retry_s`) retry while the disk cannot write: reopen the store if
         needed, apply the deletions and reprioritizations held back, and move the RAM products to
-        the disk. Returns True when the store is on disk again (or was)."""
+        the disk. Returns True when the store is on disk again (or was). While it is on disk: a
+        reclaim tick (`reclaim`)."""
         if self.state == ON_DISK:
+            self.reclaim(now_wall)
             return True
         if now_wall < self._next_try_wall:
             return False
@@ -428,6 +472,86 @@ class ProductStore:
         self._events.append(("STORE_RECOVERED", dict(moved=moved)))
         self.log(f"store: writable again, {moved} products moved from RAM, {len(evicted)} evicted")
         return True
+
+    # -- returning space ---------------------------------------------------------------------------
+
+    def reclaim(self, now_wall: float) -> bool:
+        """One bounded step of returning the store's free space (module docstring), at most every
+        RECLAIM_INTERVAL_S; returns True when it wrote (a vacuum step, a conversion or a checkpoint).
+        A storage fault is logged once and the next tick tries again; a damaged store is taken out
+        as by any write."""
+        if self.state != ON_DISK or now_wall < self._next_reclaim_wall or self.db.in_transaction:
+            return False
+        self._next_reclaim_wall = now_wall + RECLAIM_INTERVAL_S
+        if self.db.total_changes != self._changes_seen:  # rows written (RAM or disk) since the last look
+            self._changes_seen, self._changed_wall = self.db.total_changes, now_wall
+        quiet = now_wall - self._changed_wall >= RECLAIM_QUIET_S
+        try:
+            page, pages, free, mode = (self.db.execute(f"PRAGMA disk.{name}").fetchone()[0]
+                                       for name in ("page_size", "page_count", "freelist_count", "auto_vacuum"))
+            wrote = False
+            if mode == AUTO_VACUUM_NONE:
+                wrote = self._convert_legacy((pages - free) * page)
+            elif mode == AUTO_VACUUM_INCREMENTAL:
+                self._reclaiming = free > 0 and (self._reclaiming or quiet or free * page >= RECLAIM_START_BYTES)
+                if self._reclaiming:
+                    # executescript: Python's execute() steps a statement that returns no rows once,
+                    # and incremental_vacuum returns one page per step
+                    self.db.executescript(f"PRAGMA disk.incremental_vacuum({max(1, RECLAIM_STEP_BYTES // page)})")
+                    wrote = True
+            wal = self._wal_bytes()
+            if wrote or (quiet and wal > 0):
+                # PASSIVE while busy: the database file shrinks, the WAL's blocks are kept for the next
+                # writes (a WAL made anew at every step: +0.3 ms per 64-product ack here); TRUNCATE when quiet
+                # or when the WAL is above its limit
+                how = "TRUNCATE" if quiet or wal > WAL_LIMIT_BYTES else "PASSIVE"
+                self.db.execute(f"PRAGMA disk.wal_checkpoint({how})").fetchone()
+                wrote = True
+        except sqlite3.DatabaseError as exc:
+            self._rollback()
+            if not _disk_fault(exc):
+                raise
+            if _damaged(exc):
+                self._fault(exc)
+            elif not self._reclaim_failing:
+                self._reclaim_failing = True
+                self.log(f"store: cannot return free space ({exc}): tried again every {RECLAIM_INTERVAL_S} s")
+            return False
+        self._reclaim_failing = False
+        return wrote
+
+    def _convert_legacy(self, live_bytes: int) -> bool:
+        """A store made before auto_vacuum (it never shrinks): switch it to INCREMENTAL with one VACUUM
+        (atomic; rewrites the live pages through the WAL) when they fit in LEGACY_VACUUM_MAX_BYTES.
+        Returns True when converted. A failure is logged and not retried until the flight restarts."""
+        if self._legacy_failed or live_bytes > LEGACY_VACUUM_MAX_BYTES:
+            return False
+        # VACUUM re-runs the schema's CREATE INDEX ... ON products, which would find the TEMP VIEW of
+        # that name first ("views may not be indexed"): the view is dropped meanwhile
+        view = self.db.execute("SELECT 1 FROM temp.sqlite_master WHERE type = 'view' AND name = 'products'").fetchone()
+        try:
+            self.db.execute(f"PRAGMA disk.auto_vacuum={AUTO_VACUUM_INCREMENTAL}")
+            self.db.execute("DROP VIEW IF EXISTS temp.products")
+            try:
+                self.db.execute("VACUUM disk")
+            finally:
+                if view:
+                    self.db.executescript(VIEW)
+        except sqlite3.DatabaseError as exc:
+            self._rollback()
+            if _corrupt(exc) or not _disk_fault(exc):
+                raise
+            self._legacy_failed = True
+            self.log(f"store: made without auto_vacuum; converting it failed ({exc}): it keeps its size until the flight restarts")
+            return False
+        self.log(f"store: made without auto_vacuum: converted ({live_bytes} bytes of pages rewritten), free space is now returned")
+        return True
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
 
     def _flush(self) -> tuple[int, list[Evicted]]:
         """Move every RAM product to the disk in one transaction, by the disk's eviction rules."""
@@ -585,12 +709,20 @@ class ProductStore:
             if check != "ok":
                 raise StoreCorrupt(f"quick_check: {check}")
         self._fresh = not existed
+        if not existed:  # before the first table, or it takes a VACUUM: freed pages can be returned (reclaim)
+            self.db.execute(f"PRAGMA disk.auto_vacuum={AUTO_VACUUM_INCREMENTAL}")
         self.db.execute("PRAGMA disk.journal_mode=WAL").fetchone()
         self.db.execute("PRAGMA disk.synchronous=FULL")
+        self.db.execute(f"PRAGMA disk.journal_size_limit={WAL_LIMIT_BYTES}").fetchone()
         self.db.executescript(SCHEMA_TEMPLATE.format(s="disk"))
         columns = {r[1] for r in self.db.execute("PRAGMA disk.table_info(products)")}
         if "left_wall" not in columns:  # a store written before adaptive retransmission
             self.db.execute("ALTER TABLE disk.products ADD COLUMN left_wall REAL NOT NULL DEFAULT 0")
+        if existed and self.db.execute("PRAGMA disk.auto_vacuum").fetchone()[0] == AUTO_VACUUM_NONE:
+            page, pages, free = (self.db.execute(f"PRAGMA disk.{name}").fetchone()[0]
+                                 for name in ("page_size", "page_count", "freelist_count"))
+            if self._convert_legacy((pages - free) * page):  # an old store, small enough now: converted at open
+                self.db.execute("PRAGMA disk.wal_checkpoint(TRUNCATE)").fetchone()
         top = self.db.execute("SELECT max(id) FROM disk.products").fetchone()[0]
         self._top_id = top if isinstance(top, int) and top > 0 else 0
         return self._checked_counters(self.db.execute("SELECT name, value FROM disk.counters").fetchall())
