@@ -487,8 +487,7 @@ class ProductStore:
             self._changes_seen, self._changed_wall = self.db.total_changes, now_wall
         quiet = now_wall - self._changed_wall >= RECLAIM_QUIET_S
         try:
-            page, pages, free, mode = (self.db.execute(f"PRAGMA disk.{name}").fetchone()[0]
-                                       for name in ("page_size", "page_count", "freelist_count", "auto_vacuum"))
+            page, pages, free, mode = self._disk_pragmas("page_size", "page_count", "freelist_count", "auto_vacuum")
             wrote = False
             if mode == AUTO_VACUUM_NONE:
                 wrote = self._convert_legacy((pages - free) * page)
@@ -546,6 +545,10 @@ class ProductStore:
             return False
         self.log(f"store: made without auto_vacuum: converted ({live_bytes} bytes of pages rewritten), free space is now returned")
         return True
+
+    def _disk_pragmas(self, *names: str) -> list:
+        """The on-disk store's values of these read-only PRAGMAs (page_size, freelist_count, ...)."""
+        return [self.db.execute(f"PRAGMA disk.{name}").fetchone()[0] for name in names]
 
     def _wal_bytes(self) -> int:
         try:
@@ -718,9 +721,8 @@ class ProductStore:
         columns = {r[1] for r in self.db.execute("PRAGMA disk.table_info(products)")}
         if "left_wall" not in columns:  # a store written before adaptive retransmission
             self.db.execute("ALTER TABLE disk.products ADD COLUMN left_wall REAL NOT NULL DEFAULT 0")
-        if existed and self.db.execute("PRAGMA disk.auto_vacuum").fetchone()[0] == AUTO_VACUUM_NONE:
-            page, pages, free = (self.db.execute(f"PRAGMA disk.{name}").fetchone()[0]
-                                 for name in ("page_size", "page_count", "freelist_count"))
+        if existed and self._disk_pragmas("auto_vacuum")[0] == AUTO_VACUUM_NONE:
+            page, pages, free = self._disk_pragmas("page_size", "page_count", "freelist_count")
             if self._convert_legacy((pages - free) * page):  # an old store, small enough now: converted at open
                 self.db.execute("PRAGMA disk.wal_checkpoint(TRUNCATE)").fetchone()
         top = self.db.execute("SELECT max(id) FROM disk.products").fetchone()[0]
