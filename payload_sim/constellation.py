@@ -39,18 +39,12 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from ground_link.ports import free_port
 
 # --- a throwaway PostgreSQL cluster ----------------------------------------------------------------
 
@@ -642,7 +636,7 @@ def run(args, scenario, expect: dict) -> int:
     import time
 
     from flight.service import read_status
-    from payload_sim.hil import Stop, _raise_stop, stop_all, wait_ready, write_summary
+    from payload_sim.hil import Stop, _raise_stop, died, stop_all, wait_ready, write_summary
 
     run_dir = args.run_dir or Path("runs") / f"{scenario.scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -720,7 +714,7 @@ def run(args, scenario, expect: dict) -> int:
                 print(f"constellation: fault: station {kill_name} restarted at t={t_s:.1f} s", file=sys.stderr, flush=True)
             dead = [(n, p.returncode) for n, p in launch.procs.items() if p.poll() is not None]
             if dead:
-                failure = f"process {dead[0][0]} died with exit code {dead[0][1]} (log: {run_dir / (dead[0][0] + '.log')})"
+                failure = died(run_dir, *dead[0])
                 code = 1
                 break
             progress = []

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 from flight.config import ConfigError, load_scenario
 from flight.security import resolve
 from flight.service import read_status
+from ground_link.ports import free_port
 from payload_sim.camera import CALIBRATION_VERSION, make_sensor
 from payload_sim.ops_support import (
     OpsFaults,
@@ -47,10 +47,15 @@ MODULES = {"channel": "ground_link.channel", "station": "ground_link.station", "
 STOP_GRACE_S = 4.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def died(run_dir: Path, name: str, code: int | None, lines: int = 8) -> str:
+    """The failure of a process of the run that exited: with its log's last lines, so that a
+    summary (and a CI log that shows only stderr) says why without the run folder."""
+    log = run_dir / f"{name}.log"
+    try:
+        tail = [x for x in log.read_text(errors="replace").splitlines() if x.strip()][-lines:]
+    except OSError:
+        tail = []
+    return f"process {name} died with exit code {code} (log: {log})" + "".join(f"\n  | {x}" for x in tail)
 
 
 class Stop(Exception):
@@ -573,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             ops_faults.step()
             dead = [(n, p.returncode) for n, p in procs.items() if p.poll() is not None]
             if dead:
-                failure = f"process {dead[0][0]} died with exit code {dead[0][1]} (log: {run_dir / (dead[0][0] + '.log')})"
+                failure = died(run_dir, *dead[0])
                 code = 1
                 break
             ok, progress = finished(run_dir)

@@ -38,6 +38,7 @@ from flight.products import Detection, Event, FrameSummary, ImageChip, housekeep
 from ground_link.alerts import alert_record
 from ground_link.archive import Archive
 from ground_link.partners import hash_password
+from ground_link.ports import free_port
 
 # --- a small archive with known products in known places ----------------------------------------
 
@@ -188,12 +189,6 @@ def expected_alerts(name: str, info: dict) -> set[int]:
 # --- a console process on that archive, and an HTTP client -----------------------------------------
 
 PARTNERS = ("operator", "north", "south", "late")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Client:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import textwrap
@@ -32,15 +31,10 @@ from flight.config import load_scenario
 from flight.dictionary import Apid
 from flight.filetransfer import FileReceiver, timers_for, wrap
 from ground_link.commander import Commander, CommanderError
+from ground_link.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STEP_S = 990.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class WallClock:

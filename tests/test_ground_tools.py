@@ -5,7 +5,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from flight.dictionary import DetectionClass
 from flight.products import Detection, FrameSummary, encode_tm
 from flight.service import Service
 from ground_link.alerts import Throttle, in_region, match_rule
+from ground_link.ports import free_port
 from ground_link.query import query
 from ground_link.station import Station
 from ground_link.watch import screen
@@ -32,12 +32,6 @@ FIRE, SHIP = DetectionClass.FIRE, DetectionClass.SHIP
 
 def det(pid, frame, t, cls=FIRE, conf=0.9, lat=40.5, lon=49.8, area=10):
     return Detection(pid, frame, t, cls, round(conf * 255), 10.0, 20.0, lat, lon, area)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 RULES = (

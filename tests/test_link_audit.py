@@ -7,7 +7,6 @@ ground_link/channel.py)."""
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from flight.dictionary import Apid
 from flight.retransmit import LinkTimer
 from flight.store import ProductStore
 from ground_link.channel import DOWNLINK_CLASSES, MAX_PACKET_BYTES, UPLINK_CLASSES, Direction
+from ground_link.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = bytes(range(32))
@@ -144,12 +144,6 @@ def test_a_message_longer_than_any_space_packet_does_not_hold_the_transmitter():
 
 
 # -- the channel process: acks it cannot deliver ------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_an_ack_dropped_because_the_flight_is_not_connected_counts_in_lost_ack_ids(tmp_path):

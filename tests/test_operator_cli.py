@@ -4,7 +4,6 @@ ground_link.query, commander, watch and xtce (station and channel: --help)."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,12 @@ from flight.dictionary import COMMANDS, PARAMS, DetectionClass, Mode, ReportKind
 from flight.products import CommandReport, Detection, Event, FrameSummary, housekeeping
 from ground_link.alerts import alert_record
 from ground_link.archive import Archive
+from ground_link.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCH = "2030-01-02T03:04:05Z"  # not the default epoch: proves it comes from the run's launch.json
 FIRE, SHIP = DetectionClass.FIRE, DetectionClass.SHIP
 KEY_HEX = "11" * 32
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_archive(path: Path) -> None:

@@ -6,21 +6,15 @@ from __future__ import annotations
 
 import importlib.util
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from ground_link.partners import DEMO_FILE
+from ground_link.ports import free_port
 
 DEMO_LOGINS = "operator / operator-demo, baku / baku-demo, astana / astana-demo"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ConsoleProcess:
@@ -38,7 +32,7 @@ class ConsoleProcess:
             print(f"console: not started: {', '.join(missing)} missing (pip install -e '.[ground]'; make run does)",
                   file=sys.stderr, flush=True)
             return None
-        port = port if port > 0 else _free_port()
+        port = port if port > 0 else free_port()
         cmd = [sys.executable, "-m", "ground_link.console", str(run_dir), "--port", str(port), "--exit-with-parent"]
         partners = scenario.ground.partners_file
         if partners:

@@ -1,0 +1,84 @@
+"""Loopback TCP ports for the simulation's processes, chosen by a launcher (or a test) before the
+processes that bind them have started.
+
+Picking with bind(("127.0.0.1", 0)) and closing again, as this project did, failed CI (a
+constellation run's radio died: "Address already in use") in two ways:
+- the kernel hands a port it just gave out again: 25 picks in a row held a duplicate in 8 of 200
+  tries on the CI host (Linux 6.18), so two sockets of one run were given one address;
+- bind(0) draws from the ephemeral range, where every outgoing connect() takes its local port:
+  ZeroMQ retries a connect every 100 ms while its peer starts, PostgreSQL clients connect, and so
+  one of them can take a port after it was picked and before its process binds it.
+
+So a port here is drawn at random below the ephemeral range, must be free now (a test bind), and
+is reserved for RESERVE_S by a file in a per-user folder, under an flock, so no later pick on this
+machine (the same launcher, another one, another test worker) is given it while its process starts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+RESERVE_S = 600.0  # longer than any process takes to start and bind
+LOW = 20000  # the bottom of the range drawn from: clear of well-known service ports (5432, 8080, ...)
+_draw = random.SystemRandom()  # not the seeded `random`: two seeded workers would draw the same ports
+
+
+def port_range(text: str | None = None) -> tuple[int, int] | None:
+    """The ports drawn from: LOW up to the ephemeral range's start, else above its end; None when
+    the ephemeral range leaves fewer than 1000 (then the kernel's bind(0) choice is used).
+    `text`: the contents of /proc/sys/net/ipv4/ip_local_port_range (read when None)."""
+    try:
+        if text is None:
+            text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        lo, hi = (int(x) for x in text.split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999  # Linux's default
+    if lo - LOW >= 1000:
+        return LOW, lo - 1
+    if 65535 - hi >= 1000:
+        return hi + 1, 65535
+    return None
+
+
+def _bindable(port: int, host: str) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that is free now and that no other call on this machine returns within
+    RESERVE_S."""
+    folder = Path(tempfile.gettempdir()) / f"loopback-ports-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    span = port_range()
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # pick and reserve as one step across processes
+        now = time.time()
+        for _ in range(1000):
+            if span is None:
+                with socket.socket() as s:
+                    s.bind((host, 0))
+                    port = s.getsockname()[1]
+            else:
+                port = _draw.randint(*span)
+            mark = folder / str(port)
+            try:
+                if now - mark.stat().st_mtime < RESERVE_S:
+                    continue  # given out a moment ago; its process may not have bound it yet
+            except FileNotFoundError:
+                pass
+            if _bindable(port, host):
+                mark.touch()
+                os.utime(mark, (now, now))
+                return port
+    raise RuntimeError(f"no free port on {host} after 1000 tries")
