@@ -8,9 +8,9 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_store_faults import cap_disk_pages, refuse_disk_writes
 
 from flight.store import ProductStore, StoreFull
-from test_store_faults import cap_disk_pages, refuse_disk_writes
 
 APIDS = (0x101, 0x102, 0x103)
 
