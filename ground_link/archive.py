@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS products (
     PRIMARY KEY (satellite_id, product_id));
 CREATE INDEX IF NOT EXISTS products_frame ON products (frame_id);
 CREATE INDEX IF NOT EXISTS products_received ON products (satellite_id, received_wall);
+CREATE INDEX IF NOT EXISTS products_arrival ON products (received_wall);
+CREATE INDEX IF NOT EXISTS products_time ON products (time_s, satellite_id, product_id);
 CREATE TABLE IF NOT EXISTS alerts (
     id ROWID, product_id INT, severity TEXT, class TEXT, confidence REAL,
     lat_deg REAL, lon_deg REAL, frame_id INT, time_s REAL, received_wall REAL, message TEXT,
@@ -54,6 +56,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     satellite_id INT NOT NULL DEFAULT 1, station TEXT);
 CREATE INDEX IF NOT EXISTS alerts_class_time ON alerts (class, time_s);
 CREATE TABLE IF NOT EXISTS telemetry (product_id INT, time_s REAL, channel INT, value REAL, satellite_id INT NOT NULL DEFAULT 1);
+CREATE INDEX IF NOT EXISTS telemetry_latest ON telemetry (satellite_id, channel, time_s);
 CREATE TABLE IF NOT EXISTS events (
     product_id INT, time_s REAL, event_id INT, severity INT, frame_id INT, message TEXT,
     satellite_id INT NOT NULL DEFAULT 1);
