@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from flight.service import read_status
+from ground_link.console.data import Arrivals, percentile
 from ground_link.query import CliParser, format_row, positive_int, query
 
 CLEAR = "\x1b[H\x1b[2J"
@@ -129,28 +130,34 @@ def constellation_screen(run_dir: Path, db: str | None, rows: int = 10, problems
     return "\n".join(lines)
 
 
+_ARRIVALS: dict[str, Arrivals] = {}  # shared archive -> what its stations archived, read step by step across redraws
+
+
 def station_latency(db: str, info: dict) -> dict[str, str]:
     """Per station, from the shared archive: products archived by satellite, and the latency from
     capture to archive (scenario seconds: the station's received_wall on the run's clock, less the
-    capture time) as median and maximum. The station's own counts restart with it; these do not."""
-    import statistics
-
-    from ground_link.archive import Db
+    capture time) as median and maximum. The station's own counts restart with it; these do not.
+    Each redraw reads only what was archived since the last one (the console's Arrivals: reading
+    every product made a redraw's cost grow with the archive)."""
+    from ground_link.archive import reader
 
     rate, t0 = info["clock_rate"], info["clock_start"]
-    conn = Db(db, read_only=True)
+    key = f"{db} {t0!r} {rate!r}"
+    arrivals = _ARRIVALS.setdefault(key, Arrivals(key))
+    conn = reader(db)
     try:
-        rows = conn.execute("SELECT station, satellite_id, time_s, received_wall FROM products").fetchall()
+        arrivals.read(conn, t0, rate)
     finally:
         conn.close()
     out = {}
     for name in info["stations"]:
-        mine = [r for r in rows if r[0] == name]
-        lat = [(r[3] - t0) * rate - r[2] for r in mine if r[2] is not None and r[3] is not None]
-        by_sat = "  ".join(f"sat {s} {sum(1 for r in mine if r[1] == s)}" for s in info["satellites"])
-        text = f"archive: {len(mine)} products ({by_sat})"
-        if lat:
-            text += f"  capture to archive: median {statistics.median(lat):.0f} s, max {max(lat):.0f} s (scenario)"
+        s = arrivals.stations.get(name)
+        count = s.count if s else 0
+        by_sat = "  ".join(f"sat {sat} {s.by_satellite.get(sat, 0) if s else 0}" for sat in info["satellites"])
+        text = f"archive: {count} products ({by_sat})"
+        if s and s.latencies:
+            text += (f"  capture to archive: median {percentile(s.latencies, 50):.0f} s, "
+                     f"max {max(s.latencies):.0f} s (scenario)")
         out[name] = text
     return out
 

@@ -198,3 +198,24 @@ def test_the_new_indexes_are_made_on_an_archive_written_before_them(tmp_path):
     db.close()
     assert {"products_arrival", "products_time", "telemetry_latest"} <= names
     assert archive_module.SCHEMA.count("CREATE INDEX") == 6
+
+
+def test_watch_redraws_count_what_arrived_since_and_match_a_fresh_count(tmp_path):
+    """ground_link.watch's per-station lines come from the same step-by-step reading: a redraw
+    after more products arrived counts them, and says what a fresh watch says."""
+    from ground_link import watch
+
+    path = tmp_path / "archive.sqlite"
+    baku = Archive(path, station="baku")
+    info = {"clock_rate": 1.0, "clock_start": WALL0 - 1000.0, "stations": ["baku", "astana"], "satellites": [1, 2]}
+    for n in range(1, 4):
+        assert baku.product(housekeeping(n, 10.0 * n, {1: 1.0}), WALL0 + n, satellite_id=1)
+    first = watch.station_latency(str(path), info)
+    assert first["baku"].startswith("archive: 3 products (sat 1 3  sat 2 0)")
+    assert first["astana"] == "archive: 0 products (sat 1 0  sat 2 0)"
+    assert baku.product(housekeeping(9, 5.0, {1: 1.0}), WALL0 + 200.0, satellite_id=2)
+    again = watch.station_latency(str(path), info)
+    assert again["baku"] == "archive: 4 products (sat 1 3  sat 2 1)  capture to archive: median 986 s, max 1195 s (scenario)"  # 973, 982, 991, 1195
+    watch._ARRIVALS.clear()
+    assert watch.station_latency(str(path), info) == again
+    baku.close()
