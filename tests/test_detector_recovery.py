@@ -13,13 +13,15 @@ injected the way the scenario injects them (`[faults]`: fail_model raises in the
 slow_model sleeps past the watchdog on the frames named). Time moves on by giving the app a
 ScenarioClock that many seconds later (`later`): the cool-down is mission time, and the tests must
 not wait 300 s. Frame 7 of this scenario has a fire that fire_detect finds; frame 0 has clear land
-tiles, so fire_detect is called on it.
+tiles, so fire_detect is called on it. Section (6), a detector that cannot be loaded at its retry, puts
+the models folder on a tmpfs it can make read-only (needs mount rights: skipped without).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 
 import pytest
 from ops_util import flight_apps
@@ -386,3 +388,162 @@ def test_a_damaged_retry_record_makes_the_file_unreadable_and_the_previous_copy_
     again, _ = make()
     assert again.ops_state.restored and again.ops_state.last_counter == 5
     assert named(again, "STATE_RESTORED")
+
+
+# --- (6) not loadable at its retry time -------------------------------------------------------------------------------
+#
+# A detector is switched on again by loading it only when the flight does not hold it already: every
+# enabled cascade model is loaded at start-up, disabled or not, and one that fails verification there
+# is rolled back to an older version or the factory copy, installed again from the package. So the
+# detector is missing from the pipeline at its retry only after a start-up at which its stored copy
+# failed verification and no copy could be installed in its place: here the models folder's file
+# system has gone read-only (as a flash file system does after errors), with the active version's
+# ONNX file damaged. The retry then fails to load it (retry_models' `except ModelUpdateError`).
+
+
+@pytest.fixture
+def models_partition(tmp_path):
+    """STATE/models on a file system of its own (a 4 MiB tmpfs, the rest of the state folder stays
+    where it is), so that it can be made read-only. Mounting needs root or CAP_SYS_ADMIN: skipped
+    without, as tests/test_store_faults.py's tmpfs."""
+    mnt = tmp_path / "models_fs"
+    mnt.mkdir()
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command here")
+    if r.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here (needs root or CAP_SYS_ADMIN): {r.stderr.strip()}")
+    (tmp_path / "models").symlink_to(mnt)  # the flight's models folder (state folder = tmp_path)
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def remount(mnt, mode: str) -> None:
+    r = subprocess.run(["mount", "-o", f"remount,{mode}", str(mnt)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def restart_unloadable(make, mnt, damage: str):
+    """fire_detect fails at run time (retry 1 of 3 due 300 s later); its stored ONNX file is then
+    damaged, the models file system goes read-only, and the flight restarts (fault gone). Returns
+    the restarted app, its scenario, fire_detect's active ONNX path and its good bytes."""
+    app, sc = make([FAIL_FIRE])
+    feed_frame(app, sc, 0)
+    assert "fire_detect" in app.pipeline.disabled and "automatic retry 1 of 3" in named(app, "MODEL_DISABLED")[-1]
+    onnx_file = mnt / app.model_store.active["fire_detect"].folder / "fire_detect.onnx"
+    good = onnx_file.read_bytes()
+    if damage == "truncated":
+        onnx_file.write_bytes(good[: len(good) // 2])
+    else:
+        onnx_file.unlink()
+    app.store.close()
+    remount(mnt, "ro")
+
+    again, sc = make()
+    corrupted, refused = named(again, "MODEL_CORRUPTED")[-1], named(again, "MODEL_REFUSED")[-1]
+    assert corrupted.startswith("model fire_detect ") and "load refused" in corrupted, corrupted
+    assert refused.startswith("model fire_detect refused: rollback impossible") and "Read-only file system" in refused
+    assert "fire_detect" not in again.pipeline.models and again.pipeline.disabled == {"fire_detect"}
+    r = again.ops_state.model_recovery["fire_detect"]
+    assert r["retries"] == 0 and r["retry_at_s"] == pytest.approx(again.clock.now_s() + 300.0, abs=5.0)
+    return again, sc, onnx_file, good
+
+
+def saved_recovery(tmp_path) -> tuple[list, dict]:
+    saved = json.loads((tmp_path / "ops_state.json").read_text())
+    return saved["disabled"], saved["model_recovery"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_detector_not_loadable_at_its_retry_stays_off_and_a_later_retry_loads_it_once_its_file_is_good(
+        models_partition, flight, tmp_path, damage):
+    """The restarted flight runs without fire_detect. Its retry, due 300 s (mission time) after the
+    fault, cannot load it: MODEL_REFUSED (automatic retry: why) and MODEL_DISABLED (not loadable;
+    retry 2 of 3 in 300 s), one error counted, the retry used and the next one due 300 s later,
+    all saved in ops_state.json; frames go on being processed, without fire_detect. With the file
+    good again (the file system writable, the ONNX bytes rewritten), the next retry, 300 s later,
+    loads it: MODEL_ENABLED, and frame 7's fire is found."""
+    make, _ = flight
+    again, sc, onnx_file, good = restart_unloadable(make, models_partition, damage)
+    errors = again.counts["errors"]
+
+    later(again, 290.0)  # the retry is not due yet
+    feed_frame(again, sc, 7)
+    assert not [m for m in named(again, "MODEL_REFUSED") if "automatic retry" in m]
+    assert again.counts["frames_processed"] == 1 and not fires(again, 7)
+
+    later(again, 11.0)
+    feed_frame(again, sc, 7)  # the retry at the frame's start fails to load it; the frame goes on
+    assert again.counts["frames_processed"] == 2 and again.counts["frames_rejected"] == 0 and not fires(again, 7)
+    refused = named(again, "MODEL_REFUSED")[-1]
+    assert refused.startswith("model fire_detect refused: automatic retry: load refused: "), refused
+    disabled = named(again, "MODEL_DISABLED")[-1]
+    assert disabled.startswith("model fire_detect disabled: not loadable; automatic retry 2 of 3 in 300 s at 2026-")
+    assert again.counts["errors"] == errors + 1 and again.counts["models_auto_enabled"] == 0
+    assert again.pipeline.disabled == {"fire_detect"} and "fire_detect" not in again.pipeline.models
+    assert disabled_channel(again) == 1
+    r = again.ops_state.model_recovery["fire_detect"]
+    assert r["retries"] == 1 and r["retry_at_s"] == pytest.approx(again.clock.now_s() + 300.0, abs=5.0)
+    assert saved_recovery(tmp_path) == (["fire_detect"], {"fire_detect": r})
+
+    remount(models_partition, "rw")  # the file good again
+    onnx_file.write_bytes(good)
+    later(again, 290.0)
+    feed_frame(again, sc, 7)
+    assert "fire_detect" in again.pipeline.disabled and len(named(again, "MODEL_REFUSED")) == 2
+
+    later(again, 11.0)
+    feed_frame(again, sc, 7)  # retry 2 loads it at the frame's start
+    assert fires(again, 7), "fire_detect found nothing after its retry loaded it"
+    (enabled,) = named(again, "MODEL_ENABLED")
+    assert enabled == "model fire_detect (automatic retry 2 of 3, 300 s after its fault) enabled", enabled
+    assert "fire_detect" in again.pipeline.models and again.pipeline.disabled == set()
+    assert again.counts["models_auto_enabled"] == 1 and again.counts["errors"] == errors + 1
+    assert again.counts["frames_processed"] == 4 and disabled_channel(again) == 0
+    assert saved_recovery(tmp_path) == ([], {"fire_detect": {"retries": 2, "retry_at_s": None}})
+    check_products(again)
+
+
+def test_a_detector_never_loadable_uses_its_retries_then_stays_off_until_the_ground_repairs_it(
+        models_partition, flight, tmp_path):
+    """Each of the three retries fails to load it (retries 2 and 3 scheduled, then none: off until
+    ENABLE_MODEL), each one an error, saved each time; no retry after, however long the wait, and
+    the frames go on. ENABLE_MODEL cannot load it either (FAILED, saying why). With the file system
+    writable again, ROLLBACK_MODEL installs the factory copy again, and ENABLE_MODEL switches it on."""
+    make, key = flight
+    again, sc, _, _ = restart_unloadable(make, models_partition, "truncated")
+    errors = again.counts["errors"]
+    for n in (1, 2, 3):
+        later(again, 301.0)
+        feed_frame(again, sc, 3)
+        assert again.ops_state.model_recovery["fire_detect"]["retries"] == n
+        assert saved_recovery(tmp_path)[1]["fire_detect"] == again.ops_state.model_recovery["fire_detect"]
+    refused = [m for m in named(again, "MODEL_REFUSED") if "automatic retry" in m]
+    assert len(refused) == 3 and again.counts["errors"] == errors + 3
+    assert [m.split("; ")[-1].split(" in ")[0] for m in named(again, "MODEL_DISABLED")[-3:]] == [
+        "automatic retry 2 of 3", "automatic retry 3 of 3", "its 3 automatic retries used: off until ENABLE_MODEL"]
+    assert saved_recovery(tmp_path) == (["fire_detect"], {"fire_detect": {"retries": 3, "retry_at_s": None}})
+
+    for fid in (0, 7):
+        later(again, 100_000.0)
+        again.retry_models()
+        feed_frame(again, sc, fid)
+    assert len([m for m in named(again, "MODEL_REFUSED") if "automatic retry" in m]) == 3
+    assert again.counts["errors"] == errors + 3 and again.counts["models_auto_enabled"] == 0
+    assert again.counts["frames_processed"] == 5 and again.pipeline.disabled == {"fire_detect"}
+
+    ground = Ground(again, key)
+    ground.counter += 1
+    again.on_uplink(encode_command(key, ground.counter, int(again.clock.now_s()), "ENABLE_MODEL", {"model": "fire_detect"}))
+    report = last_report(again)
+    assert report.report == 8 and "cannot load fire_detect: load refused" in report.message, report.message  # FAILED
+    remount(models_partition, "rw")
+    assert ground("ROLLBACK_MODEL", model="fire_detect").startswith("fire_detect ")
+    assert ground("ENABLE_MODEL", model="fire_detect") == "fire_detect enabled (automatic retries reset, 3 used)"
+    feed_frame(again, sc, 7)
+    assert fires(again, 7) and again.pipeline.disabled == set() and again.ops_state.model_recovery == {}
+    check_products(again)
