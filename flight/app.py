@@ -640,7 +640,11 @@ class FlightApp:
             r["retries"] += 1
             r["retry_at_s"] = None
             try:
-                self.enable_model(name)
+                try:
+                    self.enable_model(name)
+                except ModelUpdateError as exc:
+                    if not self.repair_model(name, exc):
+                        raise
             except ModelUpdateError as exc:  # could not be loaded: a failed retry, as a failed call
                 self.counts["errors"] += 1
                 self.emit("MODEL_REFUSED", model=name, reason=f"automatic retry: {exc.reason}"[:160])
@@ -652,6 +656,23 @@ class FlightApp:
             self.save_state("enabled models")
             self.emit("MODEL_ENABLED", model=f"{name} (automatic retry {r['retries']} of {self.sc.ops.model_retries}, "
                                             f"{cool:g} s after its fault)")
+
+    def repair_model(self, name: str, exc: ModelUpdateError) -> bool:
+        """A detector whose stored copy failed to load at its automatic retry: rolled back to an
+        older version or the factory copy, as at start-up, and switched on. Before, a retry only
+        loaded the damaged copy again, so a detector whose start-up repair had failed (storage
+        read-only then) used up its retries even after the storage came back. No mode fault: the
+        failed load already counts as the retry's error when this fails too."""
+        if name not in self.model_store.active:
+            return False
+        self.emit("MODEL_CORRUPTED", model=name, version=self.model_store.active[name].version, reason=exc.reason[:150])
+        model = self.roll_back(name, f"failed to load at its automatic retry: {exc.reason}", fault=False)
+        if model is None:
+            return False
+        self.swap_model(name, model)
+        self.pipeline.disabled.discard(name)
+        self.ops_state.disabled = sorted(self.pipeline.disabled)
+        return True
 
     def enable_model(self, name: str) -> None:
         """Switch a cascade model on, loading it if it was not (ModelUpdateError when it cannot be)."""

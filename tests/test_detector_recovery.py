@@ -477,9 +477,11 @@ def test_a_detector_not_loadable_at_its_retry_stays_off_and_a_later_retry_loads_
     assert again.counts["frames_processed"] == 1 and not fires(again, 7)
 
     later(again, 11.0)
-    feed_frame(again, sc, 7)  # the retry at the frame's start fails to load it; the frame goes on
+    feed_frame(again, sc, 7)  # the retry at the frame's start fails to load it, and to repair it; the frame goes on
     assert again.counts["frames_processed"] == 2 and again.counts["frames_rejected"] == 0 and not fires(again, 7)
-    refused = named(again, "MODEL_REFUSED")[-1]
+    assert named(again, "MODEL_CORRUPTED")[-1].startswith("model fire_detect ")  # the stored copy, as at start-up
+    repair, refused = named(again, "MODEL_REFUSED")[-2:]
+    assert repair.startswith("model fire_detect refused: rollback impossible") and "Read-only file system" in repair
     assert refused.startswith("model fire_detect refused: automatic retry: load refused: "), refused
     disabled = named(again, "MODEL_DISABLED")[-1]
     assert disabled.startswith("model fire_detect disabled: not loadable; automatic retry 2 of 3 in 300 s at 2026-")
@@ -494,7 +496,7 @@ def test_a_detector_not_loadable_at_its_retry_stays_off_and_a_later_retry_loads_
     onnx_file.write_bytes(good)
     later(again, 290.0)
     feed_frame(again, sc, 7)
-    assert "fire_detect" in again.pipeline.disabled and len(named(again, "MODEL_REFUSED")) == 2
+    assert "fire_detect" in again.pipeline.disabled and len(named(again, "MODEL_REFUSED")) == 3
 
     later(again, 11.0)
     feed_frame(again, sc, 7)  # retry 2 loads it at the frame's start
@@ -546,4 +548,32 @@ def test_a_detector_never_loadable_uses_its_retries_then_stays_off_until_the_gro
     assert ground("ENABLE_MODEL", model="fire_detect") == "fire_detect enabled (automatic retries reset, 3 used)"
     feed_frame(again, sc, 7)
     assert fires(again, 7) and again.pipeline.disabled == set() and again.ops_state.model_recovery == {}
+    check_products(again)
+
+
+def test_a_retry_repairs_a_damaged_detector_as_start_up_does_once_the_storage_writes_again(
+        models_partition, flight, tmp_path):
+    """The start-up repair failed (the models' file system read-only). By the retry, 300 s later,
+    it writes again but the stored copy is still damaged: the retry rolls it back (the factory
+    copy installed again, as at start-up) and switches it on, without the ground. Before, the
+    retry only loaded the damaged copy again: all three retries failed, off until the ground sent
+    ROLLBACK_MODEL and ENABLE_MODEL."""
+    make, _ = flight
+    again, sc, onnx_file, good = restart_unloadable(make, models_partition, "truncated")
+    errors, faults = again.counts["errors"], again.counts["models_rolled_back"]
+    remount(models_partition, "rw")  # writable again; the file still cut in half
+    assert onnx_file.read_bytes() != good
+
+    later(again, 301.0)
+    feed_frame(again, sc, 7)  # the retry at the frame's start: load fails, rollback installs the factory copy
+    assert fires(again, 7), "fire_detect found nothing after its retry repaired it"
+    (rolled,) = named(again, "MODEL_ROLLED_BACK")
+    assert rolled.startswith("model fire_detect rolled back ") and "(factory copy)" in rolled, rolled
+    (enabled,) = named(again, "MODEL_ENABLED")
+    assert enabled == "model fire_detect (automatic retry 1 of 3, 300 s after its fault) enabled", enabled
+    assert again.pipeline.disabled == set() and "fire_detect" in again.pipeline.models
+    assert again.counts["models_auto_enabled"] == 1 and again.counts["models_rolled_back"] == faults + 1
+    assert again.counts["errors"] == errors  # repaired: not a failed retry
+    assert not [m for m in named(again, "MODEL_REFUSED") if "automatic retry" in m]
+    assert saved_recovery(tmp_path) == ([], {"fire_detect": {"retries": 1, "retry_at_s": None}})
     check_products(again)
