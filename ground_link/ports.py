@@ -12,6 +12,7 @@ constellation run's radio died: "Address already in use") in two ways:
 So a port here is drawn at random below the ephemeral range, must be free now (a test bind), and
 is reserved for RESERVE_S by a file in a per-user folder, under an flock, so no later pick on this
 machine (the same launcher, another one, another test worker) is given it while its process starts.
+Expired reservation files are removed once there are more than PRUNE_ABOVE.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 RESERVE_S = 600.0  # longer than any process takes to start and bind
+PRUNE_ABOVE = 1000  # reservation files kept before the expired ones are removed
 LOW = 20000  # the bottom of the range drawn from: clear of well-known service ports (5432, 8080, ...)
 _draw = random.SystemRandom()  # not the seeded `random`: two seeded workers would draw the same ports
 
@@ -55,6 +57,28 @@ def _bindable(port: int, host: str) -> bool:
     return True
 
 
+def _prune(folder: Path, now: float) -> None:
+    """Remove expired reservations once there are more than PRUNE_ABOVE, at most once a minute
+    (so that the folder stays small on a machine that runs for years, and a pick stays cheap)."""
+    stamp = folder / ".pruned"
+    try:
+        if now - stamp.stat().st_mtime < 60.0:
+            return
+    except FileNotFoundError:
+        pass
+    names = [n for n in os.listdir(folder) if n.isdigit()]
+    if len(names) <= PRUNE_ABOVE:
+        return
+    for name in names:
+        try:
+            if now - (folder / name).stat().st_mtime >= RESERVE_S:
+                (folder / name).unlink()
+        except FileNotFoundError:
+            pass
+    stamp.touch()
+    os.utime(stamp, (now, now))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on `host` that is free now and that no other call on this machine returns within
     RESERVE_S."""
@@ -64,6 +88,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     with open(folder / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # pick and reserve as one step across processes
         now = time.time()
+        _prune(folder, now)
         for _ in range(1000):
             if span is None:
                 with socket.socket() as s:

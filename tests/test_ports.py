@@ -6,10 +6,12 @@ picked ports with bind(0)-and-close, and the kernel handed one of them out twice
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ground_link import ports
@@ -70,6 +72,22 @@ def test_the_range_drawn_from_follows_the_kernels_ephemeral_range():
     assert port_range("20500 60000") == (60001, 65535)  # too little below: above it
     assert port_range("1024 65535") is None  # nothing left outside: the kernel's bind(0) choice
     assert port_range("garbage") == (20000, 32767)  # unreadable: Linux's default assumed
+
+
+def test_expired_reservations_are_removed_once_there_are_many(monkeypatch, tmp_path):
+    """The reservation folder does not grow for good: past PRUNE_ABOVE files, those older than
+    RESERVE_S go; fresh ones stay (their ports are still starting)."""
+    monkeypatch.setattr(ports.tempfile, "gettempdir", lambda: str(tmp_path))
+    folder = tmp_path / f"loopback-ports-{os.getuid()}"
+    folder.mkdir()
+    old = time.time() - ports.RESERVE_S - 5
+    for port in range(1, ports.PRUNE_ABOVE + 2):
+        (folder / str(port)).touch()
+        os.utime(folder / str(port), (old, old))
+    (folder / "2000").touch()  # reserved a moment ago
+    got = free_port()
+    left = sorted(int(p.name) for p in folder.glob("[0-9]*"))
+    assert left == sorted({2000, got})
 
 
 def test_a_dead_process_is_reported_with_the_end_of_its_log(tmp_path):
