@@ -116,9 +116,9 @@ SELECT p.id, p.priority, p.apid, p.created_s, p.packet, coalesce(s.sent_wall, 0)
 """
 # Bytes and count of the waiting products per schema (disk, main = RAM buffer) and priority, kept by
 # TEMP triggers on every insert, delete and priority change, so a put's room check reads a few rows
-# (it summed every stored packet: 11 ms per put at a full 64 MiB store). Triggers and rows are
-# remade at each attach of `disk` and dropped before each detach (a TEMP trigger on a detached
-# database's table stops firing, and breaks the next attach: "malformed database schema").
+# (it summed every stored packet). Triggers and rows are remade at each attach of `disk` and dropped
+# before each detach (a TEMP trigger on a detached database's table stops firing, and breaks the
+# next attach: "malformed database schema").
 SIZES = """
 CREATE TEMP TABLE IF NOT EXISTS sizes (db TEXT NOT NULL, priority, bytes INTEGER NOT NULL, n INTEGER NOT NULL,
                                        PRIMARY KEY (db, priority));

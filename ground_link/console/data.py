@@ -19,6 +19,7 @@ detections and frames of its own satellite only; the feed's cursor remembers (sa
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -138,7 +139,7 @@ ARRIVAL_OVERLAP_S = 60.0  # archive seconds read again at each step: a station's
 class StationArrivals:
     count: int = 0
     by_satellite: dict[int, int] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)  # capture to archive, scenario seconds
+    latencies: list[float] = field(default_factory=list)  # capture to archive, scenario seconds, kept sorted
     _summary: dict | None = None  # percentiles of `latencies`, until more come
 
     def latency_summary(self) -> dict[str, float | None]:
@@ -173,7 +174,7 @@ class Arrivals:
             s.count += 1
             s.by_satellite[r["satellite_id"]] = s.by_satellite.get(r["satellite_id"], 0) + 1
             if clock_start is not None and finite_or_none(r["time_s"]) is not None:  # NaN (an old archive's): no latency
-                s.latencies.append((wall - clock_start) * rate - r["time_s"])
+                bisect.insort(s.latencies, (wall - clock_start) * rate - r["time_s"])  # percentiles: a linear sort
                 s._summary = None
         cut = self.wall - ARRIVAL_OVERLAP_S
         self.recent = {k: w for k, w in self.recent.items() if w >= cut}
