@@ -52,7 +52,9 @@ def died(run_dir: Path, name: str, code: int | None, lines: int = 8) -> str:
     summary (and a CI log that shows only stderr) says why without the run folder."""
     log = run_dir / f"{name}.log"
     try:
-        tail = [x for x in log.read_text(errors="replace").splitlines() if x.strip()][-lines:]
+        with open(log, "rb") as f:  # the end only: a long run's log can be large
+            f.seek(max(0, f.seek(0, 2) - 65536))
+            tail = [x for x in f.read().decode(errors="replace").splitlines() if x.strip()][-lines:]
     except OSError:
         tail = []
     return f"process {name} died with exit code {code} (log: {log})" + "".join(f"\n  | {x}" for x in tail)
