@@ -754,6 +754,9 @@ class ProductStore:
             self.db.execute(f"PRAGMA disk.auto_vacuum={AUTO_VACUUM_INCREMENTAL}")
         self.db.execute("PRAGMA disk.journal_mode=WAL").fetchone()
         self.db.execute("PRAGMA disk.synchronous=FULL")
+        # deleted rows are zeroed in their own pages only, not whole freed pages as well (this SQLite
+        # is built with secure delete on): draining a 16 MiB store wrote 29.7 MB instead of 46.7 (flash wear)
+        self.db.execute("PRAGMA disk.secure_delete=FAST")
         self.db.execute(f"PRAGMA disk.journal_size_limit={WAL_LIMIT_BYTES}").fetchone()
         self.db.executescript(SCHEMA_TEMPLATE.format(s="disk"))
         columns = {r[1] for r in self.db.execute("PRAGMA disk.table_info(products)")}
