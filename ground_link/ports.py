@@ -81,29 +81,45 @@ def _prune(folder: Path, now: float) -> None:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on `host` that is free now and that no other call on this machine returns within
-    RESERVE_S."""
+    RESERVE_S. Without a usable reservation folder (a read-only or full temp directory) it is only
+    drawn and checked: still outside the ephemeral range, but not kept from another launcher."""
     folder = Path(tempfile.gettempdir()) / f"loopback-ports-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    span = port_range()
-    with open(folder / ".lock", "a") as lock:
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        lock = open(folder / ".lock", "a")
+    except OSError:
+        return _pick(host, None, time.time())
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # pick and reserve as one step across processes
         now = time.time()
-        _prune(folder, now)
-        for _ in range(1000):
-            if span is None:
-                with socket.socket() as s:
-                    s.bind((host, 0))
-                    port = s.getsockname()[1]
-            else:
-                port = _draw.randint(*span)
-            mark = folder / str(port)
-            try:
-                if now - mark.stat().st_mtime < RESERVE_S:
-                    continue  # given out a moment ago; its process may not have bound it yet
-            except FileNotFoundError:
-                pass
-            if _bindable(port, host):
-                mark.touch()
-                os.utime(mark, (now, now))
-                return port
+        try:
+            _prune(folder, now)
+        except OSError:
+            pass
+        return _pick(host, folder, now)
+
+
+def _pick(host: str, folder: Path | None, now: float) -> int:
+    span = port_range()
+    for _ in range(1000):
+        if span is None:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        else:
+            port = _draw.randint(*span)
+        mark = None if folder is None else folder / str(port)
+        try:
+            if mark is not None and now - mark.stat().st_mtime < RESERVE_S:
+                continue  # given out a moment ago; its process may not have bound it yet
+        except FileNotFoundError:
+            pass
+        if _bindable(port, host):
+            if mark is not None:
+                try:
+                    mark.touch()
+                    os.utime(mark, (now, now))
+                except OSError:  # not recorded (a full temp directory): the port is free all the same
+                    pass
+            return port
     raise RuntimeError(f"no free port on {host} after 1000 tries")

@@ -90,6 +90,15 @@ def test_expired_reservations_are_removed_once_there_are_many(monkeypatch, tmp_p
     assert left == sorted({2000, got})
 
 
+def test_without_a_usable_temp_directory_a_port_is_still_given(monkeypatch):
+    """A temp directory that cannot hold the reservation folder (read-only, full, not a
+    directory): the port is drawn and checked as before, not refused."""
+    monkeypatch.setattr(ports.tempfile, "gettempdir", lambda: "/dev/null/none")
+    got = [free_port() for _ in range(20)]  # (without reservations two may repeat: not asserted)
+    lo, hi = ephemeral()
+    assert not [p for p in got if lo <= p <= hi] and all(1024 <= p <= 65535 for p in got)
+
+
 def test_a_dead_process_is_reported_with_the_end_of_its_log(tmp_path):
     (tmp_path / "radio3.log").write_text(
         "[channel] satellite 3 -> baku: 6478-6971 s\nTraceback (most recent call last):\n  File \"x.py\", line 1\n\n"
