@@ -481,9 +481,7 @@ class FlightApp:
             except ModelUpdateError as exc:
                 model = None
                 if name in self.model_store.active:
-                    a = self.model_store.active[name]
-                    self.emit("MODEL_CORRUPTED", model=name, version=a.version, reason=exc.reason[:150])
-                    model = self.roll_back(name, f"failed verification at start-up: {exc.reason}")
+                    model = self.replace_damaged(name, exc, f"failed verification at start-up: {exc.reason}")
                 else:
                     self.emit("MODEL_REFUSED", model=name, reason=exc.reason[:150])
                 if model is None:
@@ -498,6 +496,12 @@ class FlightApp:
 
     def apply_threshold(self, guard: GuardedModel) -> None:
         guard.threshold = self.ops_state.thresholds.get(guard.name)
+
+    def replace_damaged(self, name: str, exc: ModelUpdateError, reason: str, fault: bool = True):
+        """The active stored copy of a model failed to load: MODEL_CORRUPTED, then the previous
+        verified version or the factory copy (the loaded model, or None when impossible)."""
+        self.emit("MODEL_CORRUPTED", model=name, version=self.model_store.active[name].version, reason=exc.reason[:150])
+        return self.roll_back(name, reason, fault)
 
     def roll_back(self, name: str, reason: str, fault: bool = True):
         """Previous verified version (or factory copy) of a model: the loaded model, or None."""
@@ -665,8 +669,7 @@ class FlightApp:
         failed load already counts as the retry's error when this fails too."""
         if name not in self.model_store.active:
             return False
-        self.emit("MODEL_CORRUPTED", model=name, version=self.model_store.active[name].version, reason=exc.reason[:150])
-        model = self.roll_back(name, f"failed to load at its automatic retry: {exc.reason}", fault=False)
+        model = self.replace_damaged(name, exc, f"failed to load at its automatic retry: {exc.reason}", fault=False)
         if model is None:
             return False
         self.swap_model(name, model)
