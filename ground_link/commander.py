@@ -78,6 +78,9 @@ from ground_link.channel import wall_of_monotonic
 from ground_link.linkmodel import ContactPlan, make_contacts
 
 FINAL = {ReportKind.REJECTED, ReportKind.COMPLETED, ReportKind.FAILED}
+# A command's reports are looked for in what was archived from this long before it was sent on:
+# they are archived after it, by a station whose wall clock may differ from the commander's.
+REPORT_LOOKBACK_S = 600.0
 
 
 class CommanderError(RuntimeError):
@@ -204,6 +207,7 @@ class Commander:
         self.uplinks = {name: self._push(url) for name, url in endpoints.items()}  # station -> its uplink
         self.sock = next(iter(self.uplinks.values()))
         self.sent: dict[int, bytes] = {}  # counter -> packet, for tools and tests (replays)
+        self.sent_wall: dict[int, float] = {}  # counter -> wall time it was handed to the link (report lookups)
 
     def _push(self, endpoint: str) -> zmq.Socket:
         sock = self.ctx.socket(zmq.PUSH)
@@ -280,6 +284,7 @@ class Commander:
         counter = self.next_counter()
         packet = encode_command(self.key, counter, self.issued_s(), name, args, ack_flags)
         self.sent[counter] = packet
+        self.sent_wall[counter] = time.time()
         self.send_raw(packet)
         return counter
 
@@ -322,7 +327,7 @@ class Commander:
                 self.wait_for_contact(deadline)
                 counters.append(self.send(name, **args))
                 next_copy_s, last = up_s + try_s, time.monotonic()
-            final = {r["counter"]: r for r in self.reports() if r["counter"] in counters
+            final = {r["counter"]: r for r in self.reports(since_wall=self.reports_since(counters)) if r["counter"] in counters
                      and r["report"] in FINAL}
             if final and failed_s is None:
                 failed_s = up_s
@@ -340,9 +345,20 @@ class Commander:
 
     # -- reports -----------------------------------------------------------------------------------
 
-    def reports(self, counter: int | None = None) -> list[dict]:
-        """Verification reports archived so far (all, or one command's), oldest first."""
+    def reports_since(self, counters: list[int]) -> float | None:
+        """Archive time from which reports of these commands are looked for: REPORT_LOOKBACK_S
+        before the first was sent (None: one not sent by this commander, so every report)."""
+        walls = [self.sent_wall.get(c) for c in counters]
+        return None if not walls or None in walls else min(w for w in walls if w is not None) - REPORT_LOOKBACK_S
+
+    def reports(self, counter: int | None = None, since_wall: float | None = None) -> list[dict]:
+        """Verification reports archived so far (all, or one command's), oldest first; with
+        `since_wall`, only those archived since (the products_arrival index: waiting for a report,
+        ten times a second, read every product of the archive)."""
         route = getattr(self, "route", None)
+        where, params = "kind = 'CommandReport'", []
+        if since_wall is not None:
+            where, params = where + " AND received_wall >= ?", [since_wall]
         if route:  # a constellation's shared archive (SQLite or PostgreSQL): this satellite's reports
             from ground_link.archive import Db
 
@@ -351,8 +367,8 @@ class Commander:
             except Exception:  # noqa: BLE001 (not created yet, or its server not up yet: no reports yet)
                 return []
             try:
-                rows = db.execute("SELECT fields FROM products WHERE kind = 'CommandReport' AND satellite_id = ? "
-                                  "ORDER BY product_id", (route["satellite_id"],)).fetchall()
+                rows = db.execute(f"SELECT fields FROM products WHERE {where} AND satellite_id = ? ORDER BY product_id",
+                                  (*params, route["satellite_id"])).fetchall()
             except db.Error:
                 rows = []
             finally:
@@ -362,7 +378,7 @@ class Commander:
             return []
         lite = sqlite3.connect(f"file:{self.archive}?mode=ro", uri=True, timeout=5)
         try:
-            rows = lite.execute("SELECT fields FROM products WHERE kind = 'CommandReport' ORDER BY product_id").fetchall()
+            rows = lite.execute(f"SELECT fields FROM products WHERE {where} ORDER BY product_id", params).fetchall()
         except sqlite3.Error:
             rows = []
         finally:
@@ -388,7 +404,7 @@ class Commander:
         """The first report of the given kinds for this command (by default its final one)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for r in self.reports(counter):
+            for r in self.reports(counter, self.reports_since([counter])):
                 if r["report"] in kinds:  # an IntEnum set: an unknown number is simply not in it
                     return r
             time.sleep(0.1)

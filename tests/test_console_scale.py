@@ -8,6 +8,7 @@ its binaries are installed), real ArchiveView."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import sqlite3
@@ -219,3 +220,51 @@ def test_watch_redraws_count_what_arrived_since_and_match_a_fresh_count(tmp_path
     watch._ARRIVALS.clear()
     assert watch.station_latency(str(path), info) == again
     baku.close()
+
+
+def test_waiting_for_a_commands_report_reads_what_was_archived_since_it_was_sent(tmp_path, monkeypatch):
+    """The commander polls the archive ten times a second while it waits for a command's final
+    report. It read every command report of the mission each time (no index on the product kind);
+    now only what was archived from REPORT_LOOKBACK_S before the command was sent, through the
+    reception-time index: the same reports, a fraction of the work."""
+    from types import SimpleNamespace
+
+    from flight.dictionary import ReportKind
+    from flight.products import CommandReport
+    from ground_link import commander
+    from ground_link.archive import _jsonable
+
+    path = tmp_path / "archive.sqlite"
+    Archive(path).close()
+    db = sqlite3.connect(path)
+    old = [CommandReport(n, 30.0 * n, n, 7, int(ReportKind.COMPLETED), 0, "ok") for n in range(1, 3001)]
+    db.executemany("INSERT INTO products (product_id, apid, kind, frame_id, time_s, received_wall, fields, satellite_id, "
+                   "station) VALUES (?, 1, 'CommandReport', NULL, ?, ?, ?, 1, 'baku')",
+                   ((r.product_id, r.time_s, WALL0 + r.time_s, json.dumps(_jsonable(r))) for r in old))
+    sent = WALL0 + 1e6
+    new = [CommandReport(5000 + k, 0.0, 4242, 7, int(kind), 0, "") for k, kind in
+           enumerate((ReportKind.ACCEPTED, ReportKind.COMPLETED))]
+    db.executemany("INSERT INTO products (product_id, apid, kind, frame_id, time_s, received_wall, fields, satellite_id, "
+                   "station) VALUES (?, 1, 'CommandReport', NULL, 0.0, ?, ?, 1, 'baku')",
+                   ((r.product_id, sent + 2.0, json.dumps(_jsonable(r))) for r in new))
+    db.commit()
+    db.close()
+
+    steps = [0]
+    real_connect = sqlite3.connect
+
+    def counted(*a, **kw):
+        conn = real_connect(*a, **kw)
+        conn.set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1) or 0, 100)
+        return conn
+
+    monkeypatch.setattr(commander.sqlite3, "connect", counted)
+    cmd = SimpleNamespace(archive=path, route=None, sent_wall={4242: sent})
+    since = commander.Commander.reports_since(cmd, [4242])
+    assert since == sent - commander.REPORT_LOOKBACK_S
+    assert commander.Commander.reports_since(cmd, [4242, 1]) is None  # one not sent here: every report
+    got = commander.Commander.reports(cmd, 4242, since)
+    bounded, steps[0] = steps[0], 0
+    every = commander.Commander.reports(cmd, 4242)
+    assert got == every and [r["kind"] for r in got] == ["ACCEPTED", "COMPLETED"]
+    assert bounded * 20 < steps[0], (bounded, steps[0])
