@@ -644,11 +644,7 @@ class FlightApp:
             r["retries"] += 1
             r["retry_at_s"] = None
             try:
-                try:
-                    self.enable_model(name)
-                except ModelUpdateError as exc:
-                    if not self.repair_model(name, exc):
-                        raise
+                self.enable_or_repair(name)
             except ModelUpdateError as exc:  # could not be loaded: a failed retry, as a failed call
                 self.counts["errors"] += 1
                 self.emit("MODEL_REFUSED", model=name, reason=f"automatic retry: {exc.reason}"[:160])
@@ -661,21 +657,24 @@ class FlightApp:
             self.emit("MODEL_ENABLED", model=f"{name} (automatic retry {r['retries']} of {self.sc.ops.model_retries}, "
                                             f"{cool:g} s after its fault)")
 
-    def repair_model(self, name: str, exc: ModelUpdateError) -> bool:
-        """A detector whose stored copy failed to load at its automatic retry: rolled back to an
-        older version or the factory copy, as at start-up, and switched on. Before, a retry only
-        loaded the damaged copy again, so a detector whose start-up repair had failed (storage
-        read-only then) used up its retries even after the storage came back. No mode fault: the
-        failed load already counts as the retry's error when this fails too."""
-        if name not in self.model_store.active:
-            return False
-        model = self.replace_damaged(name, exc, f"failed to load at its automatic retry: {exc.reason}", fault=False)
-        if model is None:
-            return False
-        self.swap_model(name, model)
-        self.pipeline.disabled.discard(name)
-        self.ops_state.disabled = sorted(self.pipeline.disabled)
-        return True
+    def enable_or_repair(self, name: str) -> None:
+        """An automatic retry: switch the detector on; when its stored copy fails to load, roll it
+        back to an older version or the factory copy, as at start-up, and switch that on. Before, a
+        retry only loaded the damaged copy again, so a detector whose start-up repair had failed
+        (storage read-only then) used up its retries even after the storage came back. No mode
+        fault: the failed load already counts as the retry's error when this fails too.
+        ModelUpdateError when neither works."""
+        try:
+            self.enable_model(name)
+        except ModelUpdateError as exc:
+            if name not in self.model_store.active:
+                raise
+            model = self.replace_damaged(name, exc, f"failed to load at its automatic retry: {exc.reason}", fault=False)
+            if model is None:
+                raise
+            self.swap_model(name, model)
+            self.pipeline.disabled.discard(name)
+            self.ops_state.disabled = sorted(self.pipeline.disabled)
 
     def enable_model(self, name: str) -> None:
         """Switch a cascade model on, loading it if it was not (ModelUpdateError when it cannot be)."""
