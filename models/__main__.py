@@ -280,7 +280,7 @@ def _real_scene_metrics(plan, m8, m32, threshold, train, log) -> dict:
     crops = ds.real_crops(other, plan["real_crops"], seed=TRAIN_SEED)
     cross = tr.train_cloud(train, epochs=plan["epochs"], seed=TRAIN_SEED, c=plan["width"], embed=plan["embed"],
                            ctx=plan["ctx"], thin_weight=plan["thin_weight"], real=crops, real_share=plan["real_share"],
-                           log=lambda m: None)
+                           cell=plan.get("cell", 4), log=lambda m: None)
     with tempfile.TemporaryDirectory() as tmp:
         f32, i8 = Path(tmp) / "cross.fp32.onnx", Path(tmp) / "cross.onnx"
         ex.export_onnx(cross, f32, plan["output"])
@@ -372,7 +372,7 @@ def build_one(name: str, log=_log) -> dict:
             log(f"  real crops: {len(real_crops['tiles'])} from the {plan['real_fold']} halves of {', '.join(ds.REAL_SCENES)}")
         model = tr.train_cloud(train, epochs=plan["epochs"], seed=TRAIN_SEED, c=plan["width"], embed=plan["embed"],
                                ctx=plan["ctx"], thin_weight=plan["thin_weight"], real=real_crops,
-                               real_share=plan.get("real_share", 0.0), log=log)
+                               real_share=plan.get("real_share", 0.0), cell=plan.get("cell", 4), log=log)
     else:
         model = tr.train_heat(train, stride=plan["stride"], epochs=plan["epochs"], seed=TRAIN_SEED, c=plan["width"],
                               depth=plan["depth"], dilations=plan["dilations"], sigma_px=plan["sigma_px"],

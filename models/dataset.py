@@ -36,6 +36,10 @@ VAL_BASE = {"cloud_screen": 20_000, "ship_detect": 21_000, "fire_detect": 22_000
 # (31_000, then 41_000) were looked at while it was developed, so they became development data.
 TEST_BASE = {"cloud_screen": 30_000, "ship_detect": 51_000, "fire_detect": 32_000}
 DEV_TEST_BASE = {"ship_detect": 41_000}
+# fresh seeds, never looked at while a candidate is chosen (models/cloud_compare.py): 6000000- turned
+# down the first 8x8-cell candidate; 7000000- was first used to check the second
+FRESH_TEST_BASE = {"cloud_screen": 60_000}
+FRESH2_TEST_BASE = {"cloud_screen": 70_000}
 
 # cascade rule of the flight pipeline (flight/config.py defaults): detectors see tiles whose cloud
 # fraction is below CLEAR_MAX, ships on tiles with mean NDWI above NDWI_MIN, fires on the others.
@@ -130,7 +134,8 @@ class SceneSpec:
 
 
 def scene_specs(model: str, split: str, n: int, size: int) -> list[SceneSpec]:
-    base = {"train": TRAIN_BASE, "val": VAL_BASE, "test": TEST_BASE, "dev_test": DEV_TEST_BASE}[split][model]
+    base = {"train": TRAIN_BASE, "val": VAL_BASE, "test": TEST_BASE, "dev_test": DEV_TEST_BASE,
+            "fresh_test": FRESH_TEST_BASE, "fresh2_test": FRESH2_TEST_BASE}[split][model]
     rng = np.random.default_rng(base)  # scene arguments drawn reproducibly from the split's base
     specs = []
     for i in range(n):
@@ -140,7 +145,7 @@ def scene_specs(model: str, split: str, n: int, size: int) -> list[SceneSpec]:
             # forced partly cloudy (the borderline tiles are where accuracy is decided); a quarter
             # of training scenes at 30 m GSD, like the real Landsat scenes (test stays at 10 m).
             # Scenes past the 100th (models.real_experiments run "W" only) are all at 30 m.
-            cover = None if (i % 2 == 0 or split == "test") else float(rng.uniform(0.1, 0.8))
+            cover = None if (i % 2 == 0 or split in ("test", "fresh_test", "fresh2_test")) else float(rng.uniform(0.1, 0.8))
             gsd = 30.0 if (split == "train" and (i % 4 == 3 or i >= 100)) else 10.0
             specs.append(SceneSpec(seed, size, gsd, cloud_cover=cover))
         elif model == "ship_detect":

@@ -40,9 +40,12 @@ def conv_bn(cin, cout, k, stride=1, pad=0, dilation=1, act: str = "relu"):
 
 
 class CloudNet(nn.Module):
-    def __init__(self, c: int = 16, embed: str = "conv", ctx: int = 2):
+    def __init__(self, c: int = 16, embed: str = "conv", ctx: int = 2, cell: int = 4):
+        """``cell``: pixels per side of the cells the stem predicts (4: a 16x16 map; 8: 8x8). The
+        8-pixel stem runs 2x faster in onnxruntime's INT8 kernels (models/README.md, "Tried for issue #16")."""
         super().__init__()
-        first = conv_bn(6, c, 4, stride=4) if embed == "conv" else nn.Sequential(nn.AvgPool2d(4), conv_bn(6, c, 1))
+        assert cell in (4, 8), "the training targets come in 4x4-pixel cells, pooled to 8x8"
+        first = conv_bn(6, c, cell, stride=cell) if embed == "conv" else nn.Sequential(nn.AvgPool2d(cell), conv_bn(6, c, 1))
         layers = [first, conv_bn(c, c, 1)]
         layers += [conv_bn(c, c, 3, pad=1) for _ in range(ctx)]
         if ctx == 0:
@@ -50,7 +53,7 @@ class CloudNet(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = nn.Conv2d(c, 1, 1)
 
-    def cell_logits(self, x):  # (N, 1, 16, 16)
+    def cell_logits(self, x):  # (N, 1, 64 / cell, 64 / cell)
         return self.head(self.body(x))
 
     def forward(self, x):  # -> (N,) tile cloud fraction
@@ -114,12 +117,13 @@ def _as_float(tiles: np.ndarray) -> torch.Tensor:
 # ------------------------------------------------------------------------------------- cloud
 def train_cloud(data: dict, epochs: int = 12, seed: int = 1, c: int = 16, lr: float = 3e-3, batch: int = 64,
                 embed: str = "conv", ctx: int = 2, thin_weight: float = 1.0, real: dict | None = None,
-                real_share: float = 0.0, log=print) -> CloudNet:
+                real_share: float = 0.0, cell: int = 4, log=print) -> CloudNet:
     """``real``: crops from real scenes (same keys as ``data``); they make up ``real_share`` of the
     tiles drawn in each epoch (sampled with replacement), the synthetic tiles the rest."""
     set_determinism(seed)
     rng = np.random.default_rng(seed)
-    model = CloudNet(c, embed, ctx)
+    model = CloudNet(c, embed, ctx, cell)
+    pool = cell // 4  # the data's 4x4-pixel cell fractions, averaged to the model's cells
     n_syn = len(data["tiles"])
     if real is not None and real_share > 0:
         data = {k: np.concatenate([data[k], real[k]]) for k in ("tiles", "cells", "thin")}
@@ -142,6 +146,8 @@ def train_cloud(data: dict, epochs: int = 12, seed: int = 1, c: int = 16, lr: fl
             x = _as_float(tiles[idx])
             y = torch.from_numpy(cells[idx].astype(np.float32)[:, None] / CELL_PIX)
             thin = torch.from_numpy(data["thin"][idx].astype(np.float32)[:, None] / CELL_PIX) if "thin" in data else torch.zeros_like(y)
+            if pool > 1:
+                y, thin = nn.functional.avg_pool2d(y, pool), nn.functional.avg_pool2d(thin, pool)
             w = 1.0 - (1.0 - thin_weight) * thin
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
             x, y, w = _d4(x, k, flip), _d4(y, k, flip), _d4(w, k, flip)

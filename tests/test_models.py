@@ -195,3 +195,21 @@ def test_committed_real_experiments_cover_every_run_and_match_the_card():
     assert shipped["real_heldout"] == f"{right}/128"
     assert {"validation", "landsat7_heldout", "landsat5_heldout"} <= set(shipped)
     assert table(rows).count("\n") == len(rows) + 1
+
+
+def test_every_split_draws_its_own_scene_seeds():
+    """A fresh test set is only fresh if no other split of any model draws its seeds: the splits'
+    seed ranges (base * 100 + i, up to the largest set built: 400 training scenes) are disjoint."""
+    from models import dataset as ds
+
+    ranges = []
+    for split, bases in (("train", ds.TRAIN_BASE), ("val", ds.VAL_BASE), ("test", ds.TEST_BASE),
+                         ("dev_test", ds.DEV_TEST_BASE), ("fresh_test", ds.FRESH_TEST_BASE),
+                         ("fresh2_test", ds.FRESH2_TEST_BASE)):
+        for model, base in bases.items():
+            seeds = [s.seed for s in ds.scene_specs(model, split, 3, 64)]
+            assert seeds == [base * 100 + i for i in range(3)], (split, model, seeds)
+            ranges.append((base * 100, base * 100 + 400, split, model))
+    ranges.sort()
+    for (_, hi1, *a), (lo2, _, *b) in zip(ranges, ranges[1:], strict=False):
+        assert hi1 <= lo2, f"{a} and {b} share scene seeds"
