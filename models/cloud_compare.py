@@ -78,7 +78,7 @@ def compare(n_seeds: int, log=print) -> dict:
     from models.__main__ import CALIB_TILES, PLAN, TRAIN_SEED
 
     plan = PLAN["cloud_screen"]
-    recipes = {f"shipped ({plan['version']})": dict(cell=plan.get("cell", 4), ctx=plan["ctx"], epochs=plan["epochs"]),
+    recipes: dict[str, dict] = {f"shipped ({plan['version']})": dict(cell=plan.get("cell", 4), ctx=plan["ctx"], epochs=plan["epochs"]),
                "candidate": CANDIDATE}
     train = ds.build("cloud_screen", "train", plan["train"], plan["size"], log=log)
     sets = _sets(plan["size"], log)
