@@ -229,6 +229,7 @@ def run_pipeline(spec: dict) -> dict:
     rss["end"] = memory_mib()
     return {
         "records": records, "timed_wall_s": wall_s, "rss_mib": rss, "peak_rss_mib": rss["end"]["hwm"],
+        "arena": bool(spec.get("arena", False)),
         "macs_per_tile": {n: m.card.macs_per_tile for n, m in models.items()},
         "truth_cloud_fraction": {f["distinct"]: f.get("truth_cloud_fraction") for f in spec["frames"]},
         "model_files": {n: str(getattr(m.model, "path", "")) for n, m in models.items()},

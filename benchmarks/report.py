@@ -253,21 +253,23 @@ def _scene(scene: dict) -> str:
     return ", ".join(f"{names.get(k, k)} {v:g}" for k, v in scene.items())
 
 
-def arena_detail(main: dict, arena: dict) -> str:
-    """Arena on vs off over the same frames: the arena run's frames are the main run's first ones
-    (both cycle the distinct frames from the start), so the main run's high-water mark and
-    latencies over just those frames are what the arena run compares with."""
-    n = len(arena["records"])
+def arena_detail(main: dict, other: dict, flight_arena: bool = False) -> str:
+    """The memory arena as the flight sets it (the main run) against the other setting over the
+    same frames: the other run's frames are the main run's first ones (both cycle the distinct
+    frames from the start), so the main run's high-water mark and latencies over just those
+    frames are what it compares with."""
+    n = len(other["records"])
     same = main["records"][:n]
     if len(same) < n:
-        return "arena-on run longer than the main run: not compared"
-    warm = sum(1 for r in arena["records"] if r["warmup"])
-    off_p50 = float(np.percentile([r["latency_ms"] for r in same[warm:]], 50))
-    on_p50 = latency(arena)["p50"]
-    return (f"enable_cpu_mem_arena, over the same {n} frames ({warm} warm-up): peak RSS False "
-            f"{same[-1]['memory_mib']['hwm']:.1f} MiB (the main run after its first {n} frames), True "
-            f"{arena['peak_rss_mib']:.1f} MiB; latency p50 {off_p50:.1f} vs {on_p50:.1f} ms. The flight uses False "
-            f"(whole main run: peak {main['peak_rss_mib']:.1f} MiB over {len(main['records'])} frames).")
+        return f"arena-{'off' if flight_arena else 'on'} run longer than the main run: not compared"
+    warm = sum(1 for r in other["records"] if r["warmup"])
+    main_p50 = float(np.percentile([r["latency_ms"] for r in same[warm:]], 50))
+    other_p50 = latency(other)["p50"]
+    return (f"enable_cpu_mem_arena, over the same {n} frames ({warm} warm-up): peak RSS {flight_arena} "
+            f"{same[-1]['memory_mib']['hwm']:.1f} MiB (the main run after its first {n} frames), {not flight_arena} "
+            f"{other['peak_rss_mib']:.1f} MiB; latency p50 {main_p50:.1f} vs {other_p50:.1f} ms. The flight uses "
+            f"{flight_arena} (flight.onnx_memory_arena; whole main run: peak {main['peak_rss_mib']:.1f} MiB over "
+            f"{len(main['records'])} frames).")
 
 
 def markdown(res: dict) -> str:
@@ -423,7 +425,7 @@ def plots(res: dict, runs: dict, out: Path) -> None:
     plt.close(fig)
 
     variants = [(k, runs[k]) for k in ("main", "fp32", "cv2", "arena") if runs.get(k)]
-    labels = {"main": "ORT INT8", "fp32": "ORT FP32", "cv2": f"OpenCV {res.get('cv2_precision', '')}".strip(), "arena": "ORT INT8 arena on"}
+    labels = {"main": "ORT INT8", "fp32": "ORT FP32", "cv2": f"OpenCV {res.get('cv2_precision', '')}".strip(), "arena": f"ORT INT8 arena {'off' if res.get('arena', {}).get('flight_uses') else 'on'}"}
     fig, ax = plt.subplots(figsize=(8, 3 + 0.3 * len(variants)))
     colors = plt.get_cmap("tab10")
     for i, (_, run) in enumerate(variants):

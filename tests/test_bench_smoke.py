@@ -142,6 +142,10 @@ def test_arena_comparison_uses_the_same_frames_of_the_main_run():
     assert "False 115.0 MiB" in text and "True 111.0 MiB" in text  # main after 4 frames, not its whole-run 145
     assert "latency p50 102.5 vs 91.0 ms" in text  # main frames 2 and 3 against the arena's timed frames
     assert "not compared" in report.arena_detail(_run([1.0], [{}]), arena)
+    # the flight with the arena on: the main run is the arena's, the other run has it off
+    text = report.arena_detail(main, arena, flight_arena=True)
+    assert "True 115.0 MiB" in text and "False 111.0 MiB" in text and "The flight uses True" in text
+    assert "latency p50 102.5 vs 91.0 ms" in text
 
 
 def test_interleaved_int8_vs_fp32_is_weighted_by_the_main_runs_tiles():
