@@ -272,7 +272,7 @@ def run_models(spec: dict) -> dict:
         for backend, precision in (("ort", "int8"), ("ort", "fp32"), ("cv2", "int8"), ("cv2", "fp32")):
             key = f"{backend}_{precision}"
             try:
-                m = (TileModel(card, spec["threads"], False, spec["batch_tiles"], precision) if backend == "ort"
+                m = (TileModel(card, spec["threads"], spec.get("arena", False), spec["batch_tiles"], precision) if backend == "ort"
                      else CvTileModel(card, precision, spec["batch_tiles"]))
                 ref[key] = y = m.run(tiles)  # also the warm-up
                 live[key] = m

@@ -237,7 +237,7 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
             runs["models"] = optional("per-model timing", lambda: rn.run(dict(
                 kind="models", frames=ref[:1], calibration=cals[(p.height, p.width)], strip_rows=min(p.strip_rows, p.height),
                 models=models, batch_tiles=batch_tiles, tiles=min(256, (p.height // 64) * (p.width // 64)),
-                min_s=0.1 if p.smoke else 0.5)))
+                min_s=0.1 if p.smoke else 0.5, arena=arena)))
             bar.set_postfix_str("main INT8")
             steal0 = cpu_steal(rn.cores)
             runs["main"] = pipeline(ref, p.warmup, p.frames)
