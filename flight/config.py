@@ -218,8 +218,9 @@ class FlightSection:
     # frame size, +0.8 ms per 2048^2 frame); "memory": held in RAM (2 bytes per pixel-band)
     calibration_tables: str = field(default="stream", metadata=rng(choices=("stream", "memory")))
     # onnxruntime's CPU memory arena, with the pipeline's strip arrays reused (docs/benchmarks.md,
-    # "memory arena"): lower peak memory at the same speed; off keeps each run's buffers freed
-    onnx_memory_arena: bool = False
+    # ninth round): flat over a 16,000-frame soak at 98.5 MiB, where off crept to 108.7 MiB (glibc
+    # heap), and faster; off frees each run's buffers (the NOTES.md setting, kept as the fallback)
+    onnx_memory_arena: bool = True
 
     def validate(self, section: str) -> None:
         for i, step in enumerate(self.cascade):
