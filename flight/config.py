@@ -219,7 +219,7 @@ class FlightSection:
     calibration_tables: str = field(default="stream", metadata=rng(choices=("stream", "memory")))
     # onnxruntime's CPU memory arena, with the pipeline's strip arrays reused (docs/benchmarks.md,
     # ninth round): flat over a 16,000-frame soak at 98.5 MiB, where off crept to 108.7 MiB (glibc
-    # heap), and faster; off frees each run's buffers (the NOTES.md setting, kept as the fallback)
+    # heap), at the same speed; off frees each run's buffers (the NOTES.md setting, kept as the fallback)
     onnx_memory_arena: bool = True
 
     def validate(self, section: str) -> None:
