@@ -218,8 +218,8 @@ class FlightSection:
     # frame size, +0.8 ms per 2048^2 frame); "memory": held in RAM (2 bytes per pixel-band)
     calibration_tables: str = field(default="stream", metadata=rng(choices=("stream", "memory")))
     # onnxruntime's CPU memory arena, with the pipeline's strip arrays reused (docs/benchmarks.md,
-    # ninth round): flat over a 16,000-frame soak at 98.5 MiB, where off crept to 108.7 MiB (glibc
-    # heap), at the same speed; off frees each run's buffers (the NOTES.md setting, kept as the fallback)
+    # ninth round): flat over a 16,000-frame soak at 98.5 MiB, where off crept to 108.7 MiB (its
+    # +1.3 MiB in the second half), at the same speed; off frees each run's buffers (the NOTES.md setting)
     onnx_memory_arena: bool = True
 
     def validate(self, section: str) -> None:
