@@ -645,7 +645,8 @@ class FlightApp:
             r["retry_at_s"] = None
             try:
                 self.enable_or_repair(name)
-            except ModelUpdateError as exc:  # could not be loaded: a failed retry, as a failed call
+            except ModelUpdateError as exc:  # could not be loaded: a failed retry. An error, not a new
+                # mode fault: the failure that switched the model off was counted when it happened
                 self.counts["errors"] += 1
                 self.emit("MODEL_REFUSED", model=name, reason=f"automatic retry: {exc.reason}"[:160])
                 self.ops_state.disabled = sorted(self.pipeline.disabled)
