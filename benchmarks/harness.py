@@ -205,7 +205,7 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
     runs_page_cache = PAGE_CACHE_AT_START or pagecache.drop_libraries()
     limit = MemoryLimit(p.memory_ceiling_mib)
     n_models = len(models)
-    units = (2 + 4 * n_models + (p.warmup + p.frames) + 3 * (2 + p.compare_frames)
+    units = (4 + 4 * n_models + (p.warmup + p.frames) + 3 * (2 + p.compare_frames)
              + len(p.scaling_sizes) * (2 + p.scaling_frames) + (0 if ukis_skip else p.ukis_frames))
     bar = tqdm(total=units, desc=f"bench {p.name}", unit="step", file=sys.stderr, disable=None)
     runs: dict = {"page_cache": runs_page_cache}
@@ -232,7 +232,10 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
                     return None
 
             bar.set_postfix_str("roofline")
-            runs["roofline"] = optional("roofline", lambda: rn.run(dict(kind="roofline", n=p.roofline_n, min_s=0.2 if p.smoke else 1.0)))
+            def roofline():
+                return rn.run(dict(kind="roofline", n=p.roofline_n, min_s=0.2 if p.smoke else 1.0))
+
+            runs["roofline"] = optional("roofline", roofline)
             bar.set_postfix_str("per-model")
             runs["models"] = optional("per-model timing", lambda: rn.run(dict(
                 kind="models", frames=ref[:1], calibration=cals[(p.height, p.width)], strip_rows=min(p.strip_rows, p.height),
@@ -241,6 +244,9 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
             bar.set_postfix_str("main INT8")
             steal0 = cpu_steal(rn.cores)
             runs["main"] = pipeline(ref, p.warmup, p.frames)
+            bar.set_postfix_str("roofline again")
+            # the same measurement after the main run: did the machine's speed change during it?
+            runs["roofline_after"] = optional("roofline after the main run", roofline)
             runs["main_steal_pct"] = steal_pct(steal0, cpu_steal(rn.cores))
             bar.set_postfix_str("FP32")
             runs["fp32"] = optional("FP32 run", lambda: pipeline(ref, 2, p.compare_frames, precision="fp32"))
@@ -371,6 +377,10 @@ def assemble(p: Profile, runs: dict, models: list[str], cv2_prec: str, ukis_skip
             notes.append("OpenCV DNN could not load the QDQ INT8 model files; the onnxruntime vs OpenCV comparison uses FP32")
     rf = runs.get("roofline")
     res["roofline"] = rf
+    res["roofline_after"] = runs.get("roofline_after")
+    res["machine_speed_change_pct"], drift_note = report.speed_drift(rf, res["roofline_after"])
+    if drift_note:
+        notes.append(drift_note)
     res["achieved_gmacs"] = report.achieved_gmacs(main)
     res["roofline_fraction"] = _ratio(res["achieved_gmacs"], rf["int8_gmacs"]) if rf else None
     if rf:

@@ -253,6 +253,23 @@ def _scene(scene: dict) -> str:
     return ", ".join(f"{names.get(k, k)} {v:g}" for k, v in scene.items())
 
 
+SPEED_DRIFT_PCT = 10.0  # the roofline moving by more than this across the main run is reported
+
+
+def speed_drift(before: dict | None, after: dict | None) -> tuple[float | None, str | None]:
+    """Change of the INT8 roofline from before to after the main run, in percent, and a note when
+    it is larger than SPEED_DRIFT_PCT: these hosts' speed moves by up to 30 % within minutes
+    (docs/benchmarks.md), which a run's latencies carry and its same-run ratios mostly do not."""
+    if not before or not after or not before.get("int8_gmacs") or not after.get("int8_gmacs"):
+        return None, None
+    pct = 100.0 * (after["int8_gmacs"] / before["int8_gmacs"] - 1.0)
+    if abs(pct) <= SPEED_DRIFT_PCT:
+        return pct, None
+    return pct, (f"the machine's speed changed during the main run: the INT8 roofline measured "
+                 f"{before['int8_gmacs']:.1f} GMAC/s before it and {after['int8_gmacs']:.1f} after ({pct:+.0f} %); "
+                 f"its latencies are not comparable with another run's, its same-run ratios less affected")
+
+
 def arena_detail(main: dict, other: dict, flight_arena: bool = False) -> str:
     """The memory arena as the flight sets it (the main run) against the other setting over the
     same frames: the other run's frames are the main run's first ones (both cycle the distinct
@@ -320,7 +337,12 @@ def markdown(res: dict) -> str:
               f"INT8 MatMulInteger {_f(rf.get('int8_gmacs'))} GMAC/s, FP32 MatMul {_f(rf.get('fp32_gmacs'))} GMAC/s "
               f"({rf.get('n', '?')}^3, best of {rf.get('int8_runs', '?')}/{rf.get('fp32_runs', '?')} runs). "
               f"Inference stage achieved {_f(res.get('achieved_gmacs'))} GMAC/s = "
-              f"{_f(100 * res['roofline_fraction'] if res.get('roofline_fraction') is not None else None)} % of the INT8 roofline.", ""]
+              f"{_f(100 * res['roofline_fraction'] if res.get('roofline_fraction') is not None else None)} % of the INT8 roofline."]
+    ra = res.get("roofline_after") or {}
+    if ra.get("int8_gmacs") and res.get("machine_speed_change_pct") is not None:
+        lines.append(f"Measured again after the main run: INT8 {ra['int8_gmacs']:.1f} GMAC/s "
+                     f"({res['machine_speed_change_pct']:+.1f} %; over {SPEED_DRIFT_PCT:g} % is reported in the notes).")
+    lines.append("")
     mt = res.get("model_throughput") or {}
     if mt:
         iso = res.get("models") or {}

@@ -174,3 +174,13 @@ def test_soak_smoke_run_logs_memory_for_both_variants_and_plots_it(tmp_path):
         assert s["frames"] == 6 and s["samples"] == 4  # frames 0, 2, 4 and the last
         assert 10 < s["rss_first_mib"] <= s["hwm_mib"] and s["rss_max_mib"] <= s["hwm_mib"]
     assert (tmp_path / "soak.png").stat().st_size > 5000
+
+
+def test_a_change_of_machine_speed_during_the_main_run_is_noted():
+    pct, note = report.speed_drift({"int8_gmacs": 200.0}, {"int8_gmacs": 210.0})
+    assert pct == pytest.approx(5.0) and note is None  # within SPEED_DRIFT_PCT: no note
+    pct, note = report.speed_drift({"int8_gmacs": 200.0}, {"int8_gmacs": 150.0})
+    assert pct == pytest.approx(-25.0) and "200.0 GMAC/s before it and 150.0 after (-25 %)" in note
+    assert report.speed_drift({"int8_gmacs": 200.0}, None) == (None, None)  # the second measurement failed
+    assert report.speed_drift(None, {"int8_gmacs": 150.0}) == (None, None)
+    assert report.speed_drift({"int8_gmacs": 0.0}, {"int8_gmacs": 150.0}) == (None, None)
