@@ -282,12 +282,9 @@ def _real_scene_metrics(plan, m8, m32, threshold, train, log) -> dict:
                            ctx=plan["ctx"], thin_weight=plan["thin_weight"], real=crops, real_share=plan["real_share"],
                            cell=plan.get("cell", 4), log=lambda m: None)
     with tempfile.TemporaryDirectory() as tmp:
-        f32, i8 = Path(tmp) / "cross.fp32.onnx", Path(tmp) / "cross.onnx"
-        ex.export_onnx(cross, f32, plan["output"])
         rng = np.random.default_rng(TRAIN_SEED)
         calib = train["tiles"][np.sort(rng.choice(len(train["tiles"]), size=CALIB_TILES, replace=False))]
-        ex.quantize(f32, i8, calib)
-        quant = ex.channels_last_uint8_input(i8, f32, Path(tmp) / "cross.u8.onnx", Path(tmp) / "cross.u8.fp32.onnx")
+        quant = ex.flight_files(cross, plan["output"], calib, Path(tmp) / "cross.u8.onnx", Path(tmp) / "cross.u8.fp32.onnx", tmp)
         cross_run = _plain_runner(Path(tmp) / "cross.u8.onnx", quant)
         out: dict = {}
         right = total = 0
@@ -385,14 +382,12 @@ def build_one(name: str, log=_log) -> dict:
     fp32 = MODELS_DIR / f"{name}.fp32.onnx"
     int8 = MODELS_DIR / f"{name}.onnx"
     work = Path(tempfile.mkdtemp(prefix=f"{name}_build_"))  # the float-input graphs, for layer comparisons
-    float_fp32, float_int8 = work / "float_input.fp32.onnx", work / "float_input.int8.onnx"
-    ex.export_onnx(model, float_fp32, plan["output"])
+    float_fp32, float_int8 = work / "float_input.fp32.onnx", work / "float_input.int8.onnx"  # flight_files writes them
     rng = np.random.default_rng(TRAIN_SEED)
     n_calib = min(plan.get("calib_tiles", CALIB_TILES), len(train["tiles"]))
     calib = train["tiles"][np.sort(rng.choice(len(train["tiles"]), size=n_calib, replace=False))]
-    ex.quantize(float_fp32, float_int8, calib, calibrate_method=plan.get("calibrate", "MinMax"))
-    quant = ex.channels_last_uint8_input(float_int8, float_fp32, int8, fp32)
-    ex.merge_stem_columns(int8)  # INT8 only: the FP32 file runs its plain stem faster (see STEM_NOTE)
+    # INT8 stem over merged columns; the FP32 file keeps its plain stem (see STEM_NOTE)
+    quant = ex.flight_files(model, plan["output"], calib, int8, fp32, work, plan.get("calibrate", "MinMax"))
     macs = ex.count_macs(float_fp32)
     card_path = MODELS_DIR / f"{name}.card.json"
     _write_card(card_path, _card_dict(name, plan, int8, fp32, 0.5, macs, quant, {}))

@@ -47,30 +47,16 @@ def _sets(size: int, log) -> dict:
 
 
 def _trained(train: dict, plan: dict, recipe: dict, seed: int, calib: np.ndarray, folder: str):
-    """Train, export and quantize as the build does; returns ((INT8, FP32) sessions, input quantization)."""
-    import onnxruntime as ort
-
+    """Train and export as the build does; returns INT8 and FP32 runners (uint16 tiles -> outputs)."""
     from models import export as ex
     from models import train as tr
+    from models.__main__ import _plain_runner
 
     model = tr.train_cloud(train, epochs=recipe["epochs"], seed=seed, c=plan["width"], embed=plan["embed"],
                            ctx=recipe["ctx"], thin_weight=plan["thin_weight"], cell=recipe["cell"], log=lambda m: None)
-    f32, q8, u8, u32 = (f"{folder}/{n}.onnx" for n in ("f32", "q8", "u8", "u32"))
-    ex.export_onnx(model, f32, plan["output"])
-    ex.quantize(f32, q8, calib)
-    quant = ex.channels_last_uint8_input(q8, f32, u8, u32)
-    ex.merge_stem_columns(u8)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    return tuple(ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]) for p in (u8, u32)), quant
-
-
-def _predict(session, quant: tuple[float, int], tiles: np.ndarray) -> np.ndarray:
-    from flight.inference import quantize_tiles
-
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: quantize_tiles(tiles[i:i + 256], quant[0], quant[1], 1e-4)})[0]
-                           for i in range(0, len(tiles), 256)])
+    u8, u32 = Path(folder) / "u8.onnx", Path(folder) / "u32.onnx"
+    quant = ex.flight_files(model, plan["output"], calib, u8, u32, folder)
+    return _plain_runner(u8, quant), _plain_runner(u32, quant)
 
 
 def compare(n_seeds: int, log=print) -> dict:
@@ -88,9 +74,9 @@ def compare(n_seeds: int, log=print) -> dict:
     for seed in range(1, n_seeds + 1):
         for name, recipe in recipes.items():
             with tempfile.TemporaryDirectory() as tmp:
-                (s8, s32), quant = _trained(train, plan, recipe, seed, calib, tmp)
-                p8 = {k: _predict(s8, quant, v[0]) for k, v in sets.items()}
-                p32 = {k: _predict(s32, quant, v[0]) for k, v in sets.items()} if seed == 1 else {}
+                run8, run32 = _trained(train, plan, recipe, seed, calib, tmp)
+                p8 = {k: run8(v[0]) for k, v in sets.items()}
+                p32 = {k: run32(v[0]) for k, v in sets.items()} if seed == 1 else {}
             if seed == 1 and name.startswith("shipped"):  # the recipe reproduces the committed file
                 committed = TileModel(model_path("cloud_screen")).run(sets["val"][0])
                 if not np.array_equal(committed, p8["val"]):

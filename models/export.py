@@ -246,6 +246,20 @@ def merge_stem_columns(path) -> int | None:
     return k
 
 
+def flight_files(model, output_name: str, calib_tiles: np.ndarray, int8_dst, fp32_dst, work,
+                 calibrate_method: str = "MinMax") -> tuple[float, int]:
+    """A trained torch model -> the two files the flight loads: ONNX export, static QDQ
+    quantization, the uint8 channels-last input on both, the INT8 stem over merged columns.
+    The float-input graphs stay in ``work`` (float_input.fp32.onnx, float_input.int8.onnx: MAC
+    count and layer comparisons). Returns the input quantization (scale, zero point)."""
+    float_fp32, float_int8 = Path(work) / "float_input.fp32.onnx", Path(work) / "float_input.int8.onnx"
+    export_onnx(model, float_fp32, output_name)
+    quantize(float_fp32, float_int8, calib_tiles, calibrate_method=calibrate_method)
+    quant = channels_last_uint8_input(float_int8, float_fp32, int8_dst, fp32_dst)
+    merge_stem_columns(int8_dst)  # INT8 only: the FP32 file runs its plain stem faster
+    return quant
+
+
 # ------------------------------------------------------------------------------------------- MACs
 def count_macs(path) -> int:
     """Multiply-accumulates for one 64x64 tile (batch 1), from the ONNX graph with shapes inferred.
