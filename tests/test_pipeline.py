@@ -10,6 +10,7 @@ from flight.calibrate import Calibrator
 from flight.config import load_scenario
 from flight.dictionary import DetectionClass
 from flight.frames import BANDS, Footprint
+from flight.geolocate import pixel_to_latlon
 from flight.inference import TileModel, heatmap_peaks, merge_peaks, model_path
 from flight.pipeline import (
     STAGES,
@@ -203,6 +204,11 @@ def test_frame_cloud_fraction_and_fires_match_the_scene(world, pipeline):
         assert dist[np.triu_indices(len(pts), 1)].min() > pipeline.cfg.merge_px
     for d in found:  # localized inside the footprint
         assert 39.95 <= d.lat_deg <= 40.0 and 49.0 <= d.lon_deg <= 49.06
+    # located in one array call per frame: the same values, bit for bit, as one call per detection
+    assert r.detections
+    for d in r.detections:
+        assert (d.lat_deg, d.lon_deg) == pixel_to_latlon(FP, H, W, d.row_px, d.col_px)
+        assert type(d.lat_deg) is float and type(d.lon_deg) is float
 
 
 def test_strip_height_does_not_change_the_result(world, pipeline):
