@@ -152,13 +152,51 @@ def load_models(spec: dict, counted: bool = True) -> dict:
     return out
 
 
-def calibrator(spec: dict):
+def calibrator(spec: dict, native: str | None = None):
+    """The calibrator as the flight makes it: the scenario's table mode and native-kernel mode
+    (specs without a scenario: the defaults); ``native`` overrides the latter."""
     from flight.calibrate import Calibrator
     from flight.config import FlightSection, load_scenario
+    from flight.native import load
 
-    # as the flight does: the scenario's table mode (specs without a scenario: the default)
     flight = load_scenario(spec["scenario"]).flight if spec.get("scenario") else FlightSection()
-    return Calibrator(spec["calibration"], tables=flight.calibration_tables)
+    kernels, _ = load(native or flight.native_kernels)
+    return Calibrator(spec["calibration"], tables=flight.calibration_tables, kernels=kernels)
+
+
+def run_calibrate(spec: dict) -> dict:
+    """The calibrate stage alone with the native kernel and with the numpy/OpenCV path, whole frames
+    in alternating passes (as run_models: the machine's drift hits both alike), outputs compared."""
+    import cv2
+
+    cv2.setNumThreads(spec["threads"])
+    cals = {"native": calibrator(spec, "auto"), "numpy": calibrator(spec, "off")}
+    if cals["native"].kernels is None:
+        return {"error": cals["native"].kernel_note, "peak_rss_mib": peak_rss_mib()}
+    readers = strip_readers(spec)
+    rows = readers[0].rows
+    outs = {k: np.empty((6, rows, readers[0].w), np.uint16) for k in cals}
+    times: dict[str, list[float]] = {k: [] for k in cals}
+    differ = 0
+    t_end = time.perf_counter() + spec["min_s"]
+    passes = 0
+    while passes < 3 or time.perf_counter() < t_end:
+        for reader in readers:
+            for key, cal in cals.items():
+                t = 0.0
+                for r, view, _ in reader.strips():
+                    raw = np.frombuffer(view, dtype="<u2").reshape(6, rows, reader.w)
+                    t0 = time.perf_counter()
+                    cal.calibrate_strip(raw, r, outs[key])
+                    t += time.perf_counter() - t0
+                    if key == "numpy" and passes == 0:  # first pass: each strip against the kernel's, untimed
+                        differ += int(np.count_nonzero(outs["numpy"] != cals["native"].calibrate_strip(raw, r)))
+                times[key].append(t)
+        passes += 1
+    progress(2)
+    return {"ms_per_frame": {k: float(np.median(v)) * 1e3 for k, v in times.items()},
+            "frames": len(times["native"]), "values_differing": differ,
+            "kernel_note": cals["native"].kernel_note, "peak_rss_mib": peak_rss_mib()}
 
 
 # -- measurements ------------------------------------------------------------------------------
@@ -229,7 +267,7 @@ def run_pipeline(spec: dict) -> dict:
     rss["end"] = memory_mib()
     return {
         "records": records, "timed_wall_s": wall_s, "rss_mib": rss, "peak_rss_mib": rss["end"]["hwm"],
-        "arena": bool(spec.get("arena", False)),
+        "arena": bool(spec.get("arena", False)), "calibration_kernel": cal.kernel_note,
         "macs_per_tile": {n: m.card.macs_per_tile for n, m in models.items()},
         "truth_cloud_fraction": {f["distinct"]: f.get("truth_cloud_fraction") for f in spec["frames"]},
         "model_files": {n: str(getattr(m.model, "path", "")) for n, m in models.items()},
@@ -364,7 +402,8 @@ def run_soak(spec: dict) -> dict:
     return {"frames": spec["n"], "wall_s": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib(), "end": memory_mib()}
 
 
-KINDS = {"pipeline": run_pipeline, "soak": run_soak, "models": run_models, "roofline": run_roofline, "ukis": run_ukis}
+KINDS = {"pipeline": run_pipeline, "soak": run_soak, "models": run_models, "roofline": run_roofline, "ukis": run_ukis,
+         "calibrate": run_calibrate}
 
 
 def main() -> int:

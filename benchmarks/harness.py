@@ -205,7 +205,7 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
     runs_page_cache = PAGE_CACHE_AT_START or pagecache.drop_libraries()
     limit = MemoryLimit(p.memory_ceiling_mib)
     n_models = len(models)
-    units = (4 + 4 * n_models + (p.warmup + p.frames) + 3 * (2 + p.compare_frames)
+    units = (6 + 4 * n_models + (p.warmup + p.frames) + 3 * (2 + p.compare_frames)
              + len(p.scaling_sizes) * (2 + p.scaling_frames) + (0 if ukis_skip else p.ukis_frames))
     bar = tqdm(total=units, desc=f"bench {p.name}", unit="step", file=sys.stderr, disable=None)
     runs: dict = {"page_cache": runs_page_cache}
@@ -241,6 +241,10 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
                 kind="models", frames=ref[:1], calibration=cals[(p.height, p.width)], strip_rows=min(p.strip_rows, p.height),
                 models=models, batch_tiles=batch_tiles, tiles=min(256, (p.height // 64) * (p.width // 64)),
                 min_s=0.1 if p.smoke else 0.5, arena=arena)))
+            bar.set_postfix_str("calibrate")
+            runs["calibrate"] = optional("calibration kernel timing", lambda: rn.run(dict(
+                kind="calibrate", frames=ref[:2], calibration=cals[(p.height, p.width)],
+                strip_rows=min(p.strip_rows, p.height), scenario=str(REPO / p.scenario), min_s=0.2 if p.smoke else 1.0)))
             bar.set_postfix_str("main INT8")
             steal0 = cpu_steal(rn.cores)
             runs["main"] = pipeline(ref, p.warmup, p.frames)
@@ -375,6 +379,22 @@ def assemble(p: Profile, runs: dict, models: list[str], cv2_prec: str, ukis_skip
                                 f"{_ratio(report.latency(cv)['p50'], report.latency(ort_base)['p50']):.2f}x"})
         if cv2_prec != "int8":
             notes.append("OpenCV DNN could not load the QDQ INT8 model files; the onnxruntime vs OpenCV comparison uses FP32")
+    # The calibrate stage: native kernel vs the numpy/OpenCV path, alternating over the same frames
+    cb = runs.get("calibrate")
+    res["calibration_kernel"] = main.get("calibration_kernel")
+    res["calibrate"] = cb
+    if cb and "error" not in cb:
+        ms = cb["ms_per_frame"]
+        res["native_vs_numpy_calibrate_speedup"] = _ratio(ms["numpy"], ms["native"])
+        comps.append({"name": "native kernel vs numpy/OpenCV, calibrate stage", "ratio": res["native_vs_numpy_calibrate_speedup"],
+                      "baseline": "flight.calibrate's numpy/OpenCV passes, same frames, alternating",
+                      "detail": f"{ms['native']:.1f} vs {ms['numpy']:.1f} ms/frame over {cb['frames']} frames each; "
+                                f"{cb['values_differing']} values differ; the main run uses: {main.get('calibration_kernel')}"})
+        if cb["values_differing"]:
+            notes.append(f"the native calibration kernel's output differs from the numpy/OpenCV path in "
+                         f"{cb['values_differing']} values: it must not fly")
+    elif cb:
+        notes.append(f"native calibration kernel not measured: {cb['error']}")
     rf = runs.get("roofline")
     res["roofline"] = rf
     res["roofline_after"] = runs.get("roofline_after")

@@ -32,7 +32,7 @@ from flight.acks import AckAuth, AckError
 from flight.calibrate import Calibrator
 from flight.clock import ScenarioClock
 from flight.commands import Command, CommandAuth, CommandError, command_name, parse_command
-from flight.config import Scenario
+from flight.config import ConfigError, FlightSection, Scenario
 from flight.contacts import (
     ContactPlan,
     ContactPlanError,
@@ -59,6 +59,8 @@ from flight.frames import MAX_HEADER_BYTES, parse_json_object
 from flight.ingest import FrameRejected
 from flight.model_update import ModelStore, ModelUpdateError, Uploads, ranges, version_number
 from flight.modes import EventLimiter, ModeManager, StageStuck, StageWatchdog
+from flight.native import NativeUnavailable
+from flight.native import load as load_native_kernels
 from flight.packaging import discard_event_args, frame_products
 from flight.pipeline import STAGES, FramePipeline, FrameResult
 from flight.products import (
@@ -301,6 +303,11 @@ class FlightApp:
     def __init__(self, scenario: Scenario, clock: ScenarioClock, calibration: Path, run_dir: Path):
         self.sc, self.clock, self.run_dir = scenario, clock, run_dir
         ops, sec = scenario.ops, scenario.security
+        # first, before anything opens: "required" without a library that loads fails start-up here
+        try:
+            self.native_kernels, self.native_note = load_native_kernels(scenario.flight.native_kernels)
+        except NativeUnavailable as exc:
+            raise ConfigError("flight.native_kernels", scenario.flight.native_kernels, str(exc)) from None
         self.state_dir = resolve(ops.state_dir, run_dir) if ops.state_dir else run_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.svc = Service("flight", run_dir)
@@ -355,7 +362,7 @@ class FlightApp:
             cfg = dataclasses.replace(cfg, **{name: value})
         # the arena needs the strip arrays reused (else fresh pages every strip); without it reuse
         # only holds them between frames (2-4 MiB more at the peak): docs/benchmarks.md
-        self.calibrator = Calibrator(calibration, tables=cfg.calibration_tables)
+        self.calibrator = self.make_calibrator(calibration, cfg)
         self.pipeline = FramePipeline(cfg, CalibrateTap(self.calibrator, self),
                                       self.load_models(), reuse_buffers=arena)
         self.pipeline.disabled |= {m for m in self.ops_state.disabled if m != REQUIRED_MODEL}
@@ -400,6 +407,20 @@ class FlightApp:
         if plan.windows:
             self.emit_plan_loaded(plan, "state folder")
         return plan
+
+    def make_calibrator(self, calibration, cfg: FlightSection) -> Calibrator:
+        """The calibrator, with the native kernel loaded at start-up when it reproduces this
+        calibration bit for bit; if not, "required" fails start-up and "auto" runs the numpy/OpenCV
+        path. One NATIVE_KERNELS event says which runs and why."""
+        calibrator = Calibrator(calibration, tables=cfg.calibration_tables, kernels=self.native_kernels)
+        note = self.native_note
+        if self.native_kernels is not None and calibrator.kernels is None:  # on the numpy/OpenCV path
+            note = calibrator.kernel_note
+            if cfg.native_kernels == "required":
+                calibrator.close()
+                raise ConfigError("flight.native_kernels", cfg.native_kernels, note)
+        self.emit("NATIVE_KERNELS", note=note[:160])
+        return calibrator
 
     def emit_plan_loaded(self, plan: ContactPlan, source: str) -> None:
         self.plan_ended_reported = False

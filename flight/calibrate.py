@@ -74,6 +74,9 @@ import cv2
 import numpy as np
 
 from flight.frames import BANDS, REFLECTANCE_SCALE
+from flight.native import MAX_SCALE as MAX_NATIVE_SCALE
+from flight.native import NativeKernels
+from flight.native import check_values as native_check_values
 
 if TYPE_CHECKING:  # numpy's stubs give ndarray __buffer__ only for Python >= 3.12: cast("Buffer", ...) below
     from typing_extensions import Buffer
@@ -591,6 +594,37 @@ class TableFile:
         return cls(path)
 
 
+def calibrate_rows_reference(raw: np.ndarray, offset: np.ndarray, flat: np.ndarray, base: int, scale: float,
+                              out: np.ndarray, gain: np.ndarray) -> None:
+    """One band's rows the numpy/OpenCV way, as ``Calibrator`` does without the native kernel (the
+    reference the kernel is checked against): dark and flat expanded to uint16, the dark taken away
+    (saturating at 0), then one multiply by flat and scale (float, round half to even, saturating)."""
+    # uint8 -> uint16 expansion: numpy's casting add is ~4x faster here than cv2.add with
+    # dtype=CV_16U (mixed-depth path): 2 vs 7-9 ms per 2048 x 2048 x 6 frame
+    np.add(offset, np.uint16(base), out=out)
+    np.add(flat, _FLAT_BIAS_U16, out=gain)
+    cv2.subtract(raw, out, dst=out)
+    cv2.multiply(out, gain, dst=out, scale=scale, dtype=cv2.CV_16U)
+
+
+def native_differs(kernels: NativeKernels, base: int, scale: float) -> str:
+    """"" when the native kernel gives the reference's results for a band's constants over
+    ``flight.native.check_values`` (every flat and offset value, every 12-bit signal, the 16-bit
+    range in steps: 2.1 M values, about 3 ms), else the first difference or why it cannot run."""
+    if not 0.0 < scale <= MAX_NATIVE_SCALE:
+        return f"scale {scale:.6g} outside the kernel's (0, {MAX_NATIVE_SCALE:.4g}]"
+    raw, offset, flat = native_check_values()
+    for r0 in range(0, raw.shape[0], 16):  # 16 flat values at a time: buffers of 0.3 MB
+        r, o, f = (np.ascontiguousarray(a[r0:r0 + 16]) for a in (raw, offset, flat))
+        want, got = np.empty(r.shape, np.uint16), np.empty(r.shape, np.uint16)
+        calibrate_rows_reference(r, o, f, base, scale, want, np.empty_like(want))
+        kernels.calibrate_rows(r, o, f, got, base, scale)
+        if not np.array_equal(want, got):
+            k = tuple(int(i[0]) for i in np.nonzero(want != got))
+            return (f"raw {r[k]} offset {o[k]} flat {f[k]} base {base}: {got[k]}, the reference {want[k]}")
+    return ""
+
+
 class Calibrator:
     """Raw uint16 DN (6, H, W) -> uint16 reflectance * 10000 (6, H, W), in strips of rows.
 
@@ -603,10 +637,13 @@ class Calibrator:
     ``TableFile`` strip by strip (next to the .npz, made from it if needed; for products in
     memory, a temporary file), same output bit for bit. Besides that it holds two strip
     buffers (two more, uint8, in "stream") and the repair plan (a few int64 per bad pixel).
+    ``kernels`` (flight.native): the native calibration kernel, used when it gives this
+    calibration's results bit for bit (checked here, about 20 ms); ``kernel_note`` says which path
+    runs and why.
     """
 
     def __init__(self, products: CalibrationProducts | str | os.PathLike, strip_rows: int = 128,
-                 tables: str = "memory"):
+                 tables: str = "memory", kernels: NativeKernels | None = None):
         if not (1 <= int(strip_rows) <= 1 << 16):
             raise ValueError(f"Calibrator: strip_rows={strip_rows!r} out of range, allowed 1..65536")
         if tables not in ("memory", "stream"):
@@ -633,7 +670,7 @@ class Calibrator:
         nb, h, w = src.shape
         self.shape = (nb, h, w)
         self.version = src.version
-        self._base = [np.uint16(v) for v in src.dark_base_dn]
+        self._base = [int(v) for v in src.dark_base_dn]  # 0 .. 65280 (CalibrationProducts checks)
         self._scale = [REFLECTANCE_SCALE / g / (1 << FLAT_Q_BITS) for g in src.dn_per_reflectance]
         bad = src.bad_pixels
         bounds = np.searchsorted(bad, np.arange(nb + 1, dtype=np.int64) * (h * w))
@@ -643,8 +680,20 @@ class Calibrator:
         # the dark is expanded into the output rows themselves (overwritten by the result): one
         # strip-sized buffer fewer, memory that grows with the frame's width (issue #16)
         self._gain_buf = np.empty((n, w), np.uint16)
-        if self.table_file is not None:  # the table rows of one band and strip, as read: one buffer for
-            self._table_u8 = np.empty((n, w), np.uint8)  # both tables, the offset used before the flat is read
+        if self.table_file is not None:  # the table rows of one band and strip, as read
+            self._table_u8 = np.empty((n, w), np.uint8)
+            self._flat_u8 = np.empty((n, w), np.uint8)
+        # the native kernel, when given and it gives this calibration's results bit for bit
+        # (flight/native): one pass instead of four; the numpy/OpenCV path otherwise
+        self.kernels: NativeKernels | None = None
+        self.kernel_note = "numpy/OpenCV"
+        if kernels is not None:
+            why = next((f"band {BANDS[b]}: {d}" for b in range(nb)
+                        if (d := native_differs(kernels, self._base[b], self._scale[b]))), "")
+            if why:
+                self.kernel_note = f"numpy/OpenCV: the native kernel is not used: {why}"
+            else:
+                self.kernels, self.kernel_note = kernels, "native"
 
     def close(self) -> None:
         """Close the table file ("stream"); the calibrator is unusable afterwards."""
@@ -778,19 +827,16 @@ class Calibrator:
             for s0 in range(0, n, self.strip_rows):
                 s1 = min(s0 + self.strip_rows, n)
                 g0, g1 = row0 + s0, row0 + s1
-                dark = out[b, s0:s1]  # the output rows, as scratch until the multiply writes them
-                gain = self._gain_buf[: s1 - s0]
-                # uint8 -> uint16 expansion: numpy's casting add is ~4x faster here than cv2.add
-                # with dtype=CV_16U (mixed-depth path): 2 vs 7-9 ms per 2048 x 2048 x 6 frame
                 if self.tables == "memory":
-                    np.add(self._offset[b, g0:g1], base, out=dark)
-                    np.add(self._flat[b, g0:g1], _FLAT_BIAS_U16, out=gain)
-                else:  # two contiguous positioned reads into one strip-sized buffer, in turn
-                    table = self._table_u8[: s1 - s0]
-                    np.add(self._read_table(0, b, g0, table), base, out=dark)
-                    np.add(self._read_table(1, b, g0, table), _FLAT_BIAS_U16, out=gain)
-                cv2.subtract(raw[b, s0:s1], dark, dst=dark)
-                cv2.multiply(dark, gain, dst=dark, scale=scale, dtype=cv2.CV_16U)
+                    offset, flat = self._offset[b, g0:g1], self._flat[b, g0:g1]
+                else:  # two contiguous positioned reads
+                    offset = self._read_table(0, b, g0, self._table_u8[: s1 - s0])
+                    flat = self._read_table(1, b, g0, self._flat_u8[: s1 - s0])
+                if self.kernels is not None:
+                    self.kernels.calibrate_rows(raw[b, s0:s1], offset, flat, out[b, s0:s1], base, scale)
+                else:  # the dark expanded into the output rows, as scratch until the multiply writes them
+                    calibrate_rows_reference(raw[b, s0:s1], offset, flat, base, scale, out[b, s0:s1],
+                                             self._gain_buf[: s1 - s0])
             rows_b, bad_b, da, db = self._repairs[b]
             lo, hi = np.searchsorted(rows_b, (row0, row0 + n))
             if hi > lo:  # donors are good pixels of the same rows: already calibrated above

@@ -3,6 +3,7 @@
 
     python -m payload_sim.verify_aarch64 prepare DIR          # x86: render frames, calibration, key
     python -m payload_sim.verify_aarch64 run DIR --out X.json # any arch: flight only, in-process
+        [--native auto|required|off]                          # flight.native_kernels (default auto)
     python -m payload_sim.verify_aarch64 compare A.json B.json
 
 ``prepare`` needs the simulator (payload_sim, sgp4). ``run`` imports only the flight software
@@ -71,7 +72,7 @@ def prepare(out: Path, frames: int = FRAMES) -> None:
     print(f"verify: prepared {frames} frames of {sc.sensor.height}x{sc.sensor.width}x6 in {out}", file=sys.stderr)
 
 
-def run(prepared: Path, out: Path) -> dict:
+def run(prepared: Path, out: Path, native: str = "auto") -> dict:
     import platform
 
     import numpy as np
@@ -82,7 +83,7 @@ def run(prepared: Path, out: Path) -> dict:
     from flight.config import load_scenario
 
     plan = json.loads((prepared / "plan.json").read_text())
-    sc = load_scenario(plan["scenario"], plan["overrides"])
+    sc = load_scenario(plan["scenario"], plan["overrides"] + [f"flight.native_kernels={json.dumps(native)}"])
 
     class FrozenClock(ScenarioClock):  # scenario time moves only when told: packets are reproducible
         t = 0.0
@@ -109,18 +110,20 @@ def run(prepared: Path, out: Path) -> dict:
             packets = [(int(a), bytes(p)) for a, p in app.store.db.execute(
                 f"SELECT apid, packet FROM products WHERE apid IN ({','.join(map(str, SCIENCE_APIDS))}) ORDER BY id")]
             counts = dict(app.counts)
+            kernel = app.calibrator.kernel_note
         finally:
             app.watchdog.close()
             app.store.close()
     result = {
         "machine": platform.machine(), "python": platform.python_version(), "numpy": np.__version__,
-        "onnxruntime": onnxruntime.__version__, "frames": len(plan["headers"]),
+        "onnxruntime": onnxruntime.__version__, "frames": len(plan["headers"]), "calibration_kernel": kernel,
         "frames_processed": counts["frames_processed"], "errors": counts["errors"],
         "packets": [{"apid": a, "sha256": hashlib.sha256(_comparable(a, p)).hexdigest(), "hex": p.hex()} for a, p in packets],
     }
     out.write_text(json.dumps(result, indent=1))
     by_apid = {a: sum(1 for x, _ in packets if x == a) for a in SCIENCE_APIDS}
-    print(f"verify: {result['machine']} onnxruntime {result['onnxruntime']}: {result['frames_processed']}/{result['frames']} "
+    print(f"verify: {result['machine']} onnxruntime {result['onnxruntime']}, calibration {kernel}: "
+          f"{result['frames_processed']}/{result['frames']} "
           f"frames processed, errors {result['errors']}, science packets {len(packets)} "
           f"(summaries {by_apid[0x101]}, detections {by_apid[0x102]}, chips {by_apid[0x103]})", file=sys.stderr)
     return result
@@ -147,8 +150,10 @@ def compare(a_path: Path, b_path: Path) -> bool:
         print(f"verify: DIFFERENT science packets: {len(ha)} vs {len(hb)}; first differing index "
               f"{diff[:5]} apids {[a['packets'][i]['apid'] for i in diff[:5]]}", file=sys.stderr)
     if ok:
-        print(f"verify: SAME {len(ha)} science packets byte for byte (frame summaries: all but processing_ms and CRC): {a['machine']} (onnxruntime {a['onnxruntime']}) "
-              f"and {b['machine']} (onnxruntime {b['onnxruntime']})", file=sys.stderr)
+        print(f"verify: SAME {len(ha)} science packets byte for byte (frame summaries: all but processing_ms and CRC): "
+              f"{a['machine']} (onnxruntime {a['onnxruntime']}, calibration {a.get('calibration_kernel', '?')}) "
+              f"and {b['machine']} (onnxruntime {b['onnxruntime']}, calibration {b.get('calibration_kernel', '?')})",
+              file=sys.stderr)
     return ok
 
 
@@ -161,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("run")
     s.add_argument("dir", type=Path)
     s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--native", choices=("auto", "required", "off"), default="auto",
+                   help="flight.native_kernels for this run (default auto)")
     s = sub.add_parser("compare")
     s.add_argument("a", type=Path)
     s.add_argument("b", type=Path)
@@ -170,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare(args.dir, args.frames)
             return 0
         if args.cmd == "run":
-            r = run(args.dir, args.out)
+            r = run(args.dir, args.out, args.native)
             return 0 if r["frames_processed"] == r["frames"] and r["frames"] > 0 and not r["errors"] else 1
         return 0 if compare(args.a, args.b) else 1
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:

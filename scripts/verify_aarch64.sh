@@ -12,6 +12,9 @@
 # 2. `python -m models verify` on aarch64: INT8 golden vectors bit-exact, FP32 within tolerance.
 # 3. a short flight run in-process (payload_sim.verify_aarch64): frames rendered on x86, pushed
 #    through flight.app.FlightApp on x86 and on aarch64, science packets compared byte for byte.
+#    The native calibration kernel (flight/native, issue #16): x86 runs with it and without it,
+#    aarch64 with the board's library cross-compiled here (gcc-aarch64-linux-gnu, installed when
+#    missing); all must give the same packets. Without a cross-compiler aarch64 runs numpy/OpenCV.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -70,15 +73,31 @@ run_aa() {  # run the arm64 python with the checkout and the aarch64 site-packag
   env -i PATH=/usr/bin:/bin HOME="$HOME" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1 PYTHONHASHSEED=0 \
     PYTHONPATH="$ROOT:$SITE" QEMU_CPU="$1" $AA "$SYSROOT/usr/bin/python3.11" "${@:2}"
 }
+AA_NATIVE=off
+if ! command -v aarch64-linux-gnu-gcc >/dev/null; then
+  echo "verify-aarch64: installing gcc-aarch64-linux-gnu (the board's native kernels)"
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq gcc-aarch64-linux-gnu; } >/dev/null 2>&1 \
+    || echo "verify-aarch64: could not install gcc-aarch64-linux-gnu: aarch64 runs the numpy/OpenCV calibration"
+fi
+if command -v aarch64-linux-gnu-gcc >/dev/null; then
+  make --no-print-directory -C "$ROOT" native-aarch64 && AA_NATIVE=required
+fi
+X86_NATIVE=off
+if [ -f "$ROOT/flight/native/libflight_kernels.$(uname -m).so" ]; then X86_NATIVE=required; fi
+
 WORK=$(mktemp -d /tmp/verify-aarch64.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 "$PY" -m payload_sim.verify_aarch64 prepare "$WORK/frames"
-"$PY" -m payload_sim.verify_aarch64 run "$WORK/frames" --out "$WORK/x86_64.json"
+"$PY" -m payload_sim.verify_aarch64 run "$WORK/frames" --out "$WORK/x86_64.json" --native "$X86_NATIVE"
+if [ "$X86_NATIVE" = required ]; then  # the kernel against the numpy/OpenCV path on the same frames
+  "$PY" -m payload_sim.verify_aarch64 run "$WORK/frames" --out "$WORK/x86_64-numpy.json" --native off
+  "$PY" -m payload_sim.verify_aarch64 compare "$WORK/x86_64.json" "$WORK/x86_64-numpy.json"
+fi
 for cpu in $QEMU_CPUS; do
   echo "verify-aarch64: --- emulated CPU $cpu ---"
   run_aa "$cpu" -c 'import platform, numpy, onnxruntime, cv2, zmq; print("aarch64 python", platform.python_version(), platform.machine(), "numpy", numpy.__version__, "onnxruntime", onnxruntime.__version__, "cv2", cv2.__version__, "pyzmq", zmq.__version__)'
   run_aa "$cpu" -m models verify
-  run_aa "$cpu" -m payload_sim.verify_aarch64 run "$WORK/frames" --out "$WORK/aarch64-$cpu.json"
+  run_aa "$cpu" -m payload_sim.verify_aarch64 run "$WORK/frames" --out "$WORK/aarch64-$cpu.json" --native "$AA_NATIVE"
   "$PY" -m payload_sim.verify_aarch64 compare "$WORK/x86_64.json" "$WORK/aarch64-$cpu.json"
 done
 echo "verify-aarch64: OK in $(( $(date +%s) - t0 )) s (correctness only: timings under qemu mean nothing)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -103,6 +104,10 @@ def test_flight_from_the_fresh_venv_flies_a_short_scenario(flight_venv, tmp_path
     assert "flight.app" in imported and "onnxruntime" in imported, "no import log from the flight process"
     bad = sorted(m for m in imported if m.split(".")[0] in FORBIDDEN or m.startswith(FORBIDDEN_SUBMODULES))
     assert not bad, f"the flight imported {bad}"
+    # the wheel carries the native calibration kernel the checkout built, and the flight uses it
+    lib = REPO / "flight" / "native" / f"libflight_kernels.{platform.machine()}.so"
+    if lib.exists():
+        assert f"NATIVE_KERNELS: calibration kernel: native ({lib.name})" in flight_log
     # and the flight that ran was the installed one, not the checkout's
     r = _run([str(flight_venv / "bin" / "python"), "-c", "import flight, models; print(flight.__file__); print(models.__file__)"],
              cwd=flight_venv)
