@@ -205,7 +205,7 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
     runs_page_cache = PAGE_CACHE_AT_START or pagecache.drop_libraries()
     limit = MemoryLimit(p.memory_ceiling_mib)
     n_models = len(models)
-    units = (6 + 4 * n_models + (p.warmup + p.frames) + 3 * (2 + p.compare_frames)
+    units = (6 + 4 * n_models + (p.warmup + p.frames) + 4 * (2 + p.compare_frames)
              + len(p.scaling_sizes) * (2 + p.scaling_frames) + (0 if ukis_skip else p.ukis_frames))
     bar = tqdm(total=units, desc=f"bench {p.name}", unit="step", file=sys.stderr, disable=None)
     runs: dict = {"page_cache": runs_page_cache}
@@ -239,7 +239,7 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
             bar.set_postfix_str("per-model")
             runs["models"] = optional("per-model timing", lambda: rn.run(dict(
                 kind="models", frames=ref[:1], calibration=cals[(p.height, p.width)], strip_rows=min(p.strip_rows, p.height),
-                models=models, batch_tiles=batch_tiles, tiles=min(256, (p.height // 64) * (p.width // 64)),
+                scenario=str(REPO / p.scenario), models=models, batch_tiles=batch_tiles, tiles=min(256, (p.height // 64) * (p.width // 64)),
                 min_s=0.1 if p.smoke else 0.5, arena=arena)))
             bar.set_postfix_str("calibrate")
             runs["calibrate"] = optional("calibration kernel timing", lambda: rn.run(dict(
@@ -261,6 +261,8 @@ def measure(profile: Profile, out: Path) -> tuple[dict, int]:
             runs["cv2"] = optional("OpenCV DNN run", lambda: pipeline(ref, 2, p.compare_frames, backend="cv2", precision=cv2_prec))
             bar.set_postfix_str(f"arena {'off' if arena else 'on'}")
             runs["arena"] = optional(f"arena-{'off' if arena else 'on'} run", lambda: pipeline(ref, 2, p.compare_frames, arena=not arena))
+            bar.set_postfix_str("numpy/OpenCV path")
+            runs["numpy_path"] = optional("numpy/OpenCV path run", lambda: pipeline(ref, 2, p.compare_frames, native="off"))
             runs["scaling"] = {}
             for s in p.scaling_sizes:
                 bar.set_postfix_str(f"scaling {s}")
@@ -395,6 +397,15 @@ def assemble(p: Profile, runs: dict, models: list[str], cv2_prec: str, ukis_skip
                          f"{cb['values_differing']} values: it must not fly")
     elif cb:
         notes.append(f"native calibration kernel not measured: {cb['error']}")
+    npr = runs.get("numpy_path")
+    if npr and main.get("native_tiles"):
+        st_main, st_np = report.stage_p50(main), report.stage_p50(npr)
+        parts = ("calibrate", "tile", "screen", "detect")
+        res["native_vs_numpy_e2e_speedup"] = _ratio(report.latency(npr)["p50"], lat["p50"])
+        comps.append({"name": "native kernels vs numpy/OpenCV, end to end", "ratio": res["native_vs_numpy_e2e_speedup"],
+                      "baseline": "flight.native_kernels = off, same frames (a separate run: the machine's drift is in it)",
+                      "detail": "p50 " + f"{lat['p50']:.1f} vs {report.latency(npr)['p50']:.1f} ms; stages p50 "
+                                + ", ".join(f"{k} {st_main.get(k, 0):.1f} vs {st_np.get(k, 0):.1f}" for k in parts)})
     rf = runs.get("roofline")
     res["roofline"] = rf
     res["roofline_after"] = runs.get("roofline_after")
@@ -408,6 +419,7 @@ def assemble(p: Profile, runs: dict, models: list[str], cv2_prec: str, ukis_skip
                       "baseline": f"MatMulInteger {rf['n']}^3, one core",
                       "detail": f"{res['achieved_gmacs']:.1f} of {rf['int8_gmacs']:.1f} GMAC/s (FP32 roofline {rf['fp32_gmacs']:.1f})"})
     res["model_throughput"] = report.model_throughput(main, rf["int8_gmacs"] if rf else None)
+    res["native_tiles"] = bool(main.get("native_tiles", False))
     for name, row in mrows.items():
         row["macs_per_tile"] = main["macs_per_tile"].get(name)
         if row.get("ort_int8_ms_per_tile") and row["macs_per_tile"]:  # the same model alone, batches of one frame's tiles

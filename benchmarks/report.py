@@ -80,7 +80,8 @@ def achieved_gmacs(run: dict) -> float:
 
 def model_throughput(run: dict, int8_roofline_gmacs: float | None) -> dict[str, dict]:
     """Per model in this run: tiles and ms per frame, ms per tile, achieved GMAC/s (card MACs x tiles
-    it really ran / time inside its run(), input quantization included) and its fraction of the
+    it really ran / time inside its run(): input quantization included, unless the native kernels
+    made the input in the tile stage) and its fraction of the
     INT8 roofline; "all" is the inference stage as a whole (the MAC-weighted mix)."""
     recs = timed(run)
     out = {}
@@ -346,8 +347,10 @@ def markdown(res: dict) -> str:
     mt = res.get("model_throughput") or {}
     if mt:
         iso = res.get("models") or {}
-        lines += ["Each model's own MACs/s: in the main run (card MACs x the tiles it ran / its time inside `run()`, input "
-                  "quantization included), and isolated (batches of tiles of the reference frame, per-model table below).", "",
+        where = ("input made in the tile stage: cut and quantized by the native kernel, flight/native"
+                 if res.get("native_tiles") else "input quantization included")
+        lines += [f"Each model's own MACs/s: in the main run (card MACs x the tiles it ran / its time inside `run()`, {where}), "
+                  "and isolated (batches of tiles of the reference frame, input made as in the main run; per-model table below).", "",
                   "| model | MACs/tile | tiles/frame | ms/frame | ms/tile | GMAC/s | % INT8 roofline | isolated GMAC/s | isolated % |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, t in mt.items():

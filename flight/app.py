@@ -56,6 +56,7 @@ from flight.dictionary import (
 )
 from flight.faults import InjectedFaults
 from flight.frames import MAX_HEADER_BYTES, parse_json_object
+from flight.inference import TileSource
 from flight.ingest import FrameRejected
 from flight.model_update import ModelStore, ModelUpdateError, Uploads, ranges, version_number
 from flight.modes import EventLimiter, ModeManager, StageStuck, StageWatchdog
@@ -268,7 +269,7 @@ class GuardedModel:
     def _empty(self, n: int) -> np.ndarray:
         return np.zeros((n,) + tuple(self.model.card.output_shape[1:]), np.float32)
 
-    def run(self, tiles: np.ndarray) -> np.ndarray:
+    def run(self, tiles: np.ndarray | TileSource) -> np.ndarray:
         app = self.app
         while True:  # at most twice: a replacement has no probation, so its own failure ends here
             try:
@@ -363,9 +364,11 @@ class FlightApp:
         # the arena needs the strip arrays reused (else fresh pages every strip); without it reuse
         # only holds them between frames (2-4 MiB more at the peak): docs/benchmarks.md
         self.calibrator = self.make_calibrator(calibration, cfg)
+        # the native kernels also cut and quantize the models' input (BlockTiles), as they load
         self.pipeline = FramePipeline(cfg, CalibrateTap(self.calibrator, self),
-                                      self.load_models(), reuse_buffers=arena)
+                                      self.load_models(), reuse_buffers=arena, kernels=self.native_kernels)
         self.pipeline.disabled |= {m for m in self.ops_state.disabled if m != REQUIRED_MODEL}
+        self.emit("NATIVE_KERNELS", note=self.native_summary()[:160])
         cascade = {s.model for s in scenario.flight.cascade[1:]}
         for name in list(self.ops_state.model_recovery):  # retries only for detectors of this cascade
             r = self.ops_state.model_recovery[name]
@@ -411,7 +414,7 @@ class FlightApp:
     def make_calibrator(self, calibration, cfg: FlightSection) -> Calibrator:
         """The calibrator, with the native kernel loaded at start-up when it reproduces this
         calibration bit for bit; if not, "required" fails start-up and "auto" runs the numpy/OpenCV
-        path. One NATIVE_KERNELS event says which runs and why."""
+        path (NATIVE_KERNELS, once the models are loaded, says which runs and why)."""
         calibrator = Calibrator(calibration, tables=cfg.calibration_tables, kernels=self.native_kernels)
         note = self.native_note
         if self.native_kernels is not None and calibrator.kernels is None:  # on the numpy/OpenCV path
@@ -419,8 +422,20 @@ class FlightApp:
             if cfg.native_kernels == "required":
                 calibrator.close()
                 raise ConfigError("flight.native_kernels", cfg.native_kernels, note)
-        self.emit("NATIVE_KERNELS", note=note[:160])
+        self.calibration_note = note
         return calibrator
+
+    def native_summary(self) -> str:
+        """What the native kernels do in this flight, for the NATIVE_KERNELS event: the calibration,
+        and the models' input (cut and quantized by the kernel where it reproduces the card's
+        quantization bit for bit, flight.pipeline.BlockTiles; the numpy/OpenCV way otherwise)."""
+        k = self.native_kernels
+        if k is None:
+            return f"model input numpy/OpenCV; calibration {self.calibration_note}"  # the event keeps 160 characters
+        cards = {name: m.card for name, m in self.pipeline.models.items()}
+        slow = [n for n, c in cards.items() if not k.tiles_u8_matches(c.input_scale / c.quant_scale, float(c.quant_zero_point))]
+        inputs = "native" if not slow else f"numpy/OpenCV for {', '.join(slow)} (quantization not reproduced), native for the rest"
+        return f"model input {inputs}; calibration {self.calibration_note}"
 
     def emit_plan_loaded(self, plan: ContactPlan, source: str) -> None:
         self.plan_ended_reported = False

@@ -136,8 +136,8 @@ EVENTS: dict[str, EventDef] = {
         EventDef(44, "RECENT_FRAMES_FAULT", Severity.MEDIUM, "{reason}: frames go on; chips of recent frames come from quicklooks"),
         # appended: the calibration table file failed a read or a scrub; remade from the products file, or not
         EventDef(45, "CALIBRATION_TABLES_FAULT", Severity.MEDIUM, "calibration table file: {reason}"),
-        # appended (issue #16): at start-up, which calibration path runs (flight.native_kernels) and why
-        EventDef(46, "NATIVE_KERNELS", Severity.INFO, "calibration kernel: {note}"),
+        # appended (issue #16): at start-up, what the native kernels do (flight.native_kernels), and why not
+        EventDef(46, "NATIVE_KERNELS", Severity.INFO, "native kernels: {note}"),
     )
 }
 EVENTS_BY_ID = {e.id: e for e in EVENTS.values()}

@@ -30,7 +30,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast, runtime_checkable
 
 import cv2
 import numpy as np
@@ -324,14 +324,23 @@ class TileModel:
         if match[0].type != "tensor(float)":
             raise ModelError(f"output type {match[0].type}, expected tensor(float)", model=card.name, path=path)
 
-    def run(self, tiles: np.ndarray) -> np.ndarray:
-        """uint16 (N, 64, 64, 6) reflectance tiles -> float32 (N,) fraction or (N, cells, cells) heatmap."""
+    def run(self, tiles: np.ndarray | TileSource) -> np.ndarray:
+        """uint16 (N, 64, 64, 6) reflectance tiles, or a TileSource that gives them already
+        quantized for this card -> float32 (N,) fraction or (N, cells, cells) heatmap."""
         card = self.card
         expect = tuple(card.input_shape[1:])
-        if not isinstance(tiles, np.ndarray) or tiles.dtype != np.uint16 or tiles.ndim != 4 or tiles.shape[1:] != expect:
+        quantized = None
+        if isinstance(tiles, TileSource):
+            quantized = tiles.quantized(card.input_scale, card.quant_scale, card.quant_zero_point)
+            if (not isinstance(quantized, np.ndarray) or quantized.dtype != np.uint8 or quantized.ndim != 4
+                    or quantized.shape[1:] != expect or quantized.shape[0] != len(tiles)):
+                got = (getattr(quantized, "dtype", type(quantized).__name__), getattr(quantized, "shape", None))
+                raise ValueError(f"{card.name}: quantized tiles must be uint8 ({len(tiles)}, {', '.join(map(str, expect))}), "
+                                 f"got {got}")
+        elif not isinstance(tiles, np.ndarray) or tiles.dtype != np.uint16 or tiles.ndim != 4 or tiles.shape[1:] != expect:
             got = (getattr(tiles, "dtype", type(tiles).__name__), getattr(tiles, "shape", None))
             raise ValueError(f"{card.name}: tiles must be uint16 (N, {', '.join(map(str, expect))}), got {got}")
-        n = tiles.shape[0]
+        n = len(tiles)
         out = np.empty((n,) + tuple(d for d in card.output_shape[1:]), dtype=np.float32)
         if n == 0:
             return out
@@ -339,7 +348,11 @@ class TileModel:
         feeds_name, out_name = card.input_name, [card.output_name]
         for start in range(0, n, bs):
             stop = min(start + bs, n)
-            x = quantize_tiles(tiles[start:stop], card.quant_scale, card.quant_zero_point, card.input_scale)
+            if quantized is not None:
+                x = quantized[start:stop]
+            else:
+                assert isinstance(tiles, np.ndarray)  # checked above
+                x = quantize_tiles(tiles[start:stop], card.quant_scale, card.quant_zero_point, card.input_scale)
             (y,) = self.session.run(out_name, {feeds_name: x})
             # the declared output shape is only checked at load: at run time a graph can return
             # more or fewer rows than tiles, or another rank; a reshape let (N, 1) or a transposed
@@ -358,6 +371,18 @@ class TileModel:
                                    f"{far} outside [{-OUTPUT_SLACK:g}, {1 + OUTPUT_SLACK:g}]")
         np.clip(out, 0.0, 1.0, out=out)
         return out
+
+
+@runtime_checkable
+class TileSource(Protocol):
+    """Tiles not yet cut out of their calibrated block (flight.pipeline.BlockTiles): a model takes
+    them as its uint8 input, quantized for its own card, without uint16 tiles in between."""
+
+    def __len__(self) -> int: ...
+
+    def quantized(self, input_scale: float, scale: float, zero_point: int) -> np.ndarray:
+        """uint8 (N, 64, 64, 6): quantize_tiles(the uint16 tiles, scale, zero_point, input_scale), bit for bit."""
+        ...
 
 
 def quantize_tiles(tiles: np.ndarray, scale: float, zero_point: int, input_scale: float = 1e-4) -> np.ndarray:

@@ -22,8 +22,9 @@ from flight.config import CascadeStep, FlightSection
 from flight.dictionary import DetectionClass
 from flight.frames import BANDS, REFLECTANCE_SCALE, FrameMeta
 from flight.geolocate import pixel_to_latlon
-from flight.inference import ModelCard, heatmap_peaks, merge_peaks
+from flight.inference import ModelCard, TileSource, heatmap_peaks, merge_peaks, quantize_tiles
 from flight.ingest import FrameIngest
+from flight.native import NativeKernels
 
 GREEN, RED, NIR = BANDS.index("green"), BANDS.index("red"), BANDS.index("nir")
 BLUE = BANDS.index("blue")
@@ -97,6 +98,46 @@ def tiles_of(image: np.ndarray, tile_px: int, scratch: StripBuffers | None = Non
     out = scratch.get("tiles", shape, image.dtype)
     np.copyto(out.reshape(r, c, tile_px, tile_px, bands), bil.reshape(r, tile_px, c, tile_px, bands).transpose(0, 2, 1, 3, 4))
     return out
+
+
+class BlockTiles:
+    """The tiles of a calibrated (bands, tile_px, W) block, or of some of its tile columns, not yet
+    cut out (an inference.TileSource). With the native kernel (flight.native) each model takes
+    them cut, interleaved and quantized for its own card in one pass over the block, which
+    replaces tiles_of's two passes and quantize_tiles' third; where the kernel does not reproduce a
+    card's quantization bit for bit (checked once per card constants), the uint16 tiles are cut
+    and quantized the numpy/OpenCV way. Results are cached per quantization: the tile stage
+    prepares the cloud screen's, which its run() then takes."""
+
+    def __init__(self, block: np.ndarray, tile_px: int, kernels: NativeKernels, scratch: StripBuffers | None = None,
+                 cols: np.ndarray | None = None, buffer: str = "screen_input"):
+        self.block, self.tile_px, self.kernels, self.scratch, self.buffer = block, tile_px, kernels, scratch, buffer
+        self.cols = np.arange(block.shape[2] // tile_px, dtype=np.int32) if cols is None else cols.astype(np.int32)
+        self._cache: dict[tuple[float, int, float], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self.cols.size)
+
+    def __getitem__(self, idx: np.ndarray) -> BlockTiles:
+        """The tiles at these positions (a detector's selection); their input goes to another buffer."""
+        return BlockTiles(self.block, self.tile_px, self.kernels, self.scratch, self.cols[idx], "detect_input")
+
+    def quantized(self, input_scale: float, scale: float, zero_point: int) -> np.ndarray:
+        key = (float(input_scale), int(zero_point), float(scale))
+        if key not in self._cache:
+            alpha, beta = input_scale / scale, float(zero_point)
+            if self.kernels.tiles_u8_matches(alpha, beta):
+                shape = (len(self), self.tile_px, self.tile_px, self.block.shape[0])
+                out = np.empty(shape, np.uint8) if self.scratch is None else self.scratch.get(self.buffer, shape, np.uint8)
+                self._cache[key] = self.kernels.tiles_u8(self.block, self.tile_px, self.cols, alpha, beta, out)
+            else:
+                self._cache[key] = quantize_tiles(self.uint16(), scale, zero_point, input_scale)
+        return self._cache[key]
+
+    def uint16(self) -> np.ndarray:
+        """The uint16 tiles (tiles_of's), for a model without the kernel's quantization."""
+        tiles = tiles_of(self.block, self.tile_px)
+        return tiles if len(self) == len(tiles) else tiles[self.cols]
 
 
 class StripBuffers:
@@ -190,7 +231,7 @@ class TilePredictor(Protocol):
     @property
     def card(self) -> ModelCard: ...
 
-    def run(self, tiles: np.ndarray) -> np.ndarray: ...
+    def run(self, tiles: np.ndarray | TileSource) -> np.ndarray: ...
 
 
 M = TypeVar("M", bound=TilePredictor)
@@ -198,10 +239,14 @@ M = TypeVar("M", bound=TilePredictor)
 
 class FramePipeline(Generic[M]):
     def __init__(self, cfg: FlightSection, calibrator: StripCalibrator, models: dict[str, M],
-                 reuse_buffers: bool = False):
+                 reuse_buffers: bool = False, kernels: NativeKernels | None = None):
+        """``kernels`` (flight.native): the models take their input as BlockTiles, cut and quantized
+        in one native pass (every model must accept an inference.TileSource, as TileModel does);
+        None: uint16 tiles from tiles_of."""
         if "cloud_screen" not in models:
             raise ValueError("the cloud_screen model is required")
         self.cfg = cfg
+        self.kernels = kernels
         self.scratch = StripBuffers() if reuse_buffers else None
         self.calibrator = calibrator
         self.models = models
@@ -320,9 +365,16 @@ class FramePipeline(Generic[M]):
         cfg, ms = self.cfg, self.stage_ms
         block = cal[:, :, col0:col1]
         t0 = time.perf_counter()
-        tiles = tiles_of(block, cfg.tile_px, self.scratch)
+        screen = self.models["cloud_screen"]
+        tiles: np.ndarray | BlockTiles
+        if self.kernels is None:
+            tiles = tiles_of(block, cfg.tile_px, self.scratch)
+        else:  # the screen's input made here, in the tile stage, as tiles_of's uint16 tiles were
+            tiles = BlockTiles(block, cfg.tile_px, self.kernels, self.scratch)
+            card = screen.card
+            tiles.quantized(card.input_scale, card.quant_scale, card.quant_zero_point)
         t1 = time.perf_counter()
-        cloud = self.models["cloud_screen"].run(tiles)
+        cloud = screen.run(tiles)
         t2 = time.perf_counter()
         ms["tile"] += (t1 - t0) * 1e3
         ms["screen"] += (t2 - t1) * 1e3
@@ -382,7 +434,7 @@ class FramePipeline(Generic[M]):
             return ~water
         return np.ones_like(water)
 
-    def _detect(self, step: CascadeStep, tiles: np.ndarray, cal: np.ndarray, row0: int, col0: int,
+    def _detect(self, step: CascadeStep, tiles: np.ndarray | BlockTiles, cal: np.ndarray, row0: int, col0: int,
                 select: np.ndarray) -> None:
         """Run a detector on the selected tiles of a block starting at column col0 of the tile row
         ``cal``; peaks and chips in frame coordinates."""

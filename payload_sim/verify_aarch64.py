@@ -110,19 +110,19 @@ def run(prepared: Path, out: Path, native: str = "auto") -> dict:
             packets = [(int(a), bytes(p)) for a, p in app.store.db.execute(
                 f"SELECT apid, packet FROM products WHERE apid IN ({','.join(map(str, SCIENCE_APIDS))}) ORDER BY id")]
             counts = dict(app.counts)
-            kernel = app.calibrator.kernel_note
+            kernel = app.native_summary()
         finally:
             app.watchdog.close()
             app.store.close()
     result = {
         "machine": platform.machine(), "python": platform.python_version(), "numpy": np.__version__,
-        "onnxruntime": onnxruntime.__version__, "frames": len(plan["headers"]), "calibration_kernel": kernel,
+        "onnxruntime": onnxruntime.__version__, "frames": len(plan["headers"]), "native_kernels": kernel,
         "frames_processed": counts["frames_processed"], "errors": counts["errors"],
         "packets": [{"apid": a, "sha256": hashlib.sha256(_comparable(a, p)).hexdigest(), "hex": p.hex()} for a, p in packets],
     }
     out.write_text(json.dumps(result, indent=1))
     by_apid = {a: sum(1 for x, _ in packets if x == a) for a in SCIENCE_APIDS}
-    print(f"verify: {result['machine']} onnxruntime {result['onnxruntime']}, calibration {kernel}: "
+    print(f"verify: {result['machine']} onnxruntime {result['onnxruntime']}, native kernels: {kernel}: "
           f"{result['frames_processed']}/{result['frames']} "
           f"frames processed, errors {result['errors']}, science packets {len(packets)} "
           f"(summaries {by_apid[0x101]}, detections {by_apid[0x102]}, chips {by_apid[0x103]})", file=sys.stderr)
@@ -151,8 +151,8 @@ def compare(a_path: Path, b_path: Path) -> bool:
               f"{diff[:5]} apids {[a['packets'][i]['apid'] for i in diff[:5]]}", file=sys.stderr)
     if ok:
         print(f"verify: SAME {len(ha)} science packets byte for byte (frame summaries: all but processing_ms and CRC): "
-              f"{a['machine']} (onnxruntime {a['onnxruntime']}, calibration {a.get('calibration_kernel', '?')}) "
-              f"and {b['machine']} (onnxruntime {b['onnxruntime']}, calibration {b.get('calibration_kernel', '?')})",
+              f"{a['machine']} (onnxruntime {a['onnxruntime']}, native kernels: {a.get('native_kernels', '?')}) "
+              f"and {b['machine']} (onnxruntime {b['onnxruntime']}, native kernels: {b.get('native_kernels', '?')})",
               file=sys.stderr)
     return ok
 

@@ -187,15 +187,136 @@ def test_the_flight_says_which_calibration_runs_and_its_products_do_not_depend_o
             assert app.counts["frames_processed"] == 2 and app.counts["errors"] == 0
             results[mode] = [json.dumps([r.tile_cloud.tolist(), [(d.class_id, d.row_px, d.col_px, d.confidence)
                                                                  for d in r.detections]]) for r in got]
-            notes[mode] = [t for t in _flight_event_texts(app) if t.startswith("calibration kernel: ")]
+            notes[mode] = [t for t in _flight_event_texts(app) if t.startswith("native kernels: ")]
         monkeypatch.setattr("flight.native.library_path", lambda machine=None: tmp_path / "gone.so")
         app, _ = make(['flight.native_kernels="auto"'])
         assert app.calibrator.kernels is None
-        notes["auto, no library"] = [t for t in _flight_event_texts(app) if t.startswith("calibration kernel: ")]
+        notes["auto, no library"] = [t for t in _flight_event_texts(app) if t.startswith("native kernels: ")]
         with pytest.raises(ConfigError, match=r"flight.native_kernels = 'required': gone.so: cannot load"):
             make(['flight.native_kernels="required"'])
-    assert notes["off"][-1] == "calibration kernel: numpy/OpenCV (flight.native_kernels = off)"
-    assert notes["auto, no library"][-1].startswith("calibration kernel: numpy/OpenCV: gone.so: cannot load")
+    assert notes["off"][-1] == ("native kernels: model input numpy/OpenCV; "
+                                "calibration numpy/OpenCV (flight.native_kernels = off)")
+    assert notes["auto, no library"][-1].startswith("native kernels: model input numpy/OpenCV; "
+                                                    "calibration numpy/OpenCV: gone.so: cannot load")
     if HAVE_LIB:
-        assert notes["auto"][-1] == f"calibration kernel: native ({library_path().name})"
+        assert notes["auto"][-1] == f"native kernels: model input native; calibration native ({library_path().name})"
         assert results["auto"] == results["off"]
+
+
+# -- the models' input cut and quantized in one pass (tiles_u8, pipeline.BlockTiles) ----------------
+
+CARD_QUANT = [(1e-4 / 0.00546980369836092, 0.0), (1e-4 / 0.003574901958927512, 0.0), (1e-4 / 0.005571764428168535, 0.0)]
+
+
+def _reference_tiles(block, cols, alpha, beta):
+    import cv2
+
+    from flight.pipeline import tiles_of
+
+    t = tiles_of(block, 64)[cols]
+    if not len(cols):
+        return np.zeros(t.shape, np.uint8)
+    return cv2.convertScaleAbs(t.reshape(len(cols), -1), alpha=alpha, beta=beta).reshape(t.shape)
+
+
+@pytest.mark.parametrize(("alpha", "beta"), CARD_QUANT + [(0.5, 0.0), (1e-3, 17.0)])
+def test_tiles_u8_gives_quantize_tiles_of_tiles_of_bit_for_bit(kernels, alpha, beta):
+    """Every uint16 value, random blocks that are views into wider strips (a block of a wide
+    frame), any order of tile columns with repeats, as flight.inference.quantize_tiles does on
+    flight.pipeline.tiles_of's tiles; where the kernel cannot match (tiles_u8_matches false) it is
+    never used, and this test says so instead of passing silently."""
+    if not kernels.tiles_u8_matches(alpha, beta):
+        pytest.skip(f"the kernel does not match OpenCV for alpha {alpha} beta {beta}: BlockTiles uses the numpy path")
+    rng = np.random.default_rng(11)
+    strip = rng.integers(0, 65536, (6, 128, 64 * 40), dtype=np.uint16)
+    block = strip[:, 64:128, 64 * 3: 64 * 35]  # rows and columns of a wider strip: strided, not contiguous
+    for cols in (np.arange(32), np.array([31, 0, 5, 5, 17]), np.array([], np.int64)):
+        cols = cols.astype(np.int32)
+        out = np.full((cols.size, 64, 64, 6), 7, np.uint8)
+        kernels.tiles_u8(block, 64, cols, alpha, beta, out)
+        assert np.array_equal(out, _reference_tiles(block, cols, alpha, beta))
+    every = np.ascontiguousarray(np.broadcast_to(np.arange(65536, dtype=np.uint16).reshape(64, 1024), (6, 64, 1024)))
+    cols = np.arange(16, dtype=np.int32)
+    out = np.empty((16, 64, 64, 6), np.uint8)
+    assert np.array_equal(kernels.tiles_u8(every, 64, cols, alpha, beta, out), _reference_tiles(every, cols, alpha, beta))
+
+
+def test_tiles_u8_matches_is_false_where_opencv_rounds_otherwise_and_the_tiles_then_come_the_numpy_way(kernels):
+    """OpenCV's convertScaleAbs fuses the multiply and the add on this machine for some constants
+    (a zero point not 0); the kernel does not, so those constants keep the numpy path."""
+    from flight.pipeline import BlockTiles, tiles_of
+
+    scale, zp = 0.005571764428168535, 3
+    mismatch = not kernels.tiles_u8_matches(1e-4 / scale, float(zp))
+    rng = np.random.default_rng(3)
+    block = rng.integers(0, 40000, (6, 64, 640), dtype=np.uint16)
+    got = BlockTiles(block, 64, kernels).quantized(1e-4, scale, zp)
+    from flight.inference import quantize_tiles
+
+    assert np.array_equal(got, quantize_tiles(tiles_of(block, 64), scale, zp, 1e-4))
+    if not mismatch:
+        pytest.skip("OpenCV and the kernel agree for these constants on this machine: the fallback is not exercised")
+
+
+@pytest.mark.parametrize("bad", ["block dtype", "block layout", "tile_px", "cols dtype", "cols range", "out shape", "alpha"])
+def test_tiles_u8_refuses_wrong_arguments_before_c_touches_them(kernels, bad):
+    block = np.zeros((6, 64, 256), np.uint16)
+    cols, out, alpha, tp = np.arange(4, dtype=np.int32), np.zeros((4, 64, 64, 6), np.uint8), 0.02, 64
+    if bad == "block dtype":
+        block = block.astype(np.int16)
+    elif bad == "block layout":
+        block = np.zeros((6, 64, 512), np.uint16)[:, :, ::2]
+    elif bad == "tile_px":
+        tp = 300
+    elif bad == "cols dtype":
+        cols = cols.astype(np.int64)
+    elif bad == "cols range":
+        cols = np.array([0, 4], np.int32)
+        out = np.zeros((2, 64, 64, 6), np.uint8)
+    elif bad == "out shape":
+        out = np.zeros((4, 64, 64, 5), np.uint8)
+    else:
+        alpha = 100.0
+    with pytest.raises(ValueError, match="tiles_u8"):
+        kernels.tiles_u8(block, tp, cols, alpha, 0.0, out)
+
+
+def test_the_pipeline_with_the_kernels_gives_every_frame_s_products_bit_for_bit(kernels):
+    """FramePipeline with the native kernels (calibration and BlockTiles) against the numpy/OpenCV
+    path: frames of a wide sensor (40 tiles a row: blocks of 32 and 8), clear land with fires and
+    sea with ships, strips of two heights; cloud per tile, detections and chips identical."""
+    from flight.config import load_scenario
+    from flight.frames import BANDS
+    from flight.inference import TileModel, model_path
+    from flight.pipeline import FramePipeline
+    from payload_sim.scenes import synthetic_scene
+
+    h, w = 256, 64 * 40
+    sensor = Sensor(SensorConfig(), h, w)
+    products = sensor.calibration_products("test")
+    cfg = load_scenario(None, ['flight.cascade=[{model="cloud_screen"}, {model="ship_detect", when="clear_water",'
+                               ' contrast_band="nir", min_contrast=150.0}, {model="fire_detect", when="clear_land"}]',
+                               'flight.chip_classes=["ship", "fire"]']).flight
+    models = {s.model: TileModel(model_path(s.model)) for s in cfg.cascade}
+    pipes = {"numpy": FramePipeline(cfg, Calibrator(products, tables="stream"), models),
+             "native": FramePipeline(cfg, Calibrator(products, tables="stream", kernels=kernels), models,
+                                     reuse_buffers=True, kernels=kernels)}
+    found = 0
+    for k, scene_kw in enumerate([dict(cloud_cover=0.0, water_fraction=1.0, ships=40),
+                                  dict(cloud_cover=0.3, water_fraction=0.0, fires=12)]):
+        scene = synthetic_scene(5, k, h, w, **scene_kw)
+        raw = sensor.expose(scene.reflectance, np.random.default_rng(k))
+        for strip_rows in (64, 128):
+            out = {}
+            for name, pipe in pipes.items():
+                pipe.begin(json.dumps({"frame_id": k, "capture_time_s": 1.0, "height": h, "width": w,
+                                       "bands": list(BANDS)}).encode())
+                for r in range(0, h, strip_rows):
+                    pipe.strip(k, r, strip_rows, np.ascontiguousarray(raw[:, r:r + strip_rows]).tobytes())
+                res = pipe.finish()
+                out[name] = (res.tile_cloud.tolist(), [(d.class_id, d.confidence, d.row_px, d.col_px, d.area_px)
+                                                       for d in res.detections],
+                             [(c.class_id, c.row_px, c.col_px, c.png) for c in res.chips])
+            assert out["native"] == out["numpy"]
+            found += len(out["native"][1])
+    assert found > 10  # ships and fires were found: the detectors' inputs were compared, not only the screen's

@@ -107,7 +107,7 @@ def test_flight_from_the_fresh_venv_flies_a_short_scenario(flight_venv, tmp_path
     # the wheel carries the native calibration kernel the checkout built, and the flight uses it
     lib = REPO / "flight" / "native" / f"libflight_kernels.{platform.machine()}.so"
     if lib.exists():
-        assert f"NATIVE_KERNELS: calibration kernel: native ({lib.name})" in flight_log
+        assert f"NATIVE_KERNELS: native kernels: model input native; calibration native ({lib.name})" in flight_log
     # and the flight that ran was the installed one, not the checkout's
     r = _run([str(flight_venv / "bin" / "python"), "-c", "import flight, models; print(flight.__file__); print(models.__file__)"],
              cwd=flight_venv)

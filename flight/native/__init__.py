@@ -1,11 +1,15 @@
 """Native kernels of the frame pipeline (issue #16), loaded with ctypes; optional and checked.
 
-The calibration's four numpy/OpenCV passes over each band of a strip (expand the dark, expand the
-flat, subtract, multiply) cost about 21 ms of a 2048 x 2048 x 6 frame; ``kernels.c`` does them in
-one pass over the same arrays. The numpy/OpenCV path stays the reference: the kernel must give its
-results bit for bit, which ``check_calibrate`` tests against it on each band's own constants when a
-``Calibrator`` is made (every offset and flat value, every 12-bit signal and the 16-bit range in
-steps), and tests/test_native_kernels.py over the whole 16-bit range.
+Two kernels (``kernels.c``), each one pass where numpy and OpenCV need several:
+- ``calibrate_rows``: the calibration's four passes over each band of a strip (expand the dark,
+  expand the flat, subtract, multiply; about 21 ms of a 2048 x 2048 x 6 frame).
+- ``tiles_u8``: a model's input straight from the calibrated block: tiles cut, bands interleaved
+  and quantized to uint8 (tiles_of, then quantize_tiles: two passes over uint16 tiles).
+The numpy/OpenCV path stays the reference: each kernel must give its results bit for bit. The
+calibration kernel is checked against it on each band's own constants when a ``Calibrator`` is
+made (flight.calibrate.native_differs: every offset and flat value, every 12-bit signal and the
+16-bit range in steps), the tile kernel on each model's input quantization before its first use
+(``tiles_u8_matches``: all 65536 values), and both in tests/test_native_kernels.py.
 
 ``flight.native_kernels`` (config) chooses: "auto" uses the library when it loads and passes the
 check, else the numpy/OpenCV path, and says why; "required" makes start-up fail instead (a board
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-ABI_VERSION = 1  # kernels.c FK_ABI_VERSION: a library of another version is not used
+ABI_VERSION = 2  # kernels.c FK_ABI_VERSION: a library of another version is not used
 MODES = ("auto", "required", "off")
 # kernels.c rounds by adding and taking away 2**23: exact while the product stays below 2**22
 # (the largest is scale * 65535 DN * (255 + 896)); a scale above this (dn_per_reflectance < 176,
@@ -57,6 +61,12 @@ class NativeKernels:
         cal.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_size_t, ctypes.c_int32, ctypes.c_float]
         cal.restype = None
         self._cal = cal
+        tiles = lib.fk_tiles_u8
+        tiles.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int32, ctypes.c_void_p,
+                          ctypes.c_size_t, ctypes.c_float, ctypes.c_float, ctypes.c_void_p]
+        tiles.restype = None
+        self._tiles = tiles
+        self._tiles_ok: dict[tuple[float, float], bool] = {}  # tiles_u8_matches, per (alpha, beta)
 
     def calibrate_rows(self, raw: np.ndarray, offset: np.ndarray, flat: np.ndarray, out: np.ndarray,
                        base: int, scale: float) -> None:
@@ -76,6 +86,55 @@ class NativeKernels:
             raise ValueError(f"calibrate_rows: base {base} outside 0..65535 or scale {scale} outside (0, {MAX_SCALE:.4g}]")
         self._cal(raw.ctypes.data, offset.ctypes.data, flat.ctypes.data, out.ctypes.data, raw.size, int(base),
                   float(scale))
+
+
+    def tiles_u8(self, block: np.ndarray, tile_px: int, cols: np.ndarray, alpha: float, beta: float,
+                 out: np.ndarray) -> np.ndarray:
+        """uint16 (6, rows >= tile_px, W) block -> uint8 (len(cols), tile_px, tile_px, 6) tiles of
+        the tile columns ``cols``, q = saturate_u8(round_half_even(v * alpha + beta)) in float32:
+        flight.inference.quantize_tiles of flight.pipeline.tiles_of's tiles, in one pass."""
+        if not (isinstance(block, np.ndarray) and block.dtype == np.uint16 and block.ndim == 3 and block.shape[0] == 6
+                and block.strides[2] == 2 and block.strides[0] % 2 == 0 and block.strides[1] % 2 == 0):
+            got = f"{block.dtype} {block.shape} strides {block.strides}" if isinstance(block, np.ndarray) else type(block).__name__
+            raise ValueError(f"tiles_u8: block must be uint16 (6, rows, W) with contiguous rows, got {got}")
+        tp = int(tile_px)
+        if not (1 <= tp <= 256 and block.shape[1] >= tp):
+            raise ValueError(f"tiles_u8: tile_px {tile_px} outside 1..256 or above the block's {block.shape[1]} rows")
+        if not (isinstance(cols, np.ndarray) and cols.dtype == np.int32 and cols.ndim == 1 and cols.flags.c_contiguous):
+            raise ValueError("tiles_u8: cols must be a contiguous int32 vector")
+        if cols.size and not (0 <= int(cols.min()) and (int(cols.max()) + 1) * tp <= block.shape[2]):
+            raise ValueError(f"tiles_u8: tile columns {int(cols.min())}..{int(cols.max())} outside the block's "
+                             f"{block.shape[2] // tp}")
+        want = (cols.size, tp, tp, 6)
+        if not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == want and out.flags.c_contiguous
+                and out.flags.writeable):
+            got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise ValueError(f"tiles_u8: out must be writable C-contiguous uint8 {want}, got {got}")
+        if not (0.0 < alpha and 0.0 <= beta <= 255.0 and alpha * 65535 + beta < 2.0**22):
+            raise ValueError(f"tiles_u8: alpha {alpha} or beta {beta} outside the kernel's range")
+        self._tiles(block.ctypes.data, block.strides[0] // 2, block.strides[1] // 2, tp, cols.ctypes.data, cols.size,
+                    float(alpha), float(beta), out.ctypes.data)
+        return out
+
+    def tiles_u8_matches(self, alpha: float, beta: float) -> bool:
+        """Whether tiles_u8 quantizes every uint16 value as cv2.convertScaleAbs does (the reference,
+        flight.inference.quantize_tiles) for these constants: checked once per pair, 65536 values."""
+        key = (float(alpha), float(beta))
+        if key not in self._tiles_ok:
+            import cv2  # the flight's reference path; imported here to keep this module's import light
+
+            ok = 0.0 < alpha and 0.0 <= beta <= 255.0 and alpha * 65535 + beta < 2.0**22
+            if ok:
+                # every value once in every band: one row of 16 tiles of 64 x 64
+                block = np.ascontiguousarray(np.broadcast_to(np.arange(65536, dtype=np.uint16).reshape(64, 1024),
+                                                             (6, 64, 1024)))
+                got = self.tiles_u8(block, 64, np.arange(16, dtype=np.int32), alpha, beta,
+                                    np.empty((16, 64, 64, 6), np.uint8))
+                tiles = np.ascontiguousarray(block.reshape(6, 64, 16, 64).transpose(2, 1, 3, 0))  # tiles_of's layout
+                want = cv2.convertScaleAbs(tiles.reshape(-1, 64 * 6), alpha=float(alpha), beta=float(beta))
+                ok = bool(np.array_equal(got.reshape(want.shape), want))
+            self._tiles_ok[key] = ok
+        return self._tiles_ok[key]
 
 
 def load(mode: str, path: Path | None = None) -> tuple[NativeKernels | None, str]:
