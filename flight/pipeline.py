@@ -200,6 +200,35 @@ def tile_contrast(image: np.ndarray, tile_px: int, band: int, band_mean: np.ndar
     return top.reshape(-1) - band_mean
 
 
+class TileStats:
+    """Per-tile statistics of one band or another of a block of tiles (one tile row), each band's
+    computed once: its mean (the water index) and brightest minus mean (the prescreen). With the
+    native kernel (flight.native) one pass per band gives both; without, OpenCV reductions
+    (tile_means, tile_contrast). The same values either way: the sums are exact integers."""
+
+    def __init__(self, block: np.ndarray, tile_px: int, kernels: NativeKernels | None):
+        self.block, self.tile_px, self.kernels = block, tile_px, kernels
+        self._mean: dict[int, np.ndarray] = {}
+        self._top: dict[int, np.ndarray] = {}
+
+    def mean(self, band: int) -> np.ndarray:
+        if band not in self._mean:
+            if self.kernels is None:
+                self._mean[band] = tile_means(self.block, self.tile_px, band)
+            else:
+                sums, top = self.kernels.tile_sums(self.block[band], self.tile_px, with_max=True)
+                assert top is not None
+                self._mean[band] = (sums.astype(np.float64) / np.float64(self.tile_px * self.tile_px)).astype(np.float32)
+                self._top[band] = top.astype(np.float32)
+        return self._mean[band]
+
+    def contrast(self, band: int) -> np.ndarray:
+        mean = self.mean(band)
+        if self.kernels is None:
+            return tile_contrast(self.block, self.tile_px, band, mean)
+        return self._top[band] - mean
+
+
 def encode_chip(strip: np.ndarray, row: float, col: float, size: int, max_bytes: int) -> tuple[np.ndarray, bytes] | None:
     """True-colour 8-bit PNG crop centred on (row, col) of a calibrated strip, shrunk until it fits."""
     while size >= 8:
@@ -381,17 +410,13 @@ class FramePipeline(Generic[M]):
         steps = [s for s in cfg.cascade[1:] if s.enabled and s.model in self.models and s.model not in self.disabled]
         if steps:
             clear = cloud < cfg.clear_tile_max_cloud
-            nir = tile_means(block, cfg.tile_px, NIR)
-            water = ndwi(tile_means(block, cfg.tile_px, GREEN), nir) > cfg.water_ndwi_min
-            contrast: dict[int, np.ndarray] = {}  # per band, computed once for the steps that ask
+            stats = TileStats(block, cfg.tile_px, self.kernels)  # per band, computed once for the steps that ask
+            water = ndwi(stats.mean(GREEN), stats.mean(NIR)) > cfg.water_ndwi_min
             for step in steps:
                 select = clear & self._where(step, water)
                 cut, _ = self.prescreen_cut(step)
                 if cut > 0:  # nothing brighter than its surroundings: nothing to find
-                    b = BANDS.index(step.contrast_band)
-                    if b not in contrast:
-                        contrast[b] = tile_contrast(block, cfg.tile_px, b, nir if b == NIR else None)
-                    select &= contrast[b] >= cut
+                    select &= stats.contrast(BANDS.index(step.contrast_band)) >= cut
                 self._detect(step, tiles, cal, row0, col0, select)
         ms["detect"] += (time.perf_counter() - t2) * 1e3
         return cloud

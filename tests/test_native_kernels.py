@@ -320,3 +320,40 @@ def test_the_pipeline_with_the_kernels_gives_every_frame_s_products_bit_for_bit(
             assert out["native"] == out["numpy"]
             found += len(out["native"][1])
     assert found > 10  # ships and fires were found: the detectors' inputs were compared, not only the screen's
+
+
+def test_tile_sums_give_tile_means_and_tile_contrast_bit_for_bit(kernels):
+    """The water index's means and the prescreen's contrast from the kernel's exact sums and
+    maxima, against the OpenCV reductions, on random and extreme blocks (every value 65535 too)."""
+    from flight.pipeline import TileStats, tile_contrast, tile_means
+
+    rng = np.random.default_rng(5)
+    strip = rng.integers(0, 65536, (6, 128, 64 * 40), dtype=np.uint16)
+    strip[2] = 65535
+    strip[4, :, :640] = 0
+    for block in (strip[:, :64], strip[:, 64:128, 64 * 3: 64 * 35]):
+        native, plain = TileStats(block, 64, kernels), TileStats(block, 64, None)
+        for band in range(6):
+            assert np.array_equal(native.mean(band), tile_means(block, 64, band))
+            assert np.array_equal(native.contrast(band), tile_contrast(block, 64, band))
+            assert np.array_equal(native.contrast(band), plain.contrast(band))
+            assert native.mean(band).dtype == plain.mean(band).dtype == np.float32
+    sums, top = kernels.tile_sums(strip[2, :64], 64, with_max=True)
+    assert (sums == 64 * 64 * 65535).all() and (top == 65535).all()
+    sums, top = kernels.tile_sums(strip[4, :64, :640], 64, with_max=False)
+    assert top is None and (sums == 0).all() and sums.size == 10
+
+
+@pytest.mark.parametrize("bad", ["dtype", "3-d", "strided columns", "tile_px"])
+def test_tile_sums_refuses_wrong_arguments(kernels, bad):
+    band, tp = np.zeros((64, 256), np.uint16), 64
+    if bad == "dtype":
+        band = band.astype(np.uint32)
+    elif bad == "3-d":
+        band = np.zeros((6, 64, 256), np.uint16)
+    elif bad == "strided columns":
+        band = np.zeros((64, 512), np.uint16)[:, ::2]
+    else:
+        tp = 65
+    with pytest.raises(ValueError, match="tile_sums"):
+        kernels.tile_sums(band, tp, with_max=True)

@@ -1,15 +1,18 @@
 """Native kernels of the frame pipeline (issue #16), loaded with ctypes; optional and checked.
 
-Two kernels (``kernels.c``), each one pass where numpy and OpenCV need several:
+Three kernels (``kernels.c``), each one pass where numpy and OpenCV need several:
 - ``calibrate_rows``: the calibration's four passes over each band of a strip (expand the dark,
   expand the flat, subtract, multiply; about 21 ms of a 2048 x 2048 x 6 frame).
 - ``tiles_u8``: a model's input straight from the calibrated block: tiles cut, bands interleaved
   and quantized to uint8 (tiles_of, then quantize_tiles: two passes over uint16 tiles).
+- ``tile_sums``: per tile of a band, the sum and the largest value (the water index and the
+  detectors' prescreen: three OpenCV reductions and their numpy follow-ups per tile row).
 The numpy/OpenCV path stays the reference: each kernel must give its results bit for bit. The
 calibration kernel is checked against it on each band's own constants when a ``Calibrator`` is
 made (flight.calibrate.native_differs: every offset and flat value, every 12-bit signal and the
 16-bit range in steps), the tile kernel on each model's input quantization before its first use
-(``tiles_u8_matches``: all 65536 values), and both in tests/test_native_kernels.py.
+(``tiles_u8_matches``: all 65536 values), and all in tests/test_native_kernels.py. The sums are
+integers, exact either way.
 
 ``flight.native_kernels`` (config) chooses: "auto" uses the library when it loads and passes the
 check, else the numpy/OpenCV path, and says why; "required" makes start-up fail instead (a board
@@ -31,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-ABI_VERSION = 2  # kernels.c FK_ABI_VERSION: a library of another version is not used
+ABI_VERSION = 3  # kernels.c FK_ABI_VERSION: a library of another version is not used
 MODES = ("auto", "required", "off")
 # kernels.c rounds by adding and taking away 2**23: exact while the product stays below 2**22
 # (the largest is scale * 65535 DN * (255 + 896)); a scale above this (dn_per_reflectance < 176,
@@ -67,6 +70,11 @@ class NativeKernels:
         tiles.restype = None
         self._tiles = tiles
         self._tiles_ok: dict[tuple[float, float], bool] = {}  # tiles_u8_matches, per (alpha, beta)
+        sums = lib.fk_tile_sums
+        sums.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int32, ctypes.c_size_t, ctypes.c_void_p,
+                         ctypes.c_void_p]
+        sums.restype = None
+        self._sums = sums
 
     def calibrate_rows(self, raw: np.ndarray, offset: np.ndarray, flat: np.ndarray, out: np.ndarray,
                        base: int, scale: float) -> None:
@@ -135,6 +143,24 @@ class NativeKernels:
                 ok = bool(np.array_equal(got.reshape(want.shape), want))
             self._tiles_ok[key] = ok
         return self._tiles_ok[key]
+
+
+    def tile_sums(self, band: np.ndarray, tile_px: int, with_max: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint16 (rows >= tile_px, W) band of a block -> per tile of its first tile row (W //
+        tile_px tiles): the sum of its values (uint32, exact) and, with_max, its largest (uint16)."""
+        if not (isinstance(band, np.ndarray) and band.dtype == np.uint16 and band.ndim == 2 and band.strides[1] == 2
+                and band.strides[0] % 2 == 0):
+            got = f"{band.dtype} {band.shape} strides {band.strides}" if isinstance(band, np.ndarray) else type(band).__name__
+            raise ValueError(f"tile_sums: band must be uint16 (rows, W) with contiguous rows, got {got}")
+        tp = int(tile_px)
+        if not (1 <= tp <= 256 and band.shape[0] >= tp):
+            raise ValueError(f"tile_sums: tile_px {tile_px} outside 1..256 or above the band's {band.shape[0]} rows")
+        n = band.shape[1] // tp
+        sums = np.empty(n, np.uint32)
+        maxes = np.empty(n, np.uint16) if with_max else None
+        self._sums(band.ctypes.data, band.strides[0] // 2, tp, n, sums.ctypes.data,
+                   None if maxes is None else maxes.ctypes.data)
+        return sums, maxes
 
 
 def load(mode: str, path: Path | None = None) -> tuple[NativeKernels | None, str]:

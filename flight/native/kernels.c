@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FK_ABI_VERSION 2
+#define FK_ABI_VERSION 3
 #define FLAT_Q_BIAS 896 /* flight.calibrate.FLAT_Q_BIAS */
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -82,6 +82,35 @@ void fk_tiles_u8(const uint16_t *restrict planar, size_t band_stride, size_t row
                 d[3 * x + 1] = (uint16_t)(q[2][x] | (q[3][x] << 8));
                 d[3 * x + 2] = (uint16_t)(q[4][x] | (q[5][x] << 8));
             }
+        }
+    }
+}
+
+/* Per tile of one band of a block: the exact integer sum of its values and, when maxes is not
+ * NULL, its largest value (the prescreen's contrast and the water index take their means from the
+ * sums: flight.pipeline.tile_means and tile_contrast compute the same from OpenCV's column sums).
+ * band: one band's rows, row_stride apart, at least tp rows; n tiles of tp columns from column 0.
+ * Row by row across the tiles, as fk_tiles_u8 reads. sums < 2^32 needs tp <= 256 (the caller). */
+FK_CLONES
+void fk_tile_sums(const uint16_t *restrict band, size_t row_stride, int32_t tp, size_t n,
+                  uint32_t *restrict sums, uint16_t *restrict maxes)
+{
+    for (size_t k = 0; k < n; k++) {
+        sums[k] = 0;
+        if (maxes) maxes[k] = 0;
+    }
+    for (int32_t y = 0; y < tp; y++) {
+        const uint16_t *row = band + (size_t)y * row_stride;
+        for (size_t k = 0; k < n; k++) {
+            const uint16_t *s = row + k * (size_t)tp;
+            uint32_t sum = 0;
+            uint16_t top = 0;
+            for (int32_t x = 0; x < tp; x++) {
+                sum += s[x];
+                top = s[x] > top ? s[x] : top;
+            }
+            sums[k] += sum;
+            if (maxes && top > maxes[k]) maxes[k] = top;
         }
     }
 }
