@@ -610,7 +610,7 @@ def calibrate_rows_reference(raw: np.ndarray, offset: np.ndarray, flat: np.ndarr
 def native_differs(kernels: NativeKernels, base: int, scale: float) -> str:
     """"" when the native kernel gives the reference's results for a band's constants over
     ``flight.native.check_values`` (every flat and offset value, every 12-bit signal, the 16-bit
-    range in steps: 2.1 M values, about 3 ms), else the first difference or why it cannot run."""
+    range in steps: 2.1 M values, 1-3 ms), else the first difference or why it cannot run."""
     if not 0.0 < scale <= MAX_NATIVE_SCALE:
         return f"scale {scale:.6g} outside the kernel's (0, {MAX_NATIVE_SCALE:.4g}]"
     raw, offset, flat = native_check_values()
@@ -638,8 +638,8 @@ class Calibrator:
     memory, a temporary file), same output bit for bit. Besides that it holds two strip
     buffers (two more, uint8, in "stream") and the repair plan (a few int64 per bad pixel).
     ``kernels`` (flight.native): the native calibration kernel, used when it gives this
-    calibration's results bit for bit (checked here, about 20 ms); ``kernel_note`` says which path
-    runs and why.
+    calibration's results bit for bit (checked here, band by band: a few ms each);
+    ``kernel_note`` says which path runs and why.
     """
 
     def __init__(self, products: CalibrationProducts | str | os.PathLike, strip_rows: int = 128,

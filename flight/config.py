@@ -221,10 +221,11 @@ class FlightSection:
     # ninth round): flat over a 16,000-frame soak at 98.5 MiB, where off crept to 108.7 MiB (its
     # +1.3 MiB in the second half), at the same speed; off frees each run's buffers (the NOTES.md setting)
     onnx_memory_arena: bool = True
-    # the native calibration kernel (flight/native, issue #16: one pass instead of four, 4-9 ms less
-    # per 2048^2 frame, the same results bit for bit): "auto" uses it when it loads and matches the
-    # numpy/OpenCV path, else that path with a NATIVE_KERNELS event saying why; "required": start-up
-    # fails instead; "off": never loaded
+    # the native kernels (flight/native, issue #16: calibration, the models' input, tile statistics
+    # and peaks, each one pass where numpy/OpenCV take several, the same results bit for bit; 15-20
+    # ms less per 2048^2 frame): "auto" uses each where it loads and matches the numpy/OpenCV path,
+    # else that path, with a NATIVE_KERNELS event saying what runs and why; "required": start-up
+    # fails when the library does not load or its calibration does not match; "off": never loaded
     native_kernels: str = field(default="auto", metadata=rng(choices=("auto", "required", "off")))
 
     def validate(self, section: str) -> None:

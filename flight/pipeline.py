@@ -473,7 +473,9 @@ class FramePipeline(Generic[M]):
         card = model.card  # once: a guarded model makes its card on each access
         hot_px = (heat >= card.threshold).sum(axis=(1, 2)) * card.stride**2  # per tile, once
         chips_wanted = (DetectionClass(cls).name.lower() if cls else step.model) in self.cfg.chip_classes
-        for k, r, c, score in heatmap_peaks(heat, card.threshold, card.stride):
+        peaks = (heatmap_peaks(heat, card.threshold, card.stride) if self.kernels is None  # the same list
+                 else self.kernels.heatmap_peaks(np.ascontiguousarray(heat, np.float32), card.threshold, card.stride))
+        for k, r, c, score in peaks:
             row, col = row0 + r, col0 + int(idx[k]) * tp + c
             area = int(hot_px[k])
             self.found.append((int(cls), float(score), float(row), float(col), area))

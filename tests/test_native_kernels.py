@@ -10,6 +10,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flight.calibrate import Calibrator, calibrate_rows_reference, native_differs
 from flight.native import MAX_SCALE, NativeKernels, NativeUnavailable, library_path, load
@@ -357,3 +359,55 @@ def test_tile_sums_refuses_wrong_arguments(kernels, bad):
         tp = 65
     with pytest.raises(ValueError, match="tile_sums"):
         kernels.tile_sums(band, tp, with_max=True)
+
+
+# -- a detector's peaks (heatmap_peaks) -------------------------------------------------------------
+
+
+def _hostile_heatmaps(rng, kind, n, rows, cols):
+    if kind == "random":
+        h = rng.random((n, rows, cols)) ** 3
+    elif kind == "plateaus":  # ties everywhere: the raster-order rule and the stable sort decide
+        h = rng.integers(0, 4, (n, rows, cols)) / 4.0
+    elif kind == "signed":
+        h = rng.normal(0.3, 0.6, (n, rows, cols))
+    else:  # odd values: NaN, infinities, signed zeros, huge and tiny
+        h = rng.choice(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, 3e38, -3e38, 0.5, 0.5, 1.0]),
+                       size=(n, rows, cols))
+    return np.ascontiguousarray(h, dtype=np.float32)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["random", "plateaus", "signed", "odd"]),
+       st.sampled_from([0.4, -0.5, 0.0, 1.0, float("nan"), float("-inf"), float("inf"), 0.1000001]),
+       st.integers(1, 64), st.integers(0, 4), st.integers(1, 17), st.integers(1, 17))
+def test_the_peaks_kernel_gives_heatmap_peaks_list_bit_for_bit(kernels, seed, kind, thr, stride, n, rows, cols):
+    from flight.inference import heatmap_peaks
+
+    h = _hostile_heatmaps(np.random.default_rng(seed), kind, n, rows, cols)
+    with np.errstate(invalid="ignore"):  # infinite weights make NaN centroids: the same NaN both ways
+        want = heatmap_peaks(h, thr, stride)
+    got = kernels.heatmap_peaks(h, thr, stride)
+    assert [(t, r.hex(), c.hex(), s.hex()) for t, r, c, s in got] == [(t, r.hex(), c.hex(), s.hex()) for t, r, c, s in want]
+
+
+def test_the_peaks_kernel_on_the_detectors_real_output_and_its_argument_checks(kernels):
+    """Heatmaps ship_detect really made on a scene with ships (hundreds of peaks), then what the
+    wrapper refuses before C reads a byte."""
+    from flight.inference import TileModel, heatmap_peaks, model_path, quantize_tiles  # noqa: F401
+    from flight.pipeline import tiles_of
+    from payload_sim.scenes import synthetic_scene
+
+    sensor = Sensor(SensorConfig(), 128, 1024)
+    scene = synthetic_scene(3, 1, 128, 1024, cloud_cover=0.0, water_fraction=1.0, ships=60)
+    cal = Calibrator(sensor.calibration_products("test"))(sensor.expose(scene.reflectance, np.random.default_rng(1)))
+    model = TileModel(model_path("ship_detect"))
+    heat = model.run(tiles_of(cal, 64))
+    card = model.card
+    want = heatmap_peaks(heat, card.threshold, card.stride)
+    assert len(want) > 20 and kernels.heatmap_peaks(heat, card.threshold, card.stride) == want
+    for bad in (heat.astype(np.float64), heat[:, ::2], heat[0], [[[0.5]]]):
+        with pytest.raises(ValueError, match="heatmap_peaks"):
+            kernels.heatmap_peaks(bad, 0.5, 4)
+    with pytest.raises(ValueError, match="stride"):
+        kernels.heatmap_peaks(heat, 0.5, 0)

@@ -1,12 +1,14 @@
 """Native kernels of the frame pipeline (issue #16), loaded with ctypes; optional and checked.
 
-Three kernels (``kernels.c``), each one pass where numpy and OpenCV need several:
+Four kernels (``kernels.c``), each one pass where numpy and OpenCV need several:
 - ``calibrate_rows``: the calibration's four passes over each band of a strip (expand the dark,
   expand the flat, subtract, multiply; about 21 ms of a 2048 x 2048 x 6 frame).
 - ``tiles_u8``: a model's input straight from the calibrated block: tiles cut, bands interleaved
   and quantized to uint8 (tiles_of, then quantize_tiles: two passes over uint16 tiles).
 - ``tile_sums``: per tile of a band, the sum and the largest value (the water index and the
   detectors' prescreen: three OpenCV reductions and their numpy follow-ups per tile row).
+- ``heatmap_peaks``: a detector's peaks and their centroids (flight.inference.heatmap_peaks: some
+  25 numpy calls per tile row), the same list to the bit.
 The numpy/OpenCV path stays the reference: each kernel must give its results bit for bit. The
 calibration kernel is checked against it on each band's own constants when a ``Calibrator`` is
 made (flight.calibrate.native_differs: every offset and flat value, every 12-bit signal and the
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-ABI_VERSION = 3  # kernels.c FK_ABI_VERSION: a library of another version is not used
+ABI_VERSION = 4  # kernels.c FK_ABI_VERSION: a library of another version is not used
 MODES = ("auto", "required", "off")
 # kernels.c rounds by adding and taking away 2**23: exact while the product stays below 2**22
 # (the largest is scale * 65535 DN * (255 + 896)); a scale above this (dn_per_reflectance < 176,
@@ -75,6 +77,12 @@ class NativeKernels:
                          ctypes.c_void_p]
         sums.restype = None
         self._sums = sums
+        peaks = lib.fk_heatmap_peaks
+        peaks.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int32, ctypes.c_int32, ctypes.c_float,
+                          ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                          ctypes.c_size_t]
+        peaks.restype = ctypes.c_size_t
+        self._peaks = peaks
 
     def calibrate_rows(self, raw: np.ndarray, offset: np.ndarray, flat: np.ndarray, out: np.ndarray,
                        base: int, scale: float) -> None:
@@ -161,6 +169,27 @@ class NativeKernels:
         self._sums(band.ctypes.data, band.strides[0] // 2, tp, n, sums.ctypes.data,
                    None if maxes is None else maxes.ctypes.data)
         return sums, maxes
+
+
+    def heatmap_peaks(self, heatmaps: np.ndarray, threshold: float, stride: int) -> list[tuple[int, float, float, float]]:
+        """flight.inference.heatmap_peaks(heatmaps, threshold, stride) (min_distance_cells 1): the
+        same list of (tile, row px, column px, score), bit for bit, in one C pass."""
+        h = heatmaps
+        if not (isinstance(h, np.ndarray) and h.dtype == np.float32 and h.ndim == 3 and h.flags.c_contiguous):
+            got = f"{h.dtype} {h.shape}" if isinstance(h, np.ndarray) else type(h).__name__
+            raise ValueError(f"heatmap_peaks: heatmaps must be C-contiguous float32 (N, rows, cols), got {got}")
+        if not (isinstance(stride, (int, np.integer)) and stride >= 1):
+            raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+        n, rows, cols = h.shape
+        if not (rows < 1 << 30 and cols < 1 << 30):
+            raise ValueError(f"heatmap_peaks: {rows} x {cols} cells is too large")
+        cap = n * rows * cols  # at most every cell
+        tile, score = np.empty(cap, np.int32), np.empty(cap, np.float64)
+        row, col = np.empty(cap, np.float64), np.empty(cap, np.float64)
+        m = self._peaks(h.ctypes.data, n, rows, cols, float(np.float32(threshold)), float(stride), tile.ctypes.data,
+                        row.ctypes.data, col.ctypes.data, score.ctypes.data, cap)
+        assert m <= cap  # cap is every cell: the kernel cannot run out
+        return list(zip(tile[:m].tolist(), row[:m].tolist(), col[:m].tolist(), score[:m].tolist(), strict=True))
 
 
 def load(mode: str, path: Path | None = None) -> tuple[NativeKernels | None, str]:

@@ -8,9 +8,10 @@
  * (AVX2 alone is 1.5x slower here, the baseline slower than OpenCV); aarch64 has NEON in its
  * baseline. No libm, no allocation, no global state: the caller owns every buffer. */
 #include <stddef.h>
+#include <math.h>
 #include <stdint.h>
 
-#define FK_ABI_VERSION 3
+#define FK_ABI_VERSION 4
 #define FLAT_Q_BIAS 896 /* flight.calibrate.FLAT_Q_BIAS */
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -113,4 +114,72 @@ void fk_tile_sums(const uint16_t *restrict band, size_t row_stride, int32_t tp, 
             if (maxes && top > maxes[k]) maxes[k] = top;
         }
     }
+}
+
+/* Local maxima of per-tile heatmaps with their 3 x 3 value-weighted centroids: what
+ * flight.inference.heatmap_peaks computes with numpy for min_distance_cells = 1, in the same
+ * order and to the same bits (doubles added in the same order; -ffp-contract=off).
+ * heat: float32 (n, rows, cols). A cell is a peak when it is >= threshold, above every earlier
+ * neighbour (raster order) and not below any later one; outside the tile counts as -inf and a NaN
+ * neighbour fails both tests, as numpy's maximum propagates it. Per peak: its tile, its row and
+ * column in pixels ((centroid + 0.5) * stride) and its score; sorted by tile, then descending
+ * score, ties in raster order. Returns the number of peaks, or (size_t)-1 when more than cap
+ * (the caller's arrays hold cap). */
+size_t fk_heatmap_peaks(const float *restrict heat, size_t n, int32_t rows, int32_t cols, float threshold,
+                        double stride, int32_t *restrict tile, double *restrict row, double *restrict col,
+                        double *restrict score, size_t cap)
+{
+    static const int dr[9] = {-1, -1, -1, 0, 0, 0, 1, 1, 1};
+    static const int dc[9] = {-1, 0, 1, -1, 0, 1, -1, 0, 1};
+    size_t m = 0;
+    for (size_t k = 0; k < n; k++) {
+        const float *h = heat + k * (size_t)rows * (size_t)cols;
+        size_t first = m;
+        for (int32_t r = 0; r < rows; r++) {
+            for (int32_t c = 0; c < cols; c++) {
+                float v = h[r * cols + c];
+                if (!(v >= threshold))
+                    continue;
+                int peak = 1;
+                for (int j = 0; j < 9 && peak; j++) {
+                    if (j == 4)
+                        continue;
+                    int32_t rr = r + dr[j], cc = c + dc[j];
+                    float nb = (rr < 0 || rr >= rows || cc < 0 || cc >= cols) ? -INFINITY : h[rr * cols + cc];
+                    peak = j < 4 ? v > nb : v >= nb;  /* NaN: false either way */
+                }
+                if (!peak)
+                    continue;
+                if (m == cap)
+                    return (size_t)-1;
+                double total = 0.0, rsum = 0.0, csum = 0.0;
+                for (int j = 0; j < 9; j++) {
+                    int32_t rr = r + dr[j], cc = c + dc[j];
+                    double w = 0.0;
+                    if (rr >= 0 && rr < rows && cc >= 0 && cc < cols) {
+                        double x = (double)h[rr * cols + cc];
+                        w = x > 0.0 ? x : 0.0;
+                    }
+                    double pr = (double)rr * w, pc = (double)cc * w;
+                    total = j ? total + w : w;
+                    rsum = j ? rsum + pr : pr;
+                    csum = j ? csum + pc : pc;
+                }
+                double cr = total > 0.0 ? rsum / total : (double)r;
+                double ccn = total > 0.0 ? csum / total : (double)c;
+                /* insert by descending score, after equal scores: a stable sort within the tile */
+                size_t at = m;
+                while (at > first && score[at - 1] < (double)v) {
+                    tile[at] = tile[at - 1]; row[at] = row[at - 1]; col[at] = col[at - 1]; score[at] = score[at - 1];
+                    at--;
+                }
+                tile[at] = (int32_t)k;
+                row[at] = (cr + 0.5) * stride;
+                col[at] = (ccn + 0.5) * stride;
+                score[at] = (double)v;
+                m++;
+            }
+        }
+    }
+    return m;
 }
