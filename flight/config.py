@@ -222,7 +222,7 @@ class FlightSection:
     # +1.3 MiB in the second half), at the same speed; off frees each run's buffers (the NOTES.md setting)
     onnx_memory_arena: bool = True
     # the native kernels (flight/native, issue #16: calibration, the models' input, tile statistics
-    # and peaks, each one pass where numpy/OpenCV take several, the same results bit for bit; 15-20
+    # and peaks, each one pass where numpy/OpenCV take several, the same results bit for bit; 15-30
     # ms less per 2048^2 frame): "auto" uses each where it loads and matches the numpy/OpenCV path,
     # else that path, with a NATIVE_KERNELS event saying what runs and why; "required": start-up
     # fails when the library does not load or its calibration does not match; "off": never loaded
