@@ -7,6 +7,8 @@ compiler) the tests that need it skip and say so, and the flight runs its numpy/
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -411,3 +413,24 @@ def test_the_peaks_kernel_on_the_detectors_real_output_and_its_argument_checks(k
             kernels.heatmap_peaks(bad, 0.5, 4)
     with pytest.raises(ValueError, match="stride"):
         kernels.heatmap_peaks(heat, 0.5, 0)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) to build the stand-in libraries")
+def test_a_library_of_another_abi_version_or_lacking_a_kernel_is_refused(tmp_path):
+    """Built here with cc: a library that says another ABI version, and one that says this
+    version but lacks a kernel (a half-built file): both refused with the reason; "auto" then runs
+    numpy/OpenCV."""
+    from flight.native import ABI_VERSION
+
+    stub = "void fk_calibrate_rows(void) {}\nvoid fk_tiles_u8(void) {}\nvoid fk_tile_sums(void) {}\n"
+    cases = {"other.so": f"int fk_abi_version(void) {{ return {ABI_VERSION + 1}; }}\n{stub}void fk_heatmap_peaks(void) {{}}\n",
+             "half.so": f"int fk_abi_version(void) {{ return {ABI_VERSION}; }}\n{stub}"}
+    for name, source in cases.items():
+        (tmp_path / "k.c").write_text(source)
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", str(tmp_path / name), str(tmp_path / "k.c")], check=True)
+    with pytest.raises(NativeUnavailable, match=f"other.so: ABI version {ABI_VERSION + 1}, the flight needs {ABI_VERSION}"):
+        NativeKernels(tmp_path / "other.so")
+    with pytest.raises(NativeUnavailable, match="half.so: cannot load .*fk_heatmap_peaks"):
+        NativeKernels(tmp_path / "half.so")
+    k, note = load("auto", tmp_path / "half.so")
+    assert k is None and note.startswith("numpy/OpenCV: half.so: cannot load")

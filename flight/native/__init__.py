@@ -55,9 +55,10 @@ class NativeUnavailable(RuntimeError):
 class NativeKernels:
     def __init__(self, path: Path | None = None):
         self.path = path or library_path()
-        try:
+        try:  # every symbol looked up here: a library that lacks one is refused, not a later AttributeError
             lib = ctypes.CDLL(str(self.path))
-            version, cal = lib.fk_abi_version, lib.fk_calibrate_rows
+            version = lib.fk_abi_version
+            cal, tiles, sums, peaks = lib.fk_calibrate_rows, lib.fk_tiles_u8, lib.fk_tile_sums, lib.fk_heatmap_peaks
         except (OSError, AttributeError) as exc:
             raise NativeUnavailable(f"{self.path.name}: cannot load ({exc})"[:300]) from None
         version.argtypes, version.restype = [], ctypes.c_int
@@ -66,18 +67,15 @@ class NativeKernels:
         cal.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_size_t, ctypes.c_int32, ctypes.c_float]
         cal.restype = None
         self._cal = cal
-        tiles = lib.fk_tiles_u8
         tiles.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int32, ctypes.c_void_p,
                           ctypes.c_size_t, ctypes.c_float, ctypes.c_float, ctypes.c_void_p]
         tiles.restype = None
         self._tiles = tiles
         self._tiles_ok: dict[tuple[float, float], bool] = {}  # tiles_u8_matches, per (alpha, beta)
-        sums = lib.fk_tile_sums
         sums.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int32, ctypes.c_size_t, ctypes.c_void_p,
                          ctypes.c_void_p]
         sums.restype = None
         self._sums = sums
-        peaks = lib.fk_heatmap_peaks
         peaks.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int32, ctypes.c_int32, ctypes.c_float,
                           ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                           ctypes.c_size_t]
