@@ -280,7 +280,7 @@ class GuardedModel:
                 replacement = app.model_stuck(self, exc)
                 if replacement is not None:  # a new version too slow for this board: the previous one, again
                     self.model, self.probation = replacement, 0
-                    app.report_prescreen()
+                    app.models_changed()
                     continue
                 if self.name == REQUIRED_MODEL:
                     raise
@@ -290,7 +290,7 @@ class GuardedModel:
                 replacement = app.model_failed(self, exc)
                 if replacement is not None:
                     self.model, self.probation = replacement, 0
-                    app.report_prescreen()  # the version it rolled back to may validate another cut
+                    app.models_changed()  # the version it rolled back to may validate another cut
                     # repeated through the same guard: the version rolled back to may fail too (an
                     # older upload just as bad); its exception escaped the guard and cost a
                     # detector's frame as a STAGE_ERROR
@@ -368,7 +368,8 @@ class FlightApp:
         self.pipeline = FramePipeline(cfg, CalibrateTap(self.calibrator, self),
                                       self.load_models(), reuse_buffers=arena, kernels=self.native_kernels)
         self.pipeline.disabled |= {m for m in self.ops_state.disabled if m != REQUIRED_MODEL}
-        self.emit("NATIVE_KERNELS", note=self.native_summary()[:160])
+        self.native_reported = ""
+        self.report_native()
         cascade = {s.model for s in scenario.flight.cascade[1:]}
         for name in list(self.ops_state.model_recovery):  # retries only for detectors of this cascade
             r = self.ops_state.model_recovery[name]
@@ -436,6 +437,20 @@ class FlightApp:
         slow = [n for n, c in cards.items() if not k.tiles_u8_matches(c.input_scale / c.quant_scale, float(c.quant_zero_point))]
         inputs = "native" if not slow else f"numpy/OpenCV for {', '.join(slow)} (quantization not reproduced), native for the rest"
         return f"model input {inputs}; calibration {self.calibration_note}"
+
+    def report_native(self) -> None:
+        """NATIVE_KERNELS at start-up, and again whenever what the kernels do changes: a model
+        swapped in or rolled back to whose input quantization the tile kernel does not reproduce
+        (its input then comes the numpy/OpenCV way), or one that brings it back."""
+        note = self.native_summary()
+        if note != self.native_reported:
+            self.emit("NATIVE_KERNELS", note=note[:160])
+            self.native_reported = note
+
+    def models_changed(self) -> None:
+        """What depends on the loaded models' cards, reported again after any of them changed."""
+        self.report_prescreen()
+        self.report_native()
 
     def emit_plan_loaded(self, plan: ContactPlan, source: str) -> None:
         self.plan_ended_reported = False
@@ -567,7 +582,7 @@ class FlightApp:
         for name, guard in self.pending_models.items():
             self.pipeline.models[name] = guard
         self.pending_models.clear()
-        self.report_prescreen()
+        self.models_changed()
 
     def report_prescreen(self) -> None:
         """One event per cascade step whose configured prescreen the loaded model's card does not

@@ -434,3 +434,37 @@ def test_a_library_of_another_abi_version_or_lacking_a_kernel_is_refused(tmp_pat
         NativeKernels(tmp_path / "half.so")
     k, note = load("auto", tmp_path / "half.so")
     assert k is None and note.startswith("numpy/OpenCV: half.so: cannot load")
+
+
+def test_a_model_swapped_in_whose_quantization_the_kernel_does_not_reproduce_is_reported(tmp_path, monkeypatch, kernels):
+    """NATIVE_KERNELS again when a model swapped in (an activation, a rollback) changes what the
+    kernels do: here fire_detect with another zero point, which OpenCV rounds with a fused
+    multiply-add on this machine (its input then comes the numpy/OpenCV way), then the original
+    back. Frames go on without errors throughout."""
+    import dataclasses
+
+    from ops_util import flight_apps
+    from test_modes import feed_frame
+
+    from flight.inference import TileModel, model_path
+
+    cascade = ('flight.cascade=[{model="cloud_screen"}, {model="fire_detect", when="clear_land"}]')
+    with flight_apps(tmp_path, monkeypatch, ["scenario.clock_rate=1.0", cascade], 500.0) as (make, _):
+        app, sc = make()
+        notes = lambda: [t for t in _flight_event_texts(app) if t.startswith("native kernels: ")]  # noqa: E731
+        assert notes() == [f"native kernels: model input native; calibration native ({library_path().name})"]
+        other = TileModel(model_path("fire_detect"))
+        other.card = dataclasses.replace(other.card, quant_zero_point=3)
+        c = other.card
+        reproduced = kernels.tiles_u8_matches(c.input_scale / c.quant_scale, 3.0)
+        app.swap_model("fire_detect", other)
+        feed_frame(app, sc, 0)
+        if reproduced:  # nothing changed for the kernels: nothing to report
+            assert len(notes()) == 1
+        else:
+            assert notes()[-1].startswith("native kernels: model input numpy/OpenCV for fire_detect "
+                                          "(quantization not reproduced), native for the rest;")
+        app.swap_model("fire_detect", TileModel(model_path("fire_detect")))
+        feed_frame(app, sc, 1)
+        assert notes()[-1] == notes()[0] and len(notes()) == (1 if reproduced else 3)
+        assert app.counts["frames_processed"] == 2 and app.counts["errors"] == 0
