@@ -1,12 +1,13 @@
 /* Native kernels of the flight's frame pipeline (issue #16). Loaded with ctypes by
- * flight/native/__init__.py; the numpy/OpenCV path in flight/calibrate.py stays the reference, and
- * each kernel must give its results bit for bit (checked at load and in tests/test_native_kernels.py).
+ * flight/native/__init__.py; the numpy/OpenCV path stays the reference, and each kernel must give
+ * its results bit for bit (the calibration and the tile input are checked against it at load, on
+ * the constants in use; all four in tests/test_native_kernels.py).
  *
  * Build: make native (cc -O3 -shared -fPIC -ffp-contract=off). -ffp-contract=off matters: a fused
  * multiply-add would round once where OpenCV rounds twice. On x86-64 each kernel is cloned for
  * AVX-512 (x86-64-v4), AVX2 and the baseline, and glibc picks the clone for the CPU at load time
  * (AVX2 alone is 1.5x slower here, the baseline slower than OpenCV); aarch64 has NEON in its
- * baseline. No libm, no allocation, no global state: the caller owns every buffer. */
+ * baseline. No libm calls, no allocation, no global state: the caller owns every buffer. */
 #include <stddef.h>
 #include <math.h>
 #include <stdint.h>
