@@ -262,7 +262,8 @@ def test_tiles_u8_matches_is_false_where_opencv_rounds_otherwise_and_the_tiles_t
         pytest.skip("OpenCV and the kernel agree for these constants on this machine: the fallback is not exercised")
 
 
-@pytest.mark.parametrize("bad", ["block dtype", "block layout", "tile_px", "cols dtype", "cols range", "out shape", "alpha"])
+@pytest.mark.parametrize("bad", ["block dtype", "block layout", "block reversed rows", "tile_px", "cols dtype",
+                                 "cols range", "out shape", "alpha"])
 def test_tiles_u8_refuses_wrong_arguments_before_c_touches_them(kernels, bad):
     block = np.zeros((6, 64, 256), np.uint16)
     cols, out, alpha, tp = np.arange(4, dtype=np.int32), np.zeros((4, 64, 64, 6), np.uint8), 0.02, 64
@@ -270,6 +271,8 @@ def test_tiles_u8_refuses_wrong_arguments_before_c_touches_them(kernels, bad):
         block = block.astype(np.int16)
     elif bad == "block layout":
         block = np.zeros((6, 64, 512), np.uint16)[:, :, ::2]
+    elif bad == "block reversed rows":  # a negative stride: size_t in C would wrap round
+        block = block[:, ::-1]
     elif bad == "tile_px":
         tp = 300
     elif bad == "cols dtype":
@@ -348,7 +351,7 @@ def test_tile_sums_give_tile_means_and_tile_contrast_bit_for_bit(kernels):
     assert top is None and (sums == 0).all() and sums.size == 10
 
 
-@pytest.mark.parametrize("bad", ["dtype", "3-d", "strided columns", "tile_px"])
+@pytest.mark.parametrize("bad", ["dtype", "3-d", "strided columns", "reversed rows", "tile_px"])
 def test_tile_sums_refuses_wrong_arguments(kernels, bad):
     band, tp = np.zeros((64, 256), np.uint16), 64
     if bad == "dtype":
@@ -357,6 +360,8 @@ def test_tile_sums_refuses_wrong_arguments(kernels, bad):
         band = np.zeros((6, 64, 256), np.uint16)
     elif bad == "strided columns":
         band = np.zeros((64, 512), np.uint16)[:, ::2]
+    elif bad == "reversed rows":
+        band = band[::-1]
     else:
         tp = 65
     with pytest.raises(ValueError, match="tile_sums"):

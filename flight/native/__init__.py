@@ -24,8 +24,8 @@ board's); no C compiler, no library: "auto" runs as before. docs/design.md, "Nat
 
 ctypes, not a CPython extension: one library per machine type whatever the Python version, nothing
 to build at install time, and a missing or broken file is an error the flight reports and survives.
-The price is that ctypes checks no types or sizes: ``NativeKernels.calibrate_rows`` checks every
-array before C touches it.
+The price is that ctypes checks no types or sizes: each ``NativeKernels`` method checks every
+array (dtype, shape, positive strides, writability) before C touches it.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ MODES = ("auto", "required", "off")
 # (the largest is scale * 65535 DN * (255 + 896)); a scale above this (dn_per_reflectance < 176,
 # far from any 12-bit sensor) keeps that band on the numpy/OpenCV path
 MAX_SCALE = 2.0**22 / (65535 * (255 + 896))
+
+
+def _tiles_constants_ok(alpha: float, beta: float) -> bool:
+    """The tile kernel's range (its rounding by 2**23 is exact below 2**22, beta a uint8 zero point)."""
+    return 0.0 < alpha and 0.0 <= beta <= 255.0 and alpha * 65535 + beta < 2.0**22
 
 
 def library_path(machine: str | None = None) -> Path:
@@ -101,14 +106,14 @@ class NativeKernels:
         self._cal(raw.ctypes.data, offset.ctypes.data, flat.ctypes.data, out.ctypes.data, raw.size, int(base),
                   float(scale))
 
-
     def tiles_u8(self, block: np.ndarray, tile_px: int, cols: np.ndarray, alpha: float, beta: float,
                  out: np.ndarray) -> np.ndarray:
         """uint16 (6, rows >= tile_px, W) block -> uint8 (len(cols), tile_px, tile_px, 6) tiles of
         the tile columns ``cols``, q = saturate_u8(round_half_even(v * alpha + beta)) in float32:
         flight.inference.quantize_tiles of flight.pipeline.tiles_of's tiles, in one pass."""
         if not (isinstance(block, np.ndarray) and block.dtype == np.uint16 and block.ndim == 3 and block.shape[0] == 6
-                and block.strides[2] == 2 and block.strides[0] % 2 == 0 and block.strides[1] % 2 == 0):
+                and block.strides[2] == 2 and min(block.strides[:2]) > 0 and block.strides[0] % 2 == 0
+                and block.strides[1] % 2 == 0):  # a negative stride would wrap round in C's size_t
             got = f"{block.dtype} {block.shape} strides {block.strides}" if isinstance(block, np.ndarray) else type(block).__name__
             raise ValueError(f"tiles_u8: block must be uint16 (6, rows, W) with contiguous rows, got {got}")
         tp = int(tile_px)
@@ -124,7 +129,7 @@ class NativeKernels:
                 and out.flags.writeable):
             got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
             raise ValueError(f"tiles_u8: out must be writable C-contiguous uint8 {want}, got {got}")
-        if not (0.0 < alpha and 0.0 <= beta <= 255.0 and alpha * 65535 + beta < 2.0**22):
+        if not _tiles_constants_ok(alpha, beta):
             raise ValueError(f"tiles_u8: alpha {alpha} or beta {beta} outside the kernel's range")
         self._tiles(block.ctypes.data, block.strides[0] // 2, block.strides[1] // 2, tp, cols.ctypes.data, cols.size,
                     float(alpha), float(beta), out.ctypes.data)
@@ -137,7 +142,7 @@ class NativeKernels:
         if key not in self._tiles_ok:
             import cv2  # the flight's reference path; imported here to keep this module's import light
 
-            ok = 0.0 < alpha and 0.0 <= beta <= 255.0 and alpha * 65535 + beta < 2.0**22
+            ok = _tiles_constants_ok(alpha, beta)
             if ok:
                 # every value once in every band: one row of 16 tiles of 64 x 64
                 block = np.ascontiguousarray(np.broadcast_to(np.arange(65536, dtype=np.uint16).reshape(64, 1024),
@@ -150,12 +155,11 @@ class NativeKernels:
             self._tiles_ok[key] = ok
         return self._tiles_ok[key]
 
-
     def tile_sums(self, band: np.ndarray, tile_px: int, with_max: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """uint16 (rows >= tile_px, W) band of a block -> per tile of its first tile row (W //
         tile_px tiles): the sum of its values (uint32, exact) and, with_max, its largest (uint16)."""
         if not (isinstance(band, np.ndarray) and band.dtype == np.uint16 and band.ndim == 2 and band.strides[1] == 2
-                and band.strides[0] % 2 == 0):
+                and band.strides[0] > 0 and band.strides[0] % 2 == 0):  # negative: would wrap round in C
             got = f"{band.dtype} {band.shape} strides {band.strides}" if isinstance(band, np.ndarray) else type(band).__name__
             raise ValueError(f"tile_sums: band must be uint16 (rows, W) with contiguous rows, got {got}")
         tp = int(tile_px)
@@ -167,7 +171,6 @@ class NativeKernels:
         self._sums(band.ctypes.data, band.strides[0] // 2, tp, n, sums.ctypes.data,
                    None if maxes is None else maxes.ctypes.data)
         return sums, maxes
-
 
     def heatmap_peaks(self, heatmaps: np.ndarray, threshold: float, stride: int) -> list[tuple[int, float, float, float]]:
         """flight.inference.heatmap_peaks(heatmaps, threshold, stride) (min_distance_cells 1): the
