@@ -97,6 +97,7 @@ class Counted:
 
     def __init__(self, model):
         self.model, self.card = model, model.card
+        self.cell = model.cell
         self.tiles, self.s = 0, 0.0
 
     def run(self, tiles):
@@ -121,17 +122,20 @@ class CvTileModel:
         self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
         self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
         self.batch_size = batch_size
+        self.cell = self.card.int8_input_cell if precision == "int8" else 1  # the layout the file takes
 
     def run(self, tiles) -> np.ndarray:
-        from flight.inference import TileSource, quantize_tiles
+        from flight.inference import TileSource, quantize_tiles, to_cells
 
         card = self.card
         n = len(tiles)
-        source = tiles.quantized(card.input_scale, card.quant_scale, card.quant_zero_point) if isinstance(tiles, TileSource) else None
+        source = (tiles.quantized(card.input_scale, card.quant_scale, card.quant_zero_point, self.cell)
+                  if isinstance(tiles, TileSource) else None)
         out = np.empty((n,) + tuple(card.output_shape[1:]), dtype=np.float32)
         for s in range(0, n, self.batch_size):
             x = (source[s : s + self.batch_size] if source is not None else
-                 quantize_tiles(tiles[s : s + self.batch_size], card.quant_scale, card.quant_zero_point, card.input_scale))
+                 to_cells(quantize_tiles(tiles[s : s + self.batch_size], card.quant_scale, card.quant_zero_point,
+                                         card.input_scale), self.cell))
             self.net.setInput(x)
             y = self.net.forward(card.output_name)
             out[s : s + len(x)] = np.asarray(y).reshape(out[s : s + len(x)].shape)
@@ -186,12 +190,12 @@ class QuantizedOnce:
     def __len__(self) -> int:
         return len(self.tiles)
 
-    def quantized(self, input_scale: float, scale: float, zero_point: int) -> np.ndarray:
-        from flight.inference import quantize_tiles
+    def quantized(self, input_scale: float, scale: float, zero_point: int, cell: int = 1) -> np.ndarray:
+        from flight.inference import quantize_tiles, to_cells
 
-        key = (input_scale, scale, zero_point)
+        key = (input_scale, scale, zero_point, cell)
         if key not in self.cache:
-            self.cache[key] = quantize_tiles(self.tiles, scale, zero_point, input_scale)
+            self.cache[key] = to_cells(quantize_tiles(self.tiles, scale, zero_point, input_scale), cell)
         return self.cache[key]
 
 

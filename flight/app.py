@@ -266,6 +266,10 @@ class GuardedModel:
         c = self.model.card
         return c if self.threshold is None else dataclasses.replace(c, threshold=self.threshold)
 
+    @property
+    def cell(self) -> int:
+        return self.model.cell
+
     def _empty(self, n: int) -> np.ndarray:
         return np.zeros((n,) + tuple(self.model.card.output_shape[1:]), np.float32)
 

@@ -48,8 +48,9 @@ REQUIRED_KEYS = (
 OPTIONAL_KEYS = (
     "fp32_file", "fp32_sha256", "fp32_size_bytes", "description", "output", "input",
     "training", "metrics", "real_scene_metrics", "golden", "reproducibility", "quantization",
-    "limitations", "format_version", "created_by", "prescreen",
+    "limitations", "format_version", "created_by", "prescreen", "int8_input_cell",
 )
+CELLS = (1, 2, 4, 8)  # int8_input_cell: the INT8 file's input plain (1) or in cell x cell blocks (to_cells)
 PRESCREEN_KEYS = {"band", "max_cut", "basis"}
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -126,6 +127,11 @@ class ModelCard:
     # so the flight runs this model with no prescreen (FramePipeline.prescreen_cut).
     prescreen_band: str | None = None
     prescreen_max_cut: float | None = None
+    # The INT8 file takes its tiles in cell x cell blocks, (N, 64/c, 64/c, 6c^2) (to_cells), so its
+    # k x k stride-k stem runs as a 1 x 1 convolution (models.export.stem_over_cells); 1: as
+    # input_shape says. The FP32 file always takes input_shape: its float kernels run the plain stem
+    # faster (models/README.md).
+    int8_input_cell: int = 1
     card_path: str | None = field(default=None, compare=False)
     info: Mapping = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -133,6 +139,12 @@ class ModelCard:
     def cells(self) -> int:
         """Heatmap side in cells (1 for tile_fraction)."""
         return TILE_PX // self.stride
+
+    def session_input_shape(self, precision: str = "int8") -> tuple:
+        """The input shape of the file for ``precision``: input_shape, or its INT8 cells."""
+        c = self.int8_input_cell if precision == "int8" else 1
+        _, rows, cols, bands = self.input_shape
+        return (None, rows // c, cols // c, bands * c * c)
 
     @property
     def output_shape(self) -> tuple:
@@ -200,6 +212,10 @@ class ModelCard:
                       and v["band"] in bands and _is_num(v["max_cut"]) and 0 <= v["max_cut"] <= 65535
                       and isinstance(v.get("basis", ""), str),
                       "must be {band: one of the card's bands, max_cut: number 0..65535, basis: optional text}")
+        cell = 1
+        if "int8_input_cell" in obj:
+            cell = req("int8_input_cell", lambda v: _is_int(v) and v in CELLS and TILE_PX % v == 0,
+                       f"must be one of {CELLS}")
         info = {k: obj[k] for k in obj if k in OPTIONAL_KEYS and not k.startswith("fp32_")}
         return ModelCard(
             name=obj["name"], version=obj["version"], kind=kind, file=obj["file"],
@@ -210,7 +226,7 @@ class ModelCard:
             macs_per_tile=obj["macs_per_tile"], fp32_file=fp32["fp32_file"],
             fp32_sha256=fp32["fp32_sha256"], fp32_size_bytes=fp32["fp32_size_bytes"],
             prescreen_band=pre["band"] if pre else None,
-            prescreen_max_cut=float(pre["max_cut"]) if pre else None,
+            prescreen_max_cut=float(pre["max_cut"]) if pre else None, int8_input_cell=cell,
             card_path=str(card_path) if card_path is not None else None, info=info,
         )
 
@@ -275,6 +291,7 @@ class TileModel:
         self.batch_size = batch_size
         self.precision = precision
         path = card.model_file(precision)
+        self.cell = card.int8_input_cell if precision == "int8" else 1  # the layout its file takes
         self.path = path
         try:
             blob = path.read_bytes()
@@ -311,9 +328,10 @@ class TileModel:
             raise ModelError(f"inputs {[i.name for i in ins]}, card says [{card.input_name!r}]", model=card.name, path=path)
         if ins[0].type != "tensor(uint8)":
             raise ModelError(f"input type {ins[0].type}, expected tensor(uint8)", model=card.name, path=path)
-        shape = list(ins[0].shape)
-        if len(shape) != 4 or not all(_dim_ok(a, e) for a, e in zip(shape, card.input_shape, strict=True)):
-            raise ModelError(f"input shape {shape}, card says {list(card.input_shape)}", model=card.name, path=path)
+        shape, want = list(ins[0].shape), card.session_input_shape(self.precision)
+        if len(shape) != 4 or not all(_dim_ok(a, e) for a, e in zip(shape, want, strict=True)):
+            cells = f" (INT8 input in {self.cell} x {self.cell} cells)" if self.cell > 1 else ""
+            raise ModelError(f"input shape {shape}, card says {list(want)}{cells}", model=card.name, path=path)
         match = [o for o in outs if o.name == card.output_name]
         if not match:
             raise ModelError(f"outputs {[o.name for o in outs]} lack card output {card.output_name!r}", model=card.name, path=path)
@@ -326,16 +344,18 @@ class TileModel:
 
     def run(self, tiles: np.ndarray | TileSource) -> np.ndarray:
         """uint16 (N, 64, 64, 6) reflectance tiles, or a TileSource that gives them already
-        quantized for this card -> float32 (N,) fraction or (N, cells, cells) heatmap."""
+        quantized for this card (in its file's cells) -> float32 (N,) fraction or (N, cells, cells)
+        heatmap."""
         card = self.card
         expect = tuple(card.input_shape[1:])
         quantized = None
         if isinstance(tiles, TileSource):
-            quantized = tiles.quantized(card.input_scale, card.quant_scale, card.quant_zero_point)
+            quantized = tiles.quantized(card.input_scale, card.quant_scale, card.quant_zero_point, self.cell)
+            laid = card.session_input_shape(self.precision)[1:]
             if (not isinstance(quantized, np.ndarray) or quantized.dtype != np.uint8 or quantized.ndim != 4
-                    or quantized.shape[1:] != expect or quantized.shape[0] != len(tiles)):
+                    or quantized.shape[1:] != laid or quantized.shape[0] != len(tiles)):
                 got = (getattr(quantized, "dtype", type(quantized).__name__), getattr(quantized, "shape", None))
-                raise ValueError(f"{card.name}: quantized tiles must be uint8 ({len(tiles)}, {', '.join(map(str, expect))}), "
+                raise ValueError(f"{card.name}: quantized tiles must be uint8 ({len(tiles)}, {', '.join(map(str, laid))}), "
                                  f"got {got}")
         elif not isinstance(tiles, np.ndarray) or tiles.dtype != np.uint16 or tiles.ndim != 4 or tiles.shape[1:] != expect:
             got = (getattr(tiles, "dtype", type(tiles).__name__), getattr(tiles, "shape", None))
@@ -352,7 +372,8 @@ class TileModel:
                 x = quantized[start:stop]
             else:
                 assert isinstance(tiles, np.ndarray)  # checked above
-                x = quantize_tiles(tiles[start:stop], card.quant_scale, card.quant_zero_point, card.input_scale)
+                x = to_cells(quantize_tiles(tiles[start:stop], card.quant_scale, card.quant_zero_point, card.input_scale),
+                             self.cell)
             (y,) = self.session.run(out_name, {feeds_name: x})
             # the declared output shape is only checked at load: at run time a graph can return
             # more or fewer rows than tiles, or another rank; a reshape let (N, 1) or a transposed
@@ -380,9 +401,23 @@ class TileSource(Protocol):
 
     def __len__(self) -> int: ...
 
-    def quantized(self, input_scale: float, scale: float, zero_point: int) -> np.ndarray:
-        """uint8 (N, 64, 64, 6): quantize_tiles(the uint16 tiles, scale, zero_point, input_scale), bit for bit."""
+    def quantized(self, input_scale: float, scale: float, zero_point: int, cell: int = 1) -> np.ndarray:
+        """uint8 (N, 64, 64, 6), or (N, 64/cell, 64/cell, 6 cell^2) in cells: to_cells(quantize_tiles(
+        the uint16 tiles, scale, zero_point, input_scale), cell), bit for bit."""
         ...
+
+
+def to_cells(tiles: np.ndarray, cell: int) -> np.ndarray:
+    """(N, t, t, B) tiles -> (N, t/c, t/c, c*c*B): each c x c block of pixels (space to depth), its
+    pixels row-major and bands innermost, the layout an INT8 file with ``int8_input_cell`` c takes
+    (a k x k stride-k stem is then a 1 x 1 convolution: a plain matrix product in onnxruntime's
+    channels-last kernels). One copy; the native tile kernel writes this layout directly."""
+    if cell == 1:
+        return tiles
+    n, t, _, b = tiles.shape
+    k = t // cell
+    blocks = tiles.reshape(n, k, cell, k, cell, b).transpose(0, 1, 3, 2, 4, 5)
+    return np.ascontiguousarray(blocks).reshape(n, k, k, cell * cell * b)
 
 
 def quantize_tiles(tiles: np.ndarray, scale: float, zero_point: int, input_scale: float = 1e-4) -> np.ndarray:

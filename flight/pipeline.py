@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, cast
 
 import cv2
 import numpy as np
@@ -22,7 +22,14 @@ from flight.config import CascadeStep, FlightSection
 from flight.dictionary import DetectionClass
 from flight.frames import BANDS, REFLECTANCE_SCALE, FrameMeta
 from flight.geolocate import pixel_to_latlon
-from flight.inference import ModelCard, TileSource, heatmap_peaks, merge_peaks, quantize_tiles
+from flight.inference import (
+    ModelCard,
+    TileSource,
+    heatmap_peaks,
+    merge_peaks,
+    quantize_tiles,
+    to_cells,
+)
 from flight.ingest import FrameIngest
 from flight.native import NativeKernels
 
@@ -101,43 +108,55 @@ def tiles_of(image: np.ndarray, tile_px: int, scratch: StripBuffers | None = Non
 
 
 class BlockTiles:
-    """The tiles of a calibrated (bands, tile_px, W) block, or of some of its tile columns, not yet
-    cut out (an inference.TileSource). With the native kernel (flight.native) each model takes
-    them cut, interleaved and quantized for its own card in one pass over the block, which
+    """The tiles of a calibrated (bands, rows, W) block (whole tile rows), or some of them, not yet
+    cut out (an inference.TileSource), row-major as tiles_of orders them. With the native kernel
+    (flight.native) each model takes them cut, interleaved and quantized for its own card in one
+    pass over the block (one kernel call per tile row), which
     replaces tiles_of's two passes and quantize_tiles' third; where the kernel does not reproduce a
     card's quantization bit for bit (checked once per card constants), the uint16 tiles are cut
-    and quantized the numpy/OpenCV way. Results are cached per quantization: the tile stage
+    and quantized the numpy/OpenCV way. Each in the layout the model's file takes (plain, or in
+    cells: inference.to_cells). Results are cached per quantization and layout: the tile stage
     prepares the cloud screen's, which its run() then takes."""
 
     def __init__(self, block: np.ndarray, tile_px: int, kernels: NativeKernels, scratch: StripBuffers | None = None,
-                 cols: np.ndarray | None = None, buffer: str = "screen_input"):
+                 tiles: np.ndarray | None = None, buffer: str = "screen_input"):
         self.block, self.tile_px, self.kernels, self.scratch, self.buffer = block, tile_px, kernels, scratch, buffer
-        self.cols = np.arange(block.shape[2] // tile_px, dtype=np.int32) if cols is None else cols.astype(np.int32)
-        self._cache: dict[tuple[float, int, float], np.ndarray] = {}
+        self.per_row = block.shape[2] // tile_px
+        count = block.shape[1] // tile_px * self.per_row
+        self.tiles = np.arange(count, dtype=np.int64) if tiles is None else np.asarray(tiles, np.int64)
+        self._cache: dict[tuple[float, int, float, int], np.ndarray] = {}
 
     def __len__(self) -> int:
-        return int(self.cols.size)
+        return int(self.tiles.size)
 
     def __getitem__(self, idx: np.ndarray) -> BlockTiles:
         """The tiles at these positions (a detector's selection); their input goes to another buffer."""
-        return BlockTiles(self.block, self.tile_px, self.kernels, self.scratch, self.cols[idx], "detect_input")
+        return BlockTiles(self.block, self.tile_px, self.kernels, self.scratch, self.tiles[idx], "detect_input")
 
-    def quantized(self, input_scale: float, scale: float, zero_point: int) -> np.ndarray:
-        key = (float(input_scale), int(zero_point), float(scale))
+    def quantized(self, input_scale: float, scale: float, zero_point: int, cell: int = 1) -> np.ndarray:
+        key = (float(input_scale), int(zero_point), float(scale), int(cell))
         if key not in self._cache:
             alpha, beta = input_scale / scale, float(zero_point)
             if self.kernels.tiles_u8_matches(alpha, beta):
-                shape = (len(self), self.tile_px, self.tile_px, self.block.shape[0])
+                side, bands = self.tile_px // cell, self.block.shape[0] * cell * cell
+                shape = (len(self), side, side, bands)
                 out = np.empty(shape, np.uint8) if self.scratch is None else self.scratch.get(self.buffer, shape, np.uint8)
-                self._cache[key] = self.kernels.tiles_u8(self.block, self.tile_px, self.cols, alpha, beta, out)
+                tp, rows = self.tile_px, self.tiles // self.per_row
+                cols = (self.tiles % self.per_row).astype(np.int32)
+                # one kernel call per run of tiles in one tile row (a selection in order: one per row)
+                starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if rows.size else rows
+                for s, e in zip(starts.tolist(), [*starts[1:].tolist(), rows.size], strict=True):
+                    r = int(rows[s])
+                    self.kernels.tiles_u8(self.block[:, r * tp:(r + 1) * tp], tp, cols[s:e], alpha, beta, out[s:e], cell)
+                self._cache[key] = out
             else:
-                self._cache[key] = quantize_tiles(self.uint16(), scale, zero_point, input_scale)
+                self._cache[key] = to_cells(quantize_tiles(self.uint16(), scale, zero_point, input_scale), cell)
         return self._cache[key]
 
     def uint16(self) -> np.ndarray:
         """The uint16 tiles (tiles_of's), for a model without the kernel's quantization."""
         tiles = tiles_of(self.block, self.tile_px)
-        return tiles if len(self) == len(tiles) else tiles[self.cols]
+        return tiles if len(self) == len(tiles) else tiles[self.tiles]
 
 
 class StripBuffers:
@@ -201,7 +220,7 @@ def tile_contrast(image: np.ndarray, tile_px: int, band: int, band_mean: np.ndar
 
 
 class TileStats:
-    """Per-tile statistics of one band or another of a block of tiles (one tile row), each band's
+    """Per-tile statistics of one band or another of a block of whole tile rows, each band's
     computed once: its mean (the water index) and brightest minus mean (the prescreen). With the
     native kernel (flight.native) one pass per band gives both; without, OpenCV reductions
     (tile_means, tile_contrast). The same values either way: the sums are exact integers."""
@@ -216,9 +235,12 @@ class TileStats:
             if self.kernels is None:
                 self._mean[band] = tile_means(self.block, self.tile_px, band)
             else:
-                sums, top = self.kernels.tile_sums(self.block[band], self.tile_px, with_max=True)
-                assert top is not None
-                self._mean[band] = (sums.astype(np.float64) / np.float64(self.tile_px * self.tile_px)).astype(np.float32)
+                tp = self.tile_px
+                parts = [self.kernels.tile_sums(self.block[band, r:r + tp], tp, with_max=True)
+                         for r in range(0, self.block.shape[1] - tp + 1, tp)]  # one call per tile row
+                sums = np.concatenate([p[0] for p in parts])
+                top = np.concatenate([cast(np.ndarray, p[1]) for p in parts])
+                self._mean[band] = (sums.astype(np.float64) / np.float64(tp * tp)).astype(np.float32)
                 self._top[band] = top.astype(np.float32)
         return self._mean[band]
 
@@ -260,6 +282,9 @@ class TilePredictor(Protocol):
     @property
     def card(self) -> ModelCard: ...
 
+    @property
+    def cell(self) -> int: ...  # the layout its file takes (inference.TileModel.cell)
+
     def run(self, tiles: np.ndarray | TileSource) -> np.ndarray: ...
 
 
@@ -291,6 +316,11 @@ class FramePipeline(Generic[M]):
         self.stage_ms: dict[str, float] = defaultdict(float)
         self.tile_rows: list[np.ndarray] = []
         self.found: list[tuple[int, float, float, float, int]] = []  # class, score, row, col, area
+        # per found peak: (tile row, block column, cascade step, peak of the call): finish() puts the
+        # peaks in the order of tile rows taken one at a time, whatever blocks the calls took, so that
+        # equal scores rank (and merge) as they always did
+        self.found_at: list[tuple[int, int, int, int]] = []
+        self.chip_wants: list[tuple[tuple[int, int, int, int], int, float, float, int, float]] = []  # _encode_chips
         self.chips: list[Chip] = []
 
     # -- the three calls a frame goes through ------------------------------------------------------
@@ -318,13 +348,14 @@ class FramePipeline(Generic[M]):
             out = None if self.scratch is None else self.scratch.get("calibrated", part.shape, np.uint16)
             cal = self.calibrator.calibrate_strip(part, row0 + b0, out)
             self.stage_ms["calibrate"] += (time.perf_counter() - t1) * 1e3
-            for r in range(0, part.shape[1], tp):
-                self._tile_row(cal[:, r : r + tp], row0 + b0 + r)
+            self._tile_rows(cal, row0 + b0)
 
     def finish(self) -> FrameResult:
         meta = self.meta
         assert meta is not None and self.ingest.complete, "finish() before the last strip"
         t0 = time.perf_counter()
+        order = sorted(range(len(self.found)), key=self.found_at.__getitem__)
+        self.found = [self.found[i] for i in order]
         cloud = np.stack(self.tile_rows)
         frac = float(cloud.mean())
         limit = self.cfg.max_detections_per_frame
@@ -381,14 +412,20 @@ class FramePipeline(Generic[M]):
 
     # -- per tile row ----------------------------------------------------------------------------
 
-    def _tile_row(self, cal: np.ndarray, row0: int) -> None:
-        """One row of tiles, in blocks of at most BLOCK_TILES tiles: the tile arrays are then the
-        same size for any frame width above the block (memory flat with frame width)."""
+    def _tile_rows(self, cal: np.ndarray, row0: int) -> None:
+        """The tile rows of a calibrated block together (a 128-row strip: two), in blocks of at most
+        BLOCK_TILES columns: the tile arrays are then the same size for any frame width above the
+        block (memory flat with frame width). Each model call takes every tile of a block: a call
+        starts with its weights and buffers out of the cache after the other stages' passes, which
+        cost cloud_screen 19 instead of 13 us a tile at 32 tiles a call, against 64
+        (docs/benchmarks.md, eleventh round)."""
         tp = self.cfg.tile_px
-        cols = cal.shape[2] // tp
-        clouds = [self._tile_block(cal, row0, c0 * tp, min(c0 + BLOCK_TILES, cols) * tp)
+        rows, cols = cal.shape[1] // tp, cal.shape[2] // tp
+        clouds = [self._tile_block(cal, row0, c0 * tp, min(c0 + BLOCK_TILES, cols) * tp).reshape(rows, -1)
                   for c0 in range(0, cols, BLOCK_TILES)]
-        self.tile_rows.append(clouds[0] if len(clouds) == 1 else np.concatenate(clouds))
+        grid = clouds[0] if len(clouds) == 1 else np.concatenate(clouds, axis=1)
+        self.tile_rows.extend(np.ascontiguousarray(row) for row in grid)
+        self._encode_chips(cal)
 
     def _tile_block(self, cal: np.ndarray, row0: int, col0: int, col1: int) -> np.ndarray:
         cfg, ms = self.cfg, self.stage_ms
@@ -401,7 +438,7 @@ class FramePipeline(Generic[M]):
         else:  # the screen's input made here, in the tile stage, as tiles_of's uint16 tiles were
             tiles = BlockTiles(block, cfg.tile_px, self.kernels, self.scratch)
             card = screen.card
-            tiles.quantized(card.input_scale, card.quant_scale, card.quant_zero_point)
+            tiles.quantized(card.input_scale, card.quant_scale, card.quant_zero_point, screen.cell)
         t1 = time.perf_counter()
         cloud = screen.run(tiles)
         t2 = time.perf_counter()
@@ -412,12 +449,12 @@ class FramePipeline(Generic[M]):
             clear = cloud < cfg.clear_tile_max_cloud
             stats = TileStats(block, cfg.tile_px, self.kernels)  # per band, computed once for the steps that ask
             water = ndwi(stats.mean(GREEN), stats.mean(NIR)) > cfg.water_ndwi_min
-            for step in steps:
+            for n, step in enumerate(steps):
                 select = clear & self._where(step, water)
                 cut, _ = self.prescreen_cut(step)
                 if cut > 0:  # nothing brighter than its surroundings: nothing to find
                     select &= stats.contrast(BANDS.index(step.contrast_band)) >= cut
-                self._detect(step, tiles, cal, row0, col0, select)
+                self._detect(step, n, tiles, cal, row0, col0, select)
         ms["detect"] += (time.perf_counter() - t2) * 1e3
         return cloud
 
@@ -459,10 +496,10 @@ class FramePipeline(Generic[M]):
             return ~water
         return np.ones_like(water)
 
-    def _detect(self, step: CascadeStep, tiles: np.ndarray | BlockTiles, cal: np.ndarray, row0: int, col0: int,
-                select: np.ndarray) -> None:
-        """Run a detector on the selected tiles of a block starting at column col0 of the tile row
-        ``cal``; peaks and chips in frame coordinates."""
+    def _detect(self, step: CascadeStep, step_no: int, tiles: np.ndarray | BlockTiles, cal: np.ndarray, row0: int,
+                col0: int, select: np.ndarray) -> None:
+        """Run a detector on the selected tiles (row-major) of a block starting at column col0 of
+        the calibrated rows ``cal`` (frame row row0); peaks and chips in frame coordinates."""
         idx = np.flatnonzero(select)
         if idx.size == 0:
             return
@@ -475,14 +512,28 @@ class FramePipeline(Generic[M]):
         chips_wanted = (DetectionClass(cls).name.lower() if cls else step.model) in self.cfg.chip_classes
         peaks = (heatmap_peaks(heat, card.threshold, card.stride) if self.kernels is None  # the same list
                  else self.kernels.heatmap_peaks(np.ascontiguousarray(heat, np.float32), card.threshold, card.stride))
-        for k, r, c, score in peaks:
-            row, col = row0 + r, col0 + int(idx[k]) * tp + c
+        per_row = len(select) // (cal.shape[1] // tp)  # tiles per tile row of the block
+        for seq, (k, r, c, score) in enumerate(peaks):
+            tile_row, tile_col = divmod(int(idx[k]), per_row)
+            self.found_at.append((row0 // tp + tile_row, col0, step_no, seq))
+            row, col = row0 + tile_row * tp + r, col0 + tile_col * tp + c
             area = int(hot_px[k])
             self.found.append((int(cls), float(score), float(row), float(col), area))
             if chips_wanted and len(self.chips) < self.cfg.chips_per_frame:
-                t0 = time.perf_counter()
-                chip = encode_chip(cal, r, col, self.cfg.chip_px, self.cfg.chip_max_bytes)
-                if chip is not None:
-                    crop, png = chip
-                    self.chips.append(Chip(int(cls), float(row), float(col), crop.shape[1], crop.shape[2], png))
-                self.stage_ms["package"] += (time.perf_counter() - t0) * 1e3
+                self.chip_wants.append((self.found_at[-1], int(cls), row, col, tile_row, r))
+
+    def _encode_chips(self, cal: np.ndarray) -> None:
+        """The chips of a calibrated block's peaks, in found_at order (the first chips_per_frame of
+        the frame whatever blocks the calls took), each cut from its object's own tile row as when
+        tile rows went one at a time: the same chips."""
+        wants, self.chip_wants = sorted(self.chip_wants), []
+        tp = self.cfg.tile_px
+        for _, cls, row, col, tile_row, r in wants:
+            if len(self.chips) >= self.cfg.chips_per_frame:
+                break
+            t0 = time.perf_counter()
+            chip = encode_chip(cal[:, tile_row * tp:(tile_row + 1) * tp], r, col, self.cfg.chip_px, self.cfg.chip_max_bytes)
+            if chip is not None:
+                crop, png = chip
+                self.chips.append(Chip(cls, float(row), float(col), crop.shape[1], crop.shape[2], png))
+            self.stage_ms["package"] += (time.perf_counter() - t0) * 1e3

@@ -113,27 +113,36 @@ def evaluate_cmd(args) -> int:
 # ============================================================================================= build
 # Sizes of the generated data sets (scenes of SIZE x SIZE pixels at 10 m, see models/dataset.py).
 PLAN = {
-    "cloud_screen": dict(kind="tile_fraction", stride=64, output="cloud_fraction", version="2.0.1",
+    "cloud_screen": dict(kind="tile_fraction", stride=64, output="cloud_fraction", version="2.0.2",
                          train=100, val=20, test=40, size=512, epochs=8, width=16, embed="conv", ctx=0,
                          thin_weight=0.5, real_share=0.0, real_crops=1000, real_fold="west"),
-    "fire_detect": dict(kind="heatmap", stride=4, output="fire_heatmap", version="2.0.1",
+    "fire_detect": dict(kind="heatmap", stride=4, output="fire_heatmap", version="2.0.2",
                         train=120, val=24, test=40, size=512, epochs=14, width=16, depth=2, dilations=(1, 2),
                         sigma_px=2.0, sigma_per_length=0.5, pos_weight=20.0, cloudy_boost=1.0),
     "ship_detect": dict(kind="heatmap", stride=4, output="ship_heatmap",
                         train=400, val=60, test=40, size=512, epochs=48, width=32, depth=3, dilations=(1, 2, 4),
                         stem="s2", sigma_px=2.0, sigma_per_length=0.15, pos_weight=10.0, cloudy_boost=3.0,
                         qat_epochs=6, calibrate="MinMax", calib_tiles=256, threshold_rule="min_recall_precision",
-                        hard_weight=4.0, version="2.1.1"),
+                        hard_weight=4.0, version="2.1.2"),
 }
 BUILD_ORDER = ("cloud_screen", "fire_detect", "ship_detect")
 CALIB_TILES = 512
 GOLDEN_TILES = 6
 TRAIN_SEED = 1
-# What models.export.merge_stem_columns did to the INT8 file (written into the card).
-STEM_NOTE = ("INT8 file only: the input is viewed as (N, 64, 64/k, 6k) (a reshape, no copy) and the k x k stride-k "
-             "stem convolution runs as k x 1 over 6k channels with its weights reordered: same integer products and "
-             "sums, bit-identical outputs, 1.3-1.9x less model time on this machine (docs/benchmarks.md). The FP32 "
-             "file keeps the plain stem: onnxruntime's float kernels ran the rewritten one 0.66-0.69x as fast.")
+# What models.export.merge_stem_columns and stem_over_cells did to the INT8 file (written into the card).
+STEM_NOTE = ("INT8 file only: it takes its tiles in k x k cells, (N, 64/k, 64/k, 6k^2) (int8_input_cell k; "
+             "flight.inference.to_cells, or the native tile kernel directly), and the k x k stride-k stem convolution "
+             "runs as 1 x 1 over 6k^2 channels with its weights reordered: same integer products and sums, "
+             "bit-identical outputs. Over merged columns (k x 1 over 6k channels, the input only reshaped) it took "
+             "1.3-1.9x less model time than the plain stem, over cells another 1.1-1.4x (docs/benchmarks.md). The "
+             "FP32 file keeps the plain stem and input: onnxruntime's float kernels ran the rewritten ones slower "
+             "(0.66-0.69x over merged columns, 0.86-0.95x over cells).")
+
+INPUT_TEXT = ("uint8 (N, 64, 64, 6), channels last: uint16 calibrated reflectance tiles (reflectance * 10000) "
+              "quantized as round(tile * input_scale / input_quant.scale) + input_quant.zero_point, saturated to "
+              "0..255 (flight.inference.quantize_tiles); bands blue green red nir swir16 swir22. Both files take this "
+              "input, the INT8 file in int8_input_cell x int8_input_cell cells (flight.inference.to_cells); the FP32 "
+              "file dequantizes it first. No other normalisation.")
 
 DESCRIPTION = {
     "cloud_screen": "Cloud screening: fraction of the tile's pixels that are cloud (thick cloud, semi-transparent rims "
@@ -187,18 +196,17 @@ def _sha(p: Path) -> str:
 
 def _card_dict(name, plan, int8, fp32, threshold, macs, quant, extra) -> dict:
     from flight.frames import BANDS
+    from models import export as ex
 
     d = {
         "format_version": 1,
         "name": name, "version": plan["version"], "kind": plan["kind"],
         "file": int8.name, "sha256": _sha(int8), "size_bytes": int8.stat().st_size,
         "fp32_file": fp32.name, "fp32_sha256": _sha(fp32), "fp32_size_bytes": fp32.stat().st_size,
-        "input_name": "tiles_u8", "input_shape": [None, 64, 64, 6], "bands": list(BANDS), "input_scale": 1e-4,
+        "input_name": "tiles_u8", "input_shape": [None, 64, 64, 6], "int8_input_cell": ex.input_cell(int8),
+        "bands": list(BANDS), "input_scale": 1e-4,
         "input_quant": {"scale": quant[0], "zero_point": quant[1]},
-        "input": "uint8 (N, 64, 64, 6), channels last: uint16 calibrated reflectance tiles (reflectance * 10000) "
-                 "quantized as round(tile * input_scale / input_quant.scale) + input_quant.zero_point, saturated "
-                 "to 0..255 (flight.inference.quantize_tiles); bands blue green red nir swir16 swir22. Both files "
-                 "take this input; the FP32 file dequantizes it first. No other normalisation.",
+        "input": INPUT_TEXT,
         "output_name": plan["output"], "output": OUTPUT_MEANING[plan["kind"]],
         "stride": plan["stride"], "threshold": float(threshold), "macs_per_tile": int(macs),
         "description": DESCRIPTION[name],
@@ -329,15 +337,16 @@ def _plain_runner(path: Path, quant: tuple[float, int]):
     """uint16 tiles -> outputs of an ONNX file with no card (build-time cross-checks only)."""
     import onnxruntime as ort
 
-    from flight.inference import quantize_tiles
+    from flight.inference import quantize_tiles, to_cells
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
+    cell = 64 // sess.get_inputs()[0].shape[1]  # an INT8 file over cells (models.export.stem_over_cells)
 
     def run(tiles: np.ndarray) -> np.ndarray:
-        outs = [sess.run(None, {name: quantize_tiles(tiles[i: i + 64], *quant)})[0].reshape(-1)
+        outs = [sess.run(None, {name: to_cells(quantize_tiles(tiles[i: i + 64], *quant), cell)})[0].reshape(-1)
                 for i in range(0, len(tiles), 64)]
         return np.clip(np.concatenate(outs), 0.0, 1.0)
 
@@ -516,9 +525,10 @@ def build_one(name: str, log=_log) -> dict:
 
 
 def restem(log=_log) -> int:
-    """Apply models.export.merge_stem_columns to the committed INT8 files without retraining:
-    the outputs must stay bit-identical (checked on the golden tiles and on 256 random tiles),
-    then the card (version, sha256, size, speed) and the golden file's sha256 are updated."""
+    """Apply models.export.merge_stem_columns and stem_over_cells to the committed INT8 files
+    without retraining: the outputs must stay bit-identical (checked on the golden tiles and on 256
+    random tiles), then the card (version, sha256, size, int8_input_cell, speed) and the golden
+    file's sha256 are updated."""
     from flight.inference import TileModel
     from models import export as ex
 
@@ -535,19 +545,21 @@ def restem(log=_log) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             trial = Path(tmp) / int8.name
             shutil.copy(int8, trial)
-            k = ex.merge_stem_columns(trial)
+            merged = ex.merge_stem_columns(trial)
+            k = ex.stem_over_cells(trial)
             if k is None:
                 log(f"{name}: no k x k stride-k stem to rewrite (or rewritten already); unchanged")
                 continue
             trial_card = json.loads(card_path.read_text())
-            trial_card.update(sha256=_sha(trial), size_bytes=trial.stat().st_size)
+            trial_card.update(sha256=_sha(trial), size_bytes=trial.stat().st_size, int8_input_cell=k)
             _write_card(Path(tmp) / card_path.name, trial_card)
             after = TileModel(Path(tmp) / card_path.name).run(tiles)
             if not np.array_equal(before, after):
                 log(f"FAIL {name}: the rewritten stem changes the outputs (max |d| {np.abs(before - after).max():.3g}); unchanged")
                 return 1
             shutil.copy(trial, int8)
-        card.update(version=PLAN[name]["version"], sha256=_sha(int8), size_bytes=int8.stat().st_size)
+        card.update(version=PLAN[name]["version"], sha256=_sha(int8), size_bytes=int8.stat().st_size, int8_input_cell=k)
+        card["input"] = INPUT_TEXT
         card.setdefault("quantization", {})["stem"] = STEM_NOTE
         _write_card(card_path, card)
         speed_tiles = np.resize(tiles, (1024, 64, 64, 6))  # both files timed now, on the same tiles
@@ -556,8 +568,10 @@ def restem(log=_log) -> int:
         _write_card(card_path, card)
         golden["sha256"] = np.array(card["sha256"])
         np.savez_compressed(gpath, **golden)
-        log(f"{name} {card['version']}: stem {k} x {k} -> {k} x 1 over {6 * k} channels, outputs bit-identical on "
-            f"{len(tiles)} tiles; sha256 {card['sha256'][:12]}, {card['metrics']['ms_per_tile_int8_1thread_batch64']:.4f} ms/tile")
+        how = f"{k} x {k} -> {k} x 1 over {6 * k} channels -> " if merged else ""
+        log(f"{name} {card['version']}: stem {how}1 x 1 over {6 * k * k} channels ({k} x {k} cells), outputs "
+            f"bit-identical on {len(tiles)} tiles; sha256 {card['sha256'][:12]}, "
+            f"{card['metrics']['ms_per_tile_int8_1thread_batch64']:.4f} ms/tile")
     return 0 if verify(log=log) == 0 else 1
 
 

@@ -187,7 +187,7 @@ def merge_stem_columns(path) -> int | None:
 
     m = onnx.load(str(path))
     g = m.graph
-    if any(n.name == "tiles_merge_columns" for n in g.node):
+    if any(n.name in ("tiles_merge_columns", CELLS_NODE) for n in g.node):
         return None
     users = [n for n in g.node if UINT8_INPUT in n.input]
     convs = [n for n in g.node if n.op_type == "Conv"]
@@ -246,17 +246,78 @@ def merge_stem_columns(path) -> int | None:
     return k
 
 
+CELLS_NODE = "tiles_cells"  # the Reshape of stem_over_cells' input (its mark: a file is rewritten once)
+
+
+def stem_over_cells(path) -> int | None:
+    """Rewrite a merge_stem_columns file in place so its stem is a 1 x 1 convolution over tiles
+    taken in k x k cells: input (N, 64/k, 64/k, 6 k^2) (flight.inference.to_cells), each cell's
+    pixels row-major, bands innermost. Returns k, or None when the file has no merged stem.
+
+    The k x 1 convolution over 6k channels still makes onnxruntime gather k rows 64 pixels apart
+    per output; a 1 x 1 convolution in channels-last is one matrix product over contiguous cells.
+    That layout cannot be made from (N, 64, 64, 6) by a Reshape (a graph Transpose cost more than
+    it saved: docs/benchmarks.md, ninth round), so the file takes it as input, and the flight's
+    native tile kernel writes it directly (numpy: one copy, inference.to_cells). Weights are only
+    reordered, so the integer products and sums are the same: outputs bit for bit those of the
+    plain stem. The card records k as ``int8_input_cell``."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(path))
+    g = m.graph
+    merge = [n for n in g.node if n.name == "tiles_merge_columns"]
+    if len(merge) != 1 or list(merge[0].input)[0] != UINT8_INPUT:
+        return None
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    stem = next(n for n in g.node if n.op_type == "Conv")
+    attrs = {a.name: helper.get_attribute_value(a) for a in stem.attribute}
+    k = attrs["kernel_shape"][0]
+    if attrs["kernel_shape"] != [k, 1] or attrs["strides"] != [k, 1]:
+        return None
+    wname = stem.input[1]
+    if wname not in inits:  # INT8: DequantizeLinear(int8 initializer, per output channel)
+        wname = producer[wname].input[0]
+    w = numpy_helper.to_array(inits[wname])  # (O, 6k, k, 1): [o, dc * 6 + b, dr, 0]
+    bands = w.shape[1] // k
+    # new input channel (dr * k + dc) * bands + b <- merged weight [o, dc * bands + b, dr, 0]
+    cells = np.ascontiguousarray(w[..., 0].transpose(0, 2, 1).reshape(w.shape[0], k * k * bands, 1, 1))
+    inits[wname].CopyFrom(numpy_helper.from_array(cells, wname))
+    for a in stem.attribute:
+        if a.name in ("kernel_shape", "strides"):
+            a.CopyFrom(helper.make_attribute(a.name, [1, 1]))
+    side = 64 // k
+    shape_name = merge[0].input[1]
+    inits[shape_name].CopyFrom(numpy_helper.from_array(np.array([-1, side, side, k * k * bands], np.int64), shape_name))
+    merge[0].name = CELLS_NODE  # a no-op now; kept so the path to the stem is the one merge_stem_columns checked
+    dims = g.input[0].type.tensor_type.shape.dim
+    dims[1].dim_value, dims[2].dim_value, dims[3].dim_value = side, side, k * k * bands
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return k
+
+
+def input_cell(path) -> int:
+    """The cell of an INT8 file's input (stem_over_cells' k; 1 for (N, 64, 64, 6))."""
+    import onnx
+
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    return 64 // dims[1].dim_value
+
+
 def flight_files(model, output_name: str, calib_tiles: np.ndarray, int8_dst, fp32_dst, work,
                  calibrate_method: str = "MinMax") -> tuple[float, int]:
     """A trained torch model -> the two files the flight loads: ONNX export, static QDQ
-    quantization, the uint8 channels-last input on both, the INT8 stem over merged columns.
-    The float-input graphs stay in ``work`` (float_input.fp32.onnx, float_input.int8.onnx: MAC
+    quantization, the uint8 channels-last input on both, the INT8 stem over merged columns and then
+    over k x k cells (its input in cells: the card's int8_input_cell). The float-input graphs stay in ``work`` (float_input.fp32.onnx, float_input.int8.onnx: MAC
     count and layer comparisons). Returns the input quantization (scale, zero point)."""
     float_fp32, float_int8 = Path(work) / "float_input.fp32.onnx", Path(work) / "float_input.int8.onnx"
     export_onnx(model, float_fp32, output_name)
     quantize(float_fp32, float_int8, calib_tiles, calibrate_method=calibrate_method)
     quant = channels_last_uint8_input(float_int8, float_fp32, int8_dst, fp32_dst)
     merge_stem_columns(int8_dst)  # INT8 only: the FP32 file runs its plain stem faster
+    stem_over_cells(int8_dst)
     return quant
 
 

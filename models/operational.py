@@ -94,10 +94,12 @@ def run_scenes(scenes, n: int, label: str, overrides: list[str]) -> dict:
 
         searched: set = set()
 
-        def _detect(self, step, tiles, cal, row0, col0, select):
+        def _detect(self, step, step_no, tiles, cal, row0, col0, select):
             tp = self.cfg.tile_px
-            self.searched |= {(step.model, row0 // tp, col0 // tp + int(k)) for k in np.flatnonzero(select)}
-            super()._detect(step, tiles, cal, row0, col0, select)
+            per_row = len(select) // (cal.shape[1] // tp)  # select: the block's tiles, row-major
+            self.searched |= {(step.model, row0 // tp + int(k) // per_row, col0 // tp + int(k) % per_row)
+                              for k in np.flatnonzero(select)}
+            super()._detect(step, step_no, tiles, cal, row0, col0, select)
 
     cfg = load_scenario(DEMO, overrides).flight
     models = {s.model: _CountingModel(TileModel(model_path(s.model))) for s in cfg.cascade}

@@ -133,6 +133,18 @@ def _edit_card(card_path: Path, **changes) -> None:
         ("prescreen", {}),
         ("prescreen", []),
         ("prescreen", "nir 150"),
+        # the INT8 file's input in cells: over the field's whole range
+        ("int8_input_cell", 0),
+        ("int8_input_cell", 3),
+        ("int8_input_cell", 16),
+        ("int8_input_cell", -4),
+        ("int8_input_cell", 2**63),
+        ("int8_input_cell", 4.0),
+        ("int8_input_cell", True),
+        ("int8_input_cell", "4"),
+        ("int8_input_cell", [4]),
+        ("int8_input_cell", {"cell": 4}),
+        ("int8_input_cell", None),
     ],
 )
 def test_bad_card_is_refused_naming_the_key(tmp_path, key, value):
@@ -170,6 +182,22 @@ def test_card_io_mismatch_is_refused(tmp_path):
     _edit_card(card_path, output_name="wrong_output")
     with pytest.raises(ModelError, match="outputs"):
         TileModel(card_path)
+
+
+def test_a_card_whose_cell_is_not_its_file_s_layout_is_refused_at_load(tmp_path):
+    """The INT8 file takes its tiles in the card's cells (its session's input shape): a card that
+    says another layout would feed it the wrong pixels, so it is refused when loaded."""
+    cell = ModelCard.load(model_path("cloud_screen")).int8_input_cell
+    assert cell > 1
+    for wrong in (KeyError, 1 if cell != 1 else 2, 8 if cell != 8 else 2):
+        card_path = _copy_model(tmp_path)
+        _edit_card(card_path, int8_input_cell=wrong)
+        with pytest.raises(ModelError, match="input shape"):
+            TileModel(card_path)
+    card_path = _copy_model(tmp_path)
+    _edit_card(card_path, int8_input_cell=cell)
+    assert TileModel(card_path).cell == cell
+    assert TileModel(card_path, precision="fp32").cell == 1  # the FP32 file keeps the plain layout
 
 
 def test_heatmap_card_on_fraction_model_is_refused(tmp_path):

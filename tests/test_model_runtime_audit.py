@@ -144,12 +144,12 @@ def hostile_onnx(kind: str, output_name: str, value: float = 0.9, normal: float 
 
 def hostile_parts(name: str, version: str, graph_kind: str | None = None, **graph) -> tuple[bytes, bytes, bytes]:
     """(card JSON, ONNX, golden .npz) of a hostile version of a packaged model: the packaged card
-    (same kind, names, input quantization and threshold) for the new file; no fp32 file and no
-    validated prescreen (the detector runs on every clear tile of its kind). `graph_kind`: a graph
+    (same kind, names, input quantization and threshold) for the new file; no fp32 file, the plain
+    input layout (no int8_input_cell) and no validated prescreen (the detector runs on every clear tile of its kind). `graph_kind`: a graph
     of the other kind's output shape under this card."""
     card = json.loads((MODELS / f"{name}.card.json").read_text())
     blob = hostile_onnx(graph_kind or card["kind"], card["output_name"], **graph)
-    for k in ("fp32_file", "fp32_sha256", "fp32_size_bytes", "prescreen"):
+    for k in ("fp32_file", "fp32_sha256", "fp32_size_bytes", "prescreen", "int8_input_cell"):  # a plain-input graph
         card.pop(k, None)
     card.update(version=version, sha256=hashlib.sha256(blob).hexdigest(), size_bytes=len(blob))
     inner = () if card["kind"] == "tile_fraction" else (CELLS, CELLS)

@@ -245,6 +245,35 @@ def test_tiles_u8_gives_quantize_tiles_of_tiles_of_bit_for_bit(kernels, alpha, b
     assert np.array_equal(kernels.tiles_u8(every, 64, cols, alpha, beta, out), _reference_tiles(every, cols, alpha, beta))
 
 
+@pytest.mark.parametrize("cell", [2, 4, 8])
+def test_tiles_u8_in_cells_gives_to_cells_of_the_plain_tiles(kernels, cell):
+    """The layout of an INT8 file whose stem runs over cells (card int8_input_cell): the same values
+    as the plain tiles, each cell x cell block of pixels together, as inference.to_cells lays them
+    out; from a strided block of a wider strip, columns in any order with repeats."""
+    from flight.inference import to_cells
+
+    alpha, beta = CARD_QUANT[0]
+    rng = np.random.default_rng(12)
+    strip = rng.integers(0, 65536, (6, 128, 64 * 40), dtype=np.uint16)
+    block = strip[:, :64, 64 * 5: 64 * 37]
+    for cols in (np.arange(32), np.array([31, 0, 5, 5, 17]), np.array([], np.int64)):
+        cols = cols.astype(np.int32)
+        side = 64 // cell
+        out = np.full((cols.size, side, side, 6 * cell * cell), 7, np.uint8)
+        kernels.tiles_u8(block, 64, cols, alpha, beta, out, cell)
+        plain = kernels.tiles_u8(block, 64, cols, alpha, beta, np.empty((cols.size, 64, 64, 6), np.uint8))
+        assert np.array_equal(out, to_cells(plain, cell))
+
+
+@pytest.mark.parametrize("cell", [0, 3, 16, -4, 2**63, 4.0, True, "4", None])
+def test_tiles_u8_refuses_a_cell_it_has_no_layout_for(kernels, cell):
+    out = np.zeros((1, 16, 16, 96), np.uint8)
+    with pytest.raises(ValueError, match="cell"):
+        kernels.tiles_u8(np.zeros((6, 64, 64), np.uint16), 64, np.zeros(1, np.int32), 0.02, 0.0, out, cell)
+    with pytest.raises(ValueError, match="cell"):  # a cell that does not divide the tile
+        kernels.tiles_u8(np.zeros((6, 6, 6), np.uint16), 6, np.zeros(1, np.int32), 0.02, 0.0, np.zeros((1, 1, 1, 96), np.uint8), 4)
+
+
 def test_tiles_u8_matches_is_false_where_opencv_rounds_otherwise_and_the_tiles_then_come_the_numpy_way(kernels):
     """OpenCV's convertScaleAbs fuses the multiply and the add on this machine for some constants
     (a zero point not 0); the kernel does not, so those constants keep the numpy path."""

@@ -315,11 +315,18 @@ def test_frame_path_is_bit_identical_to_the_previous_computation(world, case, mo
             rec.inputs.clear()
         r = run_frame(pipe, raw, seed, case["strip_rows"])
         cloud, found, chips = _reference(cfg, calibrator, old, raw, case["strip_rows"])
-        for n in nets:  # calibrated tiles and every model input, bit for bit (blocks: split in more calls)
-            assert (len(new[n].inputs) > len(old[n].inputs)) if "block" in case and old[n].inputs else \
-                len(new[n].inputs) == len(old[n].inputs), n
+        for n in nets:  # calibrated tiles and every model input, bit for bit, each tile once
+            # (the pipeline calls a model once per block of tile rows and columns, the reference once
+            # per tile row: the same tiles in another grouping and, with narrow blocks, order)
             if old[n].inputs:
-                assert np.array_equal(np.concatenate(new[n].inputs), np.concatenate(old[n].inputs)), n
+                got, want = np.concatenate(new[n].inputs), np.concatenate(old[n].inputs)
+                assert got.shape == want.shape, n
+                assert sorted(t.tobytes() for t in got) == sorted(t.tobytes() for t in want), n
+                if "block" not in case:  # whole tile rows: the same order too
+                    assert np.array_equal(got, want), n
+                assert len(new[n].inputs) <= len(old[n].inputs) or "block" in case, n
+            else:
+                assert not new[n].inputs, n
         assert np.array_equal(r.tile_cloud, cloud)
         assert [(d.class_id, d.confidence, d.row_px, d.col_px, d.area_px) for d in r.detections] == found
         assert [(c.class_id, c.row_px, c.col_px, c.png) for c in r.chips] == chips

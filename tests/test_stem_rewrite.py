@@ -1,4 +1,5 @@
-"""models.export.merge_stem_columns: the faster stem gives the same outputs (INT8 bit for bit).
+"""models.export.merge_stem_columns and stem_over_cells: the faster stems give the same outputs
+(INT8 bit for bit).
 
 Graphs are built here with onnx.helper in the two forms the build writes (INT8 QDQ after
 channels_last_uint8_input, FP32 with a dequantized uint8 input) and run in real onnxruntime
@@ -15,8 +16,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from flight.inference import ModelCard, model_path  # noqa: E402
-from models.export import UINT8_INPUT, merge_stem_columns  # noqa: E402
+from flight.inference import ModelCard, TileModel, model_path, to_cells  # noqa: E402
+from models.export import CELLS_NODE, UINT8_INPUT, input_cell, merge_stem_columns, stem_over_cells  # noqa: E402
 
 
 def _graph(k: int, out_c: int, seed: int, int8: bool, stride: int | None = None, pads: int = 0) -> onnx.ModelProto:
@@ -80,6 +81,26 @@ def test_rewritten_stem_gives_the_same_outputs(tmp_path_factory, k, out_c, seed,
         np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
     assert merge_stem_columns(path) is None  # once only
     assert np.array_equal(_run(path, tiles), after)
+    # then over k x k cells: the file takes to_cells' layout, with the same outputs again
+    assert stem_over_cells(path) == k
+    assert input_cell(path) == k
+    cells = _run(path, to_cells(tiles, k))
+    if int8:
+        assert np.array_equal(cells, before)
+    else:
+        np.testing.assert_allclose(cells, before, rtol=1e-5, atol=1e-5)
+    assert stem_over_cells(path) is None and merge_stem_columns(path) is None  # once only, either way
+
+
+def test_to_cells_puts_each_block_of_pixels_together():
+    tiles = np.random.default_rng(2).integers(0, 256, (3, 64, 64, 6), dtype=np.uint8)
+    for c in (2, 4, 8):
+        got = to_cells(tiles, c)
+        assert got.shape == (3, 64 // c, 64 // c, 6 * c * c) and got.flags.c_contiguous
+        for n, cy, cx in [(0, 0, 0), (1, 3, 5), (2, 64 // c - 1, 64 // c - 1)]:
+            block = tiles[n, cy * c:(cy + 1) * c, cx * c:(cx + 1) * c]  # (c, c, 6): rows, columns, bands
+            assert np.array_equal(got[n, cy, cx], block.reshape(-1))
+    assert to_cells(tiles, 1) is tiles
 
 
 @pytest.mark.parametrize("stride,pads", [(1, 0), (2, 1)])
@@ -88,6 +109,7 @@ def test_other_stems_are_left_alone(tmp_path, stride, pads):
     onnx.save(_graph(4, 8, 3, True, stride=stride, pads=pads), str(path))
     before = path.read_bytes()
     assert merge_stem_columns(path) is None
+    assert stem_over_cells(path) is None  # only a merged stem goes over cells
     assert path.read_bytes() == before
 
 
@@ -96,9 +118,16 @@ def test_shipped_int8_files_have_the_fast_stem_and_fp32_files_the_plain_one(name
     card = ModelCard.load(model_path(name))
     int8 = onnx.load(str(card.model_file("int8")))
     fp32 = onnx.load(str(card.model_file("fp32")))
-    assert [n.op_type for n in int8.graph.node if n.name == "tiles_merge_columns"] == ["Reshape"]
-    assert not any(n.name == "tiles_merge_columns" for n in fp32.graph.node)
+    assert [n.op_type for n in int8.graph.node if n.name == CELLS_NODE] == ["Reshape"]
+    assert card.int8_input_cell == input_cell(card.model_file("int8")) > 1
+    assert not any(n.name in ("tiles_merge_columns", CELLS_NODE) for n in fp32.graph.node)
+    assert input_cell(card.model_file("fp32")) == 1
     assert "stem" in card.info["quantization"]
+    # both files take the same uint16 tiles through TileModel, and a wrong card cell is refused at load
+    tiles = np.random.default_rng(4).integers(0, 9000, (8, 64, 64, 6), dtype=np.uint16)
+    i8, f32 = TileModel(model_path(name)), TileModel(model_path(name), precision="fp32")
+    assert i8.cell == card.int8_input_cell and f32.cell == 1
+    assert np.abs(i8.run(tiles) - f32.run(tiles)).max() < 0.5  # the same model, quantized
 
 
 def test_a_per_channel_step_before_the_stem_is_left_alone(tmp_path):

@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-ABI_VERSION = 4  # kernels.c FK_ABI_VERSION: a library of another version is not used
+ABI_VERSION = 5  # kernels.c FK_ABI_VERSION: a library of another version is not used
 MODES = ("auto", "required", "off")
+CELLS = (1, 2, 4, 8)  # the tile kernel's layouts: plain, or cell x cell blocks (flight.inference.to_cells)
 # kernels.c rounds by adding and taking away 2**23: exact while the product stays below 2**22
 # (the largest is scale * 65535 DN * (255 + 896)); a scale above this (dn_per_reflectance < 176,
 # far from any 12-bit sensor) keeps that band on the numpy/OpenCV path
@@ -72,8 +73,8 @@ class NativeKernels:
         cal.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_size_t, ctypes.c_int32, ctypes.c_float]
         cal.restype = None
         self._cal = cal
-        tiles.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int32, ctypes.c_void_p,
-                          ctypes.c_size_t, ctypes.c_float, ctypes.c_float, ctypes.c_void_p]
+        tiles.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int32, ctypes.c_int32,
+                          ctypes.c_void_p, ctypes.c_size_t, ctypes.c_float, ctypes.c_float, ctypes.c_void_p]
         tiles.restype = None
         self._tiles = tiles
         self._tiles_ok: dict[tuple[float, float], bool] = {}  # tiles_u8_matches, per (alpha, beta)
@@ -107,10 +108,12 @@ class NativeKernels:
                   float(scale))
 
     def tiles_u8(self, block: np.ndarray, tile_px: int, cols: np.ndarray, alpha: float, beta: float,
-                 out: np.ndarray) -> np.ndarray:
+                 out: np.ndarray, cell: int = 1) -> np.ndarray:
         """uint16 (6, rows >= tile_px, W) block -> uint8 (len(cols), tile_px, tile_px, 6) tiles of
         the tile columns ``cols``, q = saturate_u8(round_half_even(v * alpha + beta)) in float32:
-        flight.inference.quantize_tiles of flight.pipeline.tiles_of's tiles, in one pass."""
+        flight.inference.quantize_tiles of flight.pipeline.tiles_of's tiles, in one pass. With
+        ``cell`` > 1 (2, 4 or 8) the same values in cell x cell blocks, as
+        flight.inference.to_cells lays them out: (len(cols), tile_px / cell, tile_px / cell, 6 cell^2)."""
         if not (isinstance(block, np.ndarray) and block.dtype == np.uint16 and block.ndim == 3 and block.shape[0] == 6
                 and block.strides[2] == 2 and min(block.strides[:2]) > 0 and block.strides[0] % 2 == 0
                 and block.strides[1] % 2 == 0):  # a negative stride would wrap round in C's size_t
@@ -124,15 +127,18 @@ class NativeKernels:
         if cols.size and not (0 <= int(cols.min()) and (int(cols.max()) + 1) * tp <= block.shape[2]):
             raise ValueError(f"tiles_u8: tile columns {int(cols.min())}..{int(cols.max())} outside the block's "
                              f"{block.shape[2] // tp}")
-        want = (cols.size, tp, tp, 6)
+        if not (isinstance(cell, (int, np.integer)) and not isinstance(cell, bool) and cell in CELLS and tp % cell == 0):
+            raise ValueError(f"tiles_u8: cell {cell!r} must be one of {CELLS} and divide tile_px {tp}")
+        c = int(cell)
+        want = (cols.size, tp // c, tp // c, 6 * c * c)
         if not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == want and out.flags.c_contiguous
                 and out.flags.writeable):
             got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
             raise ValueError(f"tiles_u8: out must be writable C-contiguous uint8 {want}, got {got}")
         if not _tiles_constants_ok(alpha, beta):
             raise ValueError(f"tiles_u8: alpha {alpha} or beta {beta} outside the kernel's range")
-        self._tiles(block.ctypes.data, block.strides[0] // 2, block.strides[1] // 2, tp, cols.ctypes.data, cols.size,
-                    float(alpha), float(beta), out.ctypes.data)
+        self._tiles(block.ctypes.data, block.strides[0] // 2, block.strides[1] // 2, tp, c, cols.ctypes.data,
+                    cols.size, float(alpha), float(beta), out.ctypes.data)
         return out
 
     def tiles_u8_matches(self, alpha: float, beta: float) -> bool:

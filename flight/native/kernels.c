@@ -7,12 +7,14 @@
  * multiply-add would round once where OpenCV rounds twice. On x86-64 each kernel is cloned for
  * AVX-512 (x86-64-v4), AVX2 and the baseline, and glibc picks the clone for the CPU at load time
  * (AVX2 alone is 1.5x slower here, the baseline slower than OpenCV); aarch64 has NEON in its
- * baseline. No libm calls, no allocation, no global state: the caller owns every buffer. */
+ * baseline. No libm calls (memcpy of fixed sizes only), no allocation, no global state: the
+ * caller owns every buffer. */
 #include <stddef.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
-#define FK_ABI_VERSION 4
+#define FK_ABI_VERSION 5
 #define FLAT_Q_BIAS 896 /* flight.calibrate.FLAT_Q_BIAS */
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -50,7 +52,9 @@ void fk_calibrate_rows(const uint16_t *restrict raw, const uint8_t *restrict off
 /* Model input straight from a calibrated block: tiles cut, interleaved and quantized in one pass.
  * planar: the block's 6 bands (band_stride elements apart), rows row_stride apart, at least tp
  * rows; cols: the n tile columns to cut (tile k is columns cols[k]*tp .. +tp); tiles: uint8
- * (n, tp, tp, 6), channels last. Per value:
+ * (n, tp, tp, 6), channels last, or with cell > 1 in cell x cell blocks (space to depth):
+ * (n, tp/cell, tp/cell, cell*cell*6), each cell's pixels row-major, bands innermost (the layout of
+ * an INT8 model whose stem runs as a 1 x 1 convolution, flight.inference.to_cells). Per value:
  *   q = saturate_u8(round_half_even((float)v * alpha + beta))
  * what flight.inference.quantize_tiles does with cv2.convertScaleAbs on the tiles of
  * flight.pipeline.tiles_of (alpha > 0, beta >= 0, alpha * 65535 + beta < 2^22: the caller checks).
@@ -59,9 +63,11 @@ void fk_calibrate_rows(const uint16_t *restrict raw, const uint8_t *restrict off
  * a six-way byte interleave it does not). tp <= 256. */
 FK_CLONES
 void fk_tiles_u8(const uint16_t *restrict planar, size_t band_stride, size_t row_stride, int32_t tp,
-                 const int32_t *restrict cols, size_t n, float alpha, float beta, uint8_t *restrict tiles)
+                 int32_t cell, const int32_t *restrict cols, size_t n, float alpha, float beta,
+                 uint8_t *restrict tiles)
 {
     uint8_t q[6][256];
+    uint16_t row[3 * 256]; /* one tile row, bands interleaved, before it is spread over its cells */
     /* row by row across the tiles, so each band's row is read in order: a tile at a time read
      * 128 bytes 4 KB apart, which the prefetchers do not follow (the tile stage took 11-15 instead
      * of 5-6 ms per 2048 x 2048 frame in the pipeline, where the block is no longer in cache) */
@@ -78,11 +84,27 @@ void fk_tiles_u8(const uint16_t *restrict planar, size_t band_stride, size_t row
                     qb[x] = (uint8_t)(v < 255 ? v : 255);
                 }
             }
-            uint16_t *d = (uint16_t *)(tiles + ((k * (size_t)tp + (size_t)y) * (size_t)tp) * 6);
+            uint8_t *t = tiles + k * (size_t)tp * (size_t)tp * 6;
+            uint16_t *d = cell == 1 ? (uint16_t *)(t + (size_t)y * (size_t)tp * 6) : row;
             for (int32_t x = 0; x < tp; x++) {
                 d[3 * x + 0] = (uint16_t)(q[0][x] | (q[1][x] << 8));
                 d[3 * x + 1] = (uint16_t)(q[2][x] | (q[3][x] << 8));
                 d[3 * x + 2] = (uint16_t)(q[4][x] | (q[5][x] << 8));
+            }
+            if (cell > 1) {
+                /* the row's runs of cell pixels go to its cells: cell row y / cell, at row y % cell
+                 * inside each cell; fixed-size copies for the usual cells (moves, not calls). Taking
+                 * a tile's cell rows together to write whole cells was slower (the tile stage 13 ->
+                 * 21-24 ms per frame: 6 x cell read streams at once) */
+                size_t run = (size_t)cell * 6, cells = (size_t)(tp / cell);
+                uint8_t *c0 = t + ((size_t)(y / cell) * cells * (size_t)cell + (size_t)(y % cell)) * run;
+                const uint8_t *src = (const uint8_t *)row;
+                switch (cell) {
+                case 2: for (size_t j = 0; j < cells; j++) memcpy(c0 + j * 2 * run, src + j * run, 12); break;
+                case 4: for (size_t j = 0; j < cells; j++) memcpy(c0 + j * 4 * run, src + j * run, 24); break;
+                case 8: for (size_t j = 0; j < cells; j++) memcpy(c0 + j * 8 * run, src + j * run, 48); break;
+                default: for (size_t j = 0; j < cells; j++) memcpy(c0 + j * (size_t)cell * run, src + j * run, run);
+                }
             }
         }
     }
