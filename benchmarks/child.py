@@ -122,7 +122,7 @@ class CvTileModel:
         self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
         self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
         self.batch_size = batch_size
-        self.cell = self.card.int8_input_cell if precision == "int8" else 1  # the layout the file takes
+        self.cell = self.card.input_cell(precision)  # the layout the file takes
 
     def run(self, tiles) -> np.ndarray:
         from flight.inference import TileSource, quantize_tiles, to_cells

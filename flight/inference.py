@@ -35,6 +35,9 @@ from typing import Protocol, cast, runtime_checkable
 import cv2
 import numpy as np
 
+# int8_input_cell's values: the layouts the native tile kernel writes (to_cells)
+from flight.native import CELLS
+
 TILE_PX = 64
 KINDS = ("tile_fraction", "heatmap")
 PRECISIONS = ("int8", "fp32")
@@ -50,7 +53,6 @@ OPTIONAL_KEYS = (
     "training", "metrics", "real_scene_metrics", "golden", "reproducibility", "quantization",
     "limitations", "format_version", "created_by", "prescreen", "int8_input_cell",
 )
-CELLS = (1, 2, 4, 8)  # int8_input_cell: the INT8 file's input plain (1) or in cell x cell blocks (to_cells)
 PRESCREEN_KEYS = {"band", "max_cut", "basis"}
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -140,9 +142,13 @@ class ModelCard:
         """Heatmap side in cells (1 for tile_fraction)."""
         return TILE_PX // self.stride
 
+    def input_cell(self, precision: str = "int8") -> int:
+        """The cell of the file for ``precision`` takes its tiles in (1: plain): FP32 files are plain."""
+        return self.int8_input_cell if precision == "int8" else 1
+
     def session_input_shape(self, precision: str = "int8") -> tuple:
         """The input shape of the file for ``precision``: input_shape, or its INT8 cells."""
-        c = self.int8_input_cell if precision == "int8" else 1
+        c = self.input_cell(precision)
         _, rows, cols, bands = self.input_shape
         return (None, rows // c, cols // c, bands * c * c)
 
@@ -214,7 +220,7 @@ class ModelCard:
                       "must be {band: one of the card's bands, max_cut: number 0..65535, basis: optional text}")
         cell = 1
         if "int8_input_cell" in obj:
-            cell = req("int8_input_cell", lambda v: _is_int(v) and v in CELLS and TILE_PX % v == 0,
+            cell = req("int8_input_cell", lambda v: _is_int(v) and v in CELLS,
                        f"must be one of {CELLS}")
         info = {k: obj[k] for k in obj if k in OPTIONAL_KEYS and not k.startswith("fp32_")}
         return ModelCard(
@@ -291,7 +297,8 @@ class TileModel:
         self.batch_size = batch_size
         self.precision = precision
         path = card.model_file(precision)
-        self.cell = card.int8_input_cell if precision == "int8" else 1  # the layout its file takes
+        self.cell = card.input_cell(precision)  # the layout its file takes
+        self.layout = card.session_input_shape(precision)[1:]  # its input per tile, in that layout
         self.path = path
         try:
             blob = path.read_bytes()
@@ -328,7 +335,7 @@ class TileModel:
             raise ModelError(f"inputs {[i.name for i in ins]}, card says [{card.input_name!r}]", model=card.name, path=path)
         if ins[0].type != "tensor(uint8)":
             raise ModelError(f"input type {ins[0].type}, expected tensor(uint8)", model=card.name, path=path)
-        shape, want = list(ins[0].shape), card.session_input_shape(self.precision)
+        shape, want = list(ins[0].shape), (None, *self.layout)
         if len(shape) != 4 or not all(_dim_ok(a, e) for a, e in zip(shape, want, strict=True)):
             cells = f" (INT8 input in {self.cell} x {self.cell} cells)" if self.cell > 1 else ""
             raise ModelError(f"input shape {shape}, card says {list(want)}{cells}", model=card.name, path=path)
@@ -351,7 +358,7 @@ class TileModel:
         quantized = None
         if isinstance(tiles, TileSource):
             quantized = tiles.quantized(card.input_scale, card.quant_scale, card.quant_zero_point, self.cell)
-            laid = card.session_input_shape(self.precision)[1:]
+            laid = self.layout
             if (not isinstance(quantized, np.ndarray) or quantized.dtype != np.uint8 or quantized.ndim != 4
                     or quantized.shape[1:] != laid or quantized.shape[0] != len(tiles)):
                 got = (getattr(quantized, "dtype", type(quantized).__name__), getattr(quantized, "shape", None))
