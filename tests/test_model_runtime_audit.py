@@ -546,11 +546,17 @@ def _spin_for(seconds: float) -> int:
     blob = hostile_onnx("tile_fraction", "frac", mutate="slow", spin=2000)
     import onnxruntime as ort
 
-    s = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1  # as the flight runs its models (TileModel): two threads would share the core
+    s = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
     x = np.ones((1, 64, 64, 6), np.uint8)
-    t0 = time.perf_counter()
-    s.run(None, {"tiles_u8": x})
-    per_trip = max((time.perf_counter() - t0) / 2000, 1e-7)
+    s.run(None, {"tiles_u8": x})  # the first run pays one-time costs: timed, it undercounted the trips
+    times = []
+    for _ in range(3):  # the fastest: a busy moment would undercount them too (the call then beat the limit)
+        t0 = time.perf_counter()
+        s.run(None, {"tiles_u8": x})
+        times.append(time.perf_counter() - t0)
+    per_trip = max(min(times) / 2000, 1e-7)
     return int(seconds / per_trip)
 
 
